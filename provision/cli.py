@@ -1,0 +1,75 @@
+"""``python -m provision <command> ...``: the command-line front door.
+
+Each command lives with its code and registers itself: a module in COMMANDS has
+``register(subparsers)`` that adds its parser and sets ``func`` to a callable taking
+the parsed args and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from provision import __version__, log
+from provision.errors import ProvisionError
+from provision.undo import Interrupted
+
+COMMANDS = [
+    "provision.build.cli",       # world, dist, install, uninstall
+    "provision.grub.cli",        # grub
+    "provision.storage.cli",     # storage
+    "provision.image",           # image (--debootstrap, templates)
+    "provision.domain.cli",      # domain, xendomains
+    "provision.boottest",        # boottest
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m provision",
+        description="Build, install and provision Xen hosts.",
+    )
+    parser.add_argument("--version", action="version", version=f"xen-provision {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log every command and show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):
+                continue  # that command is not part of this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.set_debug(args.debug or log.is_debug())
+    log.set_quiet(args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ProvisionError as e:
+        if log.is_debug():
+            traceback.print_exc()
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; everything this run made has been undone", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        print(f"error: {e}; everything this run made has been undone", file=sys.stderr)
+        return 128 + e.signum
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""The one exception type users see as a single line."""
+
+
+class ProvisionError(Exception):
+    """A user-facing failure: one line saying what is wrong, and an optional hint.
+
+    The top-level handler prints ``error: <message>`` (and ``hint: <hint>``) and exits
+    with ``exit_code``; no traceback unless ``--debug``.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = 2):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def die(message: str, hint: str | None = None, exit_code: int = 2):
+    """Abort the current command with one clear line. Undo stacks still run."""
+    raise ProvisionError(message, hint=hint, exit_code=exit_code)

@@ -1,0 +1,116 @@
+"""Logging: plain lines on stderr, nested steps with timings, a progress bar on a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+_state = {"debug": bool(os.environ.get("XEN_PROVISION_DEBUG")), "quiet": False, "depth": 0}
+
+
+def set_debug(on: bool) -> None:
+    _state["debug"] = on
+
+
+def is_debug() -> bool:
+    return _state["debug"]
+
+
+def set_quiet(on: bool) -> None:
+    _state["quiet"] = on
+
+
+def _emit(prefix: str, msg: str) -> None:
+    indent = "  " * _state["depth"]
+    print(f"{indent}{prefix}{msg}", file=sys.stderr, flush=True)
+
+
+def info(msg: str) -> None:
+    if not _state["quiet"]:
+        _emit("", msg)
+
+
+def warn(msg: str) -> None:
+    _emit("warning: ", msg)
+
+
+def note(msg: str) -> None:
+    _emit("note: ", msg)
+
+
+def debug(msg: str) -> None:
+    if _state["debug"]:
+        _emit("+ ", msg)
+
+
+@contextlib.contextmanager
+def step(title: str):
+    """``with step("Building xen"):`` logs the stage, nests inner lines and times it."""
+    info(f"==> {title}")
+    start = time.monotonic()
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+    info(f"    {title}: done in {time.monotonic() - start:.1f}s")
+
+
+class Progress:
+    """A one-line progress bar, drawn only when stderr is a terminal.
+
+    Off a terminal it prints at most one line per 10% so CI logs stay readable.
+    """
+
+    def __init__(self, label: str, total: int | None, unit: str = "B"):
+        self.label = label
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+        self._last_decile = -1
+        self._last_draw = 0.0
+        self._start = time.monotonic()
+
+    def _fmt(self, n: float) -> str:
+        if self.unit != "B":
+            return f"{n:.0f}"
+        for suffix in ("B", "KiB", "MiB", "GiB"):
+            if n < 1024 or suffix == "GiB":
+                return f"{n:.1f}{suffix}" if suffix != "B" else f"{n:.0f}B"
+            n /= 1024
+        return f"{n:.1f}GiB"
+
+    def update(self, amount: int) -> None:
+        self.done += amount
+        now = time.monotonic()
+        if self.tty:
+            if now - self._last_draw < 0.1 and (self.total is None or self.done < self.total):
+                return
+            self._last_draw = now
+            if self.total:
+                frac = min(self.done / self.total, 1.0)
+                bar = "#" * int(frac * 30)
+                line = f"{self.label} [{bar:<30}] {frac * 100:5.1f}% {self._fmt(self.done)}/{self._fmt(self.total)}"
+            else:
+                line = f"{self.label} {self._fmt(self.done)}"
+            sys.stderr.write("\r" + line + "\x1b[K")
+            sys.stderr.flush()
+        elif self.total:
+            decile = int(10 * self.done / self.total)
+            if decile != self._last_decile:
+                self._last_decile = decile
+                info(f"{self.label}: {min(decile * 10, 100)}% of {self._fmt(self.total)}")
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

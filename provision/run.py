@@ -1,0 +1,165 @@
+"""The one subprocess helper: argv lists only, never a shell.
+
+Every external tool goes through :func:`run` so that the command line is logged the
+same way, a missing binary is one clear error naming the Debian package to install,
+and a failed command becomes a :class:`CommandError` carrying its exit code and the
+tail of its output.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from provision import log
+from provision.errors import ProvisionError
+
+# Which Debian package provides a tool, for "install X" hints.
+PACKAGES: dict[str, str] = {
+    "apt-get": "apt",
+    "bison": "bison",
+    "btrfs": "btrfs-progs",
+    "cpio": "cpio",
+    "debootstrap": "debootstrap",
+    "debugfs": "e2fsprogs",
+    "dpkg-source": "dpkg-dev",
+    "e2fsck": "e2fsprogs",
+    "fallocate": "util-linux",
+    "flex": "flex",
+    "gcc": "gcc",
+    "grub-install": "grub-pc-bin",
+    "grub-mkconfig": "grub2-common",
+    "grub-mkrescue": "grub-common",
+    "grub-script-check": "grub-common",
+    "iasl": "acpica-tools",
+    "insserv": "insserv",
+    "losetup": "mount",
+    "lvcreate": "lvm2",
+    "lvextend": "lvm2",
+    "lvs": "lvm2",
+    "make": "make",
+    "mkfs.btrfs": "btrfs-progs",
+    "mkfs.ext2": "e2fsprogs",
+    "mkfs.ext3": "e2fsprogs",
+    "mkfs.ext4": "e2fsprogs",
+    "mkfs.vfat": "dosfstools",
+    "mkfs.xfs": "xfsprogs",
+    "mkswap": "util-linux",
+    "mmdebstrap": "mmdebstrap",
+    "mount": "mount",
+    "parted": "parted",
+    "pkg-config": "pkg-config",
+    "pvcreate": "lvm2",
+    "qemu-img": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "resize2fs": "e2fsprogs",
+    "sfdisk": "fdisk",
+    "systemd-analyze": "systemd",
+    "tar": "tar",
+    "umount": "mount",
+    "update-rc.d": "init-system-helpers",
+    "vgcreate": "lvm2",
+    "xorriso": "xorriso",
+}
+
+
+class CommandError(ProvisionError):
+    """A command exited non-zero. The message names the command and its last output line."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, output: str = ""):
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output = output
+        tail = [line for line in output.strip().splitlines() if line.strip()][-1:] if output else []
+        msg = f"{shlex.join(self.argv)} failed with exit code {returncode}"
+        if tail:
+            msg += f": {tail[0].strip()}"
+        super().__init__(msg, exit_code=returncode if 0 < returncode < 126 else 1)
+
+
+def missing_tool(name: str) -> ProvisionError:
+    pkg = PACKAGES.get(name)
+    hint = f"install it: apt-get install {pkg}" if pkg else "install it and make sure it is on PATH"
+    return ProvisionError(f"required tool '{name}' was not found", hint=hint)
+
+
+def which(name: str) -> str | None:
+    # sbin directories are not on a normal user's PATH but hold most tools we use.
+    path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+    return shutil.which(name, path=path)
+
+
+def require(*names: str) -> None:
+    """Fail with one line naming every missing tool and the packages that provide them."""
+    missing = [n for n in names if which(n) is None]
+    if not missing:
+        return
+    pkgs = sorted({PACKAGES.get(n, n) for n in missing})
+    raise ProvisionError(
+        f"required tool{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)}",
+        hint=f"install: apt-get install {' '.join(pkgs)}",
+    )
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LANG"] = env["LC_ALL"] = "C.UTF-8"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str | os.PathLike],
+    *,
+    check: bool = True,
+    capture: bool = False,
+    input: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    quiet: bool = False,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """Run argv. ``capture`` returns stdout as text; otherwise output goes to our stderr
+    (or is swallowed with ``quiet``, and then shown only in the error on failure)."""
+    argv = [os.fspath(a) for a in argv]
+    if not argv:
+        raise ValueError("empty argv")
+    exe = argv[0]
+    if os.sep not in exe and which(exe) is None:
+        raise missing_tool(exe)
+    if os.sep not in exe:
+        argv[0] = which(exe)  # sbin tools for non-root PATHs
+    log.debug(shlex.join([exe, *argv[1:]]) + (f"  (in {cwd})" if cwd else ""))
+    text = not isinstance(input, bytes)
+    stdout = subprocess.PIPE if (capture or quiet) else None
+    stderr = subprocess.PIPE if quiet else (None if not capture else subprocess.PIPE)
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input,
+            stdout=stdout,
+            stderr=stderr,
+            env=_env(env),
+            cwd=cwd,
+            text=text,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise ProvisionError(f"{shlex.join(argv)} did not finish within {timeout:.0f}s") from e
+    if check and proc.returncode != 0:
+        out = ""
+        for part in (proc.stdout, proc.stderr):
+            if part:
+                out += part if isinstance(part, str) else part.decode(errors="replace")
+        raise CommandError([exe, *argv[1:]], proc.returncode, out)
+    return proc
+
+
+def output(argv: Sequence[str | os.PathLike], **kw) -> str:
+    """Run argv and return its stdout, stripped."""
+    return run(argv, capture=True, **kw).stdout.strip()

@@ -1,0 +1,116 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from provision import run as runmod
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_write, write_if_changed
+from provision.sizes import GiB, MiB, format_size, parse_size
+from provision.undo import UndoStack
+from provision import validate
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("2G", 2 * GiB), ("2GiB", 2 * GiB), ("2048M", 2 * GiB), ("512MiB", 512 * MiB),
+     ("4096", 4 * GiB), ("1.5G", 1536 * MiB), ("1GB", 10**9), ("100K", 100 * 1024)],
+)
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1G", "1Q", "", "G", "1 2"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ProvisionError):
+        parse_size(text)
+
+
+def test_format_size():
+    assert format_size(2 * GiB) == "2GiB"
+    assert format_size(1536 * MiB) == "1536MiB"
+
+
+def test_validators():
+    assert validate.mac("00:16:3E:AA:bb:cc") == "00:16:3e:aa:bb:cc"
+    for bad in ["01:16:3e:aa:bb:cc", "00:16:3e:aa:bb", "zz:16:3e:aa:bb:cc"]:
+        with pytest.raises(ProvisionError):
+            validate.mac(bad)
+    assert validate.hostname("Guest-1.example.org") == "guest-1.example.org"
+    for bad in ["-bad", "a_b", "x" * 64, ""]:
+        with pytest.raises(ProvisionError):
+            validate.hostname(bad)
+    for bad in ["a/b", "..", "a b", "a;b", "$x"]:
+        with pytest.raises(ProvisionError):
+            validate.name(bad)
+    assert validate.netmask("255.255.255.0") == 24
+    with pytest.raises(ProvisionError):
+        validate.ip("300.1.1.1")
+
+
+def test_undo_runs_in_reverse_on_failure_and_cleanups_on_success():
+    seen = []
+    with pytest.raises(RuntimeError):
+        with UndoStack() as undo:
+            undo.rollback("a", seen.append, "a")
+            undo.cleanup("b", seen.append, "b")
+            raise RuntimeError("boom")
+    assert seen == ["b", "a"]
+    seen.clear()
+    with UndoStack() as undo:
+        undo.rollback("a", seen.append, "a")
+        undo.cleanup("b", seen.append, "b")
+    assert seen == ["b"]
+
+
+def test_undo_on_sigterm(tmp_path):
+    marker = tmp_path / "made"
+    script = textwrap.dedent(f"""
+        import os, time, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        from provision.undo import UndoStack
+        with UndoStack() as undo:
+            open({str(marker)!r}, "w").close()
+            undo.rollback("rm", os.unlink, {str(marker)!r})
+            print("ready", flush=True)
+            time.sleep(30)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    assert marker.exists()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    assert proc.returncode != 0
+    assert not marker.exists()
+
+
+def test_atomic_write(tmp_path):
+    p = tmp_path / "x" / "f"
+    atomic_write(p, "hello", mode=0o600)
+    assert p.read_text() == "hello"
+    assert (p.stat().st_mode & 0o777) == 0o600
+    assert not write_if_changed(p, "hello", mode=0o600)
+    assert write_if_changed(p, "bye", mode=0o600)
+    assert [x.name for x in p.parent.iterdir()] == ["f"]
+
+
+def test_missing_tool_is_one_clear_error():
+    with pytest.raises(ProvisionError) as e:
+        runmod.run(["definitely-not-a-tool-xyz"])
+    assert "definitely-not-a-tool-xyz" in str(e.value)
+
+
+def test_failed_command_carries_exit_code():
+    with pytest.raises(runmod.CommandError) as e:
+        runmod.run(["sh", "-c", "echo oops >&2; exit 3"], quiet=True)
+    assert e.value.returncode == 3
+    assert "oops" in str(e.value)
+
+
+def test_cli_help(run_cli):
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "python -m provision" in proc.stdout
