@@ -12,12 +12,14 @@ import os
 from pathlib import Path
 
 
-def cache_dir(*parts: str) -> Path:
+def cache_dir(*parts: str, create: bool = True) -> Path:
+    """The cache path for ``parts``, created unless ``create`` is false (dry runs)."""
     base = os.environ.get("XEN_PROVISION_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xen-provision"
     )
     path = Path(base, *parts)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -8,9 +8,11 @@ tail of its output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 
@@ -19,8 +21,11 @@ from provision.errors import ProvisionError
 
 # Which Debian package provides a tool, for "install X" hints.
 PACKAGES: dict[str, str] = {
+    "apt-cache": "apt",
+    "apt-config": "apt",
     "apt-get": "apt",
     "bison": "bison",
+    "blkid": "util-linux",
     "btrfs": "btrfs-progs",
     "cpio": "cpio",
     "debootstrap": "debootstrap",
@@ -32,6 +37,7 @@ PACKAGES: dict[str, str] = {
     "gcc": "gcc",
     "grub-install": "grub-pc-bin",
     "grub-mkconfig": "grub2-common",
+    "grub-mkimage": "grub-common",
     "grub-mkrescue": "grub-common",
     "grub-script-check": "grub-common",
     "iasl": "acpica-tools",
@@ -39,8 +45,10 @@ PACKAGES: dict[str, str] = {
     "losetup": "mount",
     "lvcreate": "lvm2",
     "lvextend": "lvm2",
+    "lvremove": "lvm2",
     "lvs": "lvm2",
     "make": "make",
+    "mcopy": "mtools",
     "mkfs.btrfs": "btrfs-progs",
     "mkfs.ext2": "e2fsprogs",
     "mkfs.ext3": "e2fsprogs",
@@ -51,17 +59,25 @@ PACKAGES: dict[str, str] = {
     "mmdebstrap": "mmdebstrap",
     "mount": "mount",
     "parted": "parted",
+    "partx": "util-linux",
     "pkg-config": "pkg-config",
     "pvcreate": "lvm2",
+    "pvremove": "lvm2",
+    "pvs": "lvm2",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
     "resize2fs": "e2fsprogs",
     "sfdisk": "fdisk",
+    "systemctl": "systemd",
     "systemd-analyze": "systemd",
     "tar": "tar",
+    "thin_check": "thin-provisioning-tools",
     "umount": "mount",
+    "update-grub": "grub2-common",
     "update-rc.d": "init-system-helpers",
     "vgcreate": "lvm2",
+    "vgremove": "lvm2",
+    "vgs": "lvm2",
     "xorriso": "xorriso",
 }
 
@@ -122,9 +138,13 @@ def run(
     cwd: str | os.PathLike | None = None,
     quiet: bool = False,
     timeout: float | None = None,
+    group: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run argv. ``capture`` returns stdout as text; otherwise output goes to our stderr
-    (or is swallowed with ``quiet``, and then shown only in the error on failure)."""
+    (or is swallowed with ``quiet``, and then shown only in the error on failure).
+
+    ``group`` runs it in a process group of its own that is ended as a whole if we are
+    interrupted (SIGINT/SIGTERM), so no grandchild (apt, dpkg under a bootstrap) outlives us."""
     argv = [os.fspath(a) for a in argv]
     if not argv:
         raise ValueError("empty argv")
@@ -138,7 +158,7 @@ def run(
     stdout = subprocess.PIPE if (capture or quiet) else None
     stderr = subprocess.PIPE if quiet else (None if not capture else subprocess.PIPE)
     try:
-        proc = subprocess.run(
+        proc = (_run_group if group else subprocess.run)(
             argv,
             input=input,
             stdout=stdout,
@@ -158,6 +178,25 @@ def run(
                 out += part if isinstance(part, str) else part.decode(errors="replace")
         raise CommandError([exe, *argv[1:]], proc.returncode, out)
     return proc
+
+
+def _run_group(argv, *, input=None, timeout=None, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run in a new session; on any exception the whole group gets SIGTERM,
+    some seconds to clean up (unmount), then SIGKILL."""
+    with subprocess.Popen(argv, start_new_session=True, stdin=kw.pop("stdin", None) if input is None
+                          else subprocess.PIPE, **kw) as proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def output(argv: Sequence[str | os.PathLike], **kw) -> str:

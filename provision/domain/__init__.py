@@ -1,0 +1,1 @@
+"""Domains: xl configs, /etc/xen/auto and xendomains (issue 6)."""

@@ -1,0 +1,259 @@
+"""``python -m provision domain ...`` and ``python -m provision xendomains ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from provision import log
+from provision.domain import autostart, create, macs, nfs, render, safety, xendomains, xmconvert
+from provision.domain.model import Domain
+from provision.domain.paths import from_args
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_write
+from provision.undo import UndoStack
+
+
+def _root_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", metavar="DIR", help="work inside this root (an offline image, a test dir); default /")
+    p.add_argument("--config-dir", metavar="DIR", help="xl config directory (default ROOT/etc/xen)")
+
+
+def register(subparsers) -> None:
+    dom = subparsers.add_parser("domain", help="xl domain configs, /etc/xen/auto",
+                                description="Create, convert and check xl domain configs.")
+    sub = dom.add_subparsers(dest="domain_command", metavar="ACTION", required=True)
+
+    c = sub.add_parser("create", help="write ROOT/etc/xen/NAME.cfg after the safety checks",
+                       description="Write an xl domain config. key=value words override the file "
+                                   "or fill its template variables, as in 'xm create myvmconf vmid=1'.")
+    c.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    c.add_argument("-f", "--file", type=Path, help="a config or template (xl, or plain xm which is converted)")
+    c.add_argument("--from-image", type=Path, metavar="IMAGE", help="use the facts recorded in IMAGE.json")
+    c.add_argument("--name")
+    c.add_argument("--memory", help="MiB, or a size such as 512M")
+    c.add_argument("--maxmem")
+    c.add_argument("--vcpus", type=int)
+    c.add_argument("--type", choices=("pv", "pvh", "hvm"))
+    c.add_argument("--kernel")
+    c.add_argument("--ramdisk")
+    c.add_argument("--root-device", metavar="DEV", help="the guest's root= (e.g. /dev/xvda1 ro)")
+    c.add_argument("--extra", help="more kernel command line")
+    c.add_argument("--bootloader", choices=("pygrub", "pvgrub"))
+    c.add_argument("--disk", action="append", metavar="SPEC", help="xl disk spec; repeat for more")
+    c.add_argument("--vif", action="append", metavar="SPEC", help="xl vif spec ('' for defaults); repeat")
+    c.add_argument("--nfs-server", metavar="ADDR", help="NFS root: server address")
+    c.add_argument("--nfs-root", metavar="PATH", help="NFS root: exported directory")
+    c.add_argument("--ip", metavar="ADDR/PREFIX", help="NFS root: guest address (default DHCP)")
+    c.add_argument("--gateway", metavar="ADDR")
+    c.add_argument("--hostname")
+    c.add_argument("--exports", action="store_true", help="add the NFS export line to ROOT/etc/exports")
+    c.add_argument("--autostart", action="store_true", help="link it into /etc/xen/auto")
+    c.add_argument("--mac-prefix", default=macs.XEN_PREFIX, help="for generated MACs (default 00:16:3e)")
+    c.add_argument("--force", action="store_true", help="replace an existing config of that name")
+    c.add_argument("--no-kernel-check", action="store_true", help="do not require the kernel file to exist")
+    c.add_argument("-n", "--dry-run", action="store_true", help="print the config, write nothing")
+    _root_options(c)
+    c.set_defaults(func=cmd_create)
+
+    v = sub.add_parser("convert", help="print an xm config in xl form")
+    v.add_argument("file", type=Path)
+    v.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    v.set_defaults(func=cmd_convert)
+
+    k = sub.add_parser("check", help="read configs as xl would; report the first problem of each")
+    k.add_argument("files", type=Path, nargs="+")
+    k.set_defaults(func=cmd_check)
+
+    ls = sub.add_parser("list", help="the domain configs, and which start at boot")
+    _root_options(ls)
+    ls.set_defaults(func=cmd_list)
+
+    rm = sub.add_parser("remove", help="remove a domain's config and its auto link")
+    rm.add_argument("name")
+    _root_options(rm)
+    rm.set_defaults(func=cmd_remove)
+
+    a = sub.add_parser("autostart", help="start a domain at boot (on), not (off), or list")
+    a.add_argument("state", choices=("on", "off", "list"))
+    a.add_argument("name", nargs="?")
+    _root_options(a)
+    a.set_defaults(func=cmd_autostart)
+
+    x = subparsers.add_parser("xendomains", help="install and enable the xendomains init script",
+                              description="The xendomains init script, settings file and systemd unit.")
+    xsub = x.add_subparsers(dest="xendomains_command", metavar="ACTION", required=True)
+    i = xsub.add_parser("install", help="write the script, settings and unit")
+    i.add_argument("--flavour", choices=("debian", "redhat"), help="settings in /etc/default or /etc/sysconfig (default: from the root)")
+    i.add_argument("--save-dir", default="", metavar="DIR", help="save domains here on stop (default: shut them down)")
+    i.add_argument("--no-restore", action="store_true", help="do not restore saved domains on start")
+    i.add_argument("--parallel", type=int, default=4, help="domains started/stopped at once (default 4)")
+    i.add_argument("--stop-timeout", type=int, default=300, help="seconds to wait for shutdowns (default 300)")
+    i.add_argument("--destroy-on-timeout", action="store_true")
+    i.add_argument("--only-auto", action="store_true", help="on stop, only the domains in /etc/xen/auto")
+    i.add_argument("--xen-service", help="LSB name of the Xen daemons' script (default: found in the root)")
+    i.add_argument("--enable", action="store_true", help="also enable it")
+    i.add_argument("--method", choices=xendomains.METHODS, default="auto")
+    _root_options(i)
+    i.set_defaults(func=cmd_xd_install)
+    e = xsub.add_parser("enable", help="start xendomains at boot")
+    e.add_argument("--method", choices=xendomains.METHODS, default="auto")
+    _root_options(e)
+    e.set_defaults(func=cmd_xd_enable)
+    d = xsub.add_parser("disable", help="remove xendomains from the boot sequence")
+    _root_options(d)
+    d.set_defaults(func=cmd_xd_disable)
+    s = xsub.add_parser("status", help="links, and the domains that will start at boot")
+    _root_options(s)
+    s.set_defaults(func=cmd_xd_status)
+
+
+def _options(args) -> dict:
+    opts: dict = {}
+    for key, attr in (("name", "name"), ("memory", "memory"), ("maxmem", "maxmem"), ("vcpus", "vcpus"),
+                      ("type", "type"), ("kernel", "kernel"), ("ramdisk", "ramdisk"),
+                      ("root", "root_device"), ("extra", "extra")):
+        value = getattr(args, attr)
+        if value is not None:
+            opts[key] = value
+    if args.bootloader == "pygrub":
+        opts["bootloader"] = "pygrub"
+    elif args.bootloader == "pvgrub":
+        # Debian's grub-xen-bin; PVH guests boot the PVH build of the same GRUB.
+        opts["kernel"] = ("/usr/lib/grub-xen/grub-i386-xen_pvh.bin" if args.type == "pvh"
+                          else "/usr/lib/grub-xen/grub-x86_64-xen.bin")
+    if args.disk:
+        opts["disk"] = args.disk
+    if args.vif:
+        opts["vif"] = args.vif
+    return opts
+
+
+def cmd_create(args) -> int:
+    paths = from_args(args)
+    nfsroot = None
+    if args.nfs_server or args.nfs_root:
+        if not (args.nfs_server and args.nfs_root):
+            raise ProvisionError("an NFS root needs both --nfs-server and --nfs-root")
+        nfsroot = nfs.NfsRoot(server=args.nfs_server, path=args.nfs_root, ip=args.ip,
+                              gateway=args.gateway, hostname=args.hostname)
+    elif args.ip or args.exports:
+        raise ProvisionError("--ip and --exports are for NFS-root guests", hint="add --nfs-server and --nfs-root")
+    req = create.Request(
+        file=args.file, image=args.from_image, assignments=args.assignments, options=_options(args),
+        nfs=nfsroot, autostart=args.autostart, exports=args.exports, mac_prefix=args.mac_prefix,
+        check_kernel=not args.no_kernel_check, dry_run=args.dry_run, force=args.force,
+    )
+    if not (args.file or args.from_image or req.options or args.assignments):
+        raise ProvisionError("nothing to create from", hint="give -f FILE, --from-image IMAGE or --name/--memory/--kernel ...")
+    dom, path, text = create.create(req, paths)
+    if args.dry_run:
+        sys.stdout.write(text)
+        if nfsroot:
+            print(f"# /etc/exports: {nfsroot.export_line()}")
+    elif nfsroot and not args.exports:
+        log.info(f"export the root on {nfsroot.server} with this /etc/exports line:")
+        print(nfsroot.export_line())
+    return 0
+
+
+def cmd_convert(args) -> int:
+    values, lines, was_xm = xmconvert.load_any(args.file)
+    if not was_xm:
+        log.note(f"{args.file} is already an xl config; normalising it")
+    dom = Domain.from_config(values, str(args.file), lines)
+    out = args.output or "-"
+    text = render.domain_config(dom, str(out) if args.output else f"/etc/xen/{dom.name}.cfg", source=str(args.file))
+    if args.output:
+        atomic_write(args.output, text, 0o644)
+        log.info(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_check(args) -> int:
+    bad = 0
+    for f in args.files:
+        try:
+            values, lines, was_xm = xmconvert.load_any(f, notes=False)
+            dom = Domain.from_config(values, str(f), lines)
+            print(f"{f}: ok ({dom.name}{', xm syntax: convert it' if was_xm else ''})")
+        except ProvisionError as e:
+            print(f"{f}: {e.message}", file=sys.stderr)
+            bad += 1
+    return 1 if bad else 0
+
+
+def cmd_list(args) -> int:
+    paths = from_args(args)
+    auto = {str(e.target) for e in autostart.listing(paths) if e.ok}
+    for existing in safety.scan(paths):
+        boot = "boot" if str(existing.path.resolve()) in auto else "-"
+        disks = " ".join(f"{d.vdev}:{d.target}:{d.access}" for d in existing.disks)
+        print(f"{existing.name or '?':20} {boot:5} {existing.path}  {disks}")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    path = create.remove(from_args(args), args.name)
+    log.info(f"removed {path}")
+    return 0
+
+
+def cmd_autostart(args) -> int:
+    paths = from_args(args)
+    if args.state == "list":
+        for entry in autostart.listing(paths):
+            print(f"{entry.name}\t{entry.path} -> {entry.target}" + ("" if entry.ok else "\t(dangling: skipped)"))
+        return 0
+    if not args.name:
+        raise ProvisionError(f"autostart {args.state} needs a domain name")
+    if args.state == "on":
+        link = autostart.enable(paths, args.name)
+        log.info(f"{args.name} starts at boot: {link}")
+    elif autostart.disable(paths, args.name):
+        log.info(f"{args.name} no longer starts at boot")
+    else:
+        log.info(f"{args.name} was not set to start at boot")
+    return 0
+
+
+def cmd_xd_install(args) -> int:
+    paths = from_args(args)
+    s = xendomains.Settings(
+        flavour=args.flavour or xendomains.flavour_of(paths), save_dir=args.save_dir,
+        restore=not args.no_restore, parallel=args.parallel, stop_timeout=args.stop_timeout,
+        destroy_on_timeout=args.destroy_on_timeout, stop_all=not args.only_auto,
+        xen_service=args.xen_service,
+    )
+    with UndoStack() as undo:  # a refused enable takes back the files we just made
+        xendomains.install(paths, s, undo)
+        if args.enable:
+            for line in xendomains.enable(paths, args.method):
+                log.info(line)
+    return 0
+
+
+def cmd_xd_enable(args) -> int:
+    for line in xendomains.enable(from_args(args), args.method):
+        log.info(line)
+    return 0
+
+
+def cmd_xd_disable(args) -> int:
+    for line in xendomains.disable(from_args(args)) or ["xendomains was not enabled"]:
+        log.info(line)
+    return 0
+
+
+def cmd_xd_status(args) -> int:
+    paths = from_args(args)
+    for level, names in xendomains.status(paths).items():
+        print(f"{level}: {' '.join(names)}")
+    wants = paths.inside("/etc/systemd/system/multi-user.target.wants/xendomains.service")
+    print(f"systemd: {'enabled' if wants.is_symlink() else 'not enabled'}")
+    for entry in autostart.listing(paths):
+        print(f"auto: {entry.name}" + ("" if entry.ok else " (dangling: skipped)"))
+    return 0

@@ -1,0 +1,242 @@
+"""``domain create``: settings from a template, an image's facts and the command line,
+checked, then written atomically as ROOT/etc/xen/NAME.cfg.
+
+Precedence, as with ``xm create``: command-line ``key=value`` beats options, which beat
+the image's facts, which beat the file. A ``key=value`` whose key the template uses as a
+variable (``{{ vmid }}``) feeds the template instead: the modern form of the manual's
+``xm create myvmconf vmid=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import jinja2.meta
+
+from provision import log, validate
+from provision.domain import autostart, macs, nfs, render, safety, xlcfg, xmconvert
+from provision.domain.model import XL_KEYS, XM_ONLY_KEYS, Domain, Vif, closest
+from provision.domain.paths import Paths
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_write
+from provision.undo import UndoStack
+
+
+def parse_assignments(items: list[str]) -> dict[str, object]:
+    """``key=value`` words; values in xl syntax (64, "text", ['a', 'b']) or bare text."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ProvisionError(f"'{item}' is not key=value", hint="e.g. vmid=1 or memory=256")
+        if not xlcfg._IDENT.fullmatch(key):
+            raise ProvisionError(f"'{key}' is not a valid key or variable name", hint="use lower case letters, digits and '_'")
+        try:
+            out[key] = xlcfg.parse(f"{key} = {value}", "<command line>")[key]
+        except ProvisionError:
+            out[key] = value  # bare words: name=web1, extra=console=hvc0
+    return out
+
+
+def render_template(path: Path, variables: dict[str, object]) -> tuple[str, set[str]]:
+    """The file's text with ``{{ var }}`` filled in; and which variables it uses."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ProvisionError(f"config file '{path}' does not exist") from None
+    if "{{" not in text and "{%" not in text:
+        return text, set()
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    try:
+        used = jinja2.meta.find_undeclared_variables(env.parse(text))
+    except jinja2.TemplateSyntaxError as e:
+        raise ProvisionError(f"{path}:{e.lineno}: template error: {e.message}") from None
+    missing = sorted(used - set(variables))
+    try:
+        return env.from_string(text).render(**variables), used
+    except jinja2.UndefinedError as e:
+        example = " ".join(f"{v}=VALUE" for v in missing) or "NAME=VALUE"
+        raise ProvisionError(f"{path}: template variable missing: {e.message}",
+                             hint=f"pass it on the command line: domain create -f {path} {example}") from None
+    except (jinja2.TemplateError, ValueError, TypeError) as e:
+        raise ProvisionError(f"{path}: template error: {e}") from None
+
+
+@dataclass
+class ImageFacts:
+    """What ``image --debootstrap`` records beside an image in IMAGE.json."""
+
+    disks: list[str]
+    root: str | None
+    extra: str | None
+    kernel: str | None = None
+    ramdisk: str | None = None
+    name: str | None = None
+    memory: int | None = None
+    facts: dict = field(default_factory=dict)
+
+
+def sidecar_of(image: Path) -> Path:
+    return image if image.suffix == ".json" else image.with_name(image.name + ".json")
+
+
+def read_image_facts(image: Path) -> ImageFacts:
+    """The sidecar ``image --debootstrap`` writes (format xen-provision-image/1):
+
+    {"name": "vm1", "root": "/dev/xvda1", "console": "hvc0", "kernel_args": ["vsyscall=emulate"],
+     "disks": [{"role": "root"|"swap"|"disk", "path": ..., "vdev": "xvda1", "format": "raw"}], ...}
+    """
+    sidecar = sidecar_of(image)
+    try:
+        facts = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        raise ProvisionError(f"no image facts at {sidecar}",
+                             hint="make the image with: python -m provision image --debootstrap SUITE") from None
+    except json.JSONDecodeError as e:
+        raise ProvisionError(f"{sidecar} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    if not isinstance(facts, dict) or not str(facts.get("format", "xen-provision-image/1")).startswith("xen-provision-image/"):
+        raise ProvisionError(f"{sidecar} is not an image description written by xen-provision")
+    base = sidecar.parent
+    image_path = image if image.suffix != ".json" else image.with_suffix("")
+    root_device = facts.get("root") or facts.get("root_device") or "/dev/xvda1"
+    disks = []
+    for d in facts.get("disks") or [{"path": str(image_path), "vdev": root_device.removeprefix("/dev/")}]:
+        path = Path(d.get("path") or d.get("target") or image_path)
+        if not path.is_absolute():
+            path = (base / path).resolve()
+        vdev = d.get("vdev") or root_device.removeprefix("/dev/")
+        access = "ro" if d.get("readonly") else "rw"
+        disks.append(f"format={d.get('format') or 'raw'}, vdev={vdev}, access={access}, target={path}")
+    args = facts.get("kernel_args") or []
+    if isinstance(args, str):
+        args = args.split()
+    if facts.get("console"):
+        args = [f"console={facts['console']}", *args]
+    if facts.get("extra"):
+        args.append(str(facts["extra"]))
+    return ImageFacts(
+        disks=disks,
+        root=f"{root_device} ro",
+        extra=" ".join(args) or None,
+        kernel=facts.get("kernel"),
+        ramdisk=facts.get("ramdisk"),
+        name=facts.get("name") or (facts.get("hostname") or "").split(".")[0] or None,
+        facts=facts,
+    )
+
+
+@dataclass
+class Request:
+    file: Path | None = None
+    image: Path | None = None
+    assignments: list[str] = field(default_factory=list)
+    options: dict[str, object] = field(default_factory=dict)  # xl keys from --name etc.
+    nfs: nfs.NfsRoot | None = None
+    autostart: bool = False
+    exports: bool = False
+    mac_prefix: str = macs.XEN_PREFIX
+    check_kernel: bool = True
+    dry_run: bool = False
+    force: bool = False
+
+
+def settings(req: Request) -> tuple[dict, dict, str]:
+    """The merged xl settings, their line numbers, and a description of the source."""
+    cli = parse_assignments(req.assignments)
+    values: dict = {}
+    lines: dict = {}
+    source = "<command line>"
+    if req.file:
+        text, used = render_template(req.file, cli)
+        values, lines, _ = xmconvert.load_any(req.file, text)
+        for var in used:
+            cli.pop(var, None)  # consumed by the template
+        source = str(req.file)
+        for key in cli:
+            if key not in XL_KEYS and key not in XM_ONLY_KEYS:
+                guess = closest(key, used | XL_KEYS)
+                raise ProvisionError(
+                    f"'{key}' is neither a variable of {req.file} nor an xl key"
+                    + (f" (did you mean '{guess}'?)" if guess else ""),
+                    hint=f"variables of this template: {', '.join(sorted(used)) or 'none'}")
+    if req.image:
+        facts = read_image_facts(req.image)
+        values.update({k: v for k, v in (("disk", facts.disks), ("root", facts.root),
+                                         ("kernel", facts.kernel), ("ramdisk", facts.ramdisk))
+                       if v})
+        if facts.extra:
+            values["extra"] = " ".join(filter(None, [facts.extra, values.get("extra")]))
+        if facts.name and "name" not in values:
+            values["name"] = facts.name
+        source = f"{source} + {req.image}" if req.file else str(req.image)
+    values.update(req.options)
+    if req.nfs:
+        values.update(req.nfs.settings(values.get("extra")))
+        values.setdefault("disk", [])
+    values.update(cli)
+    return values, lines, source
+
+
+def build(req: Request, paths: Paths) -> Domain:
+    values, lines, source = settings(req)
+    dom = Domain.from_config(values, source, lines)
+    if req.check_kernel:
+        for what in ("kernel", "ramdisk"):
+            path = getattr(dom, what)
+            if path and not paths.inside(path).is_file():
+                raise ProvisionError(f"{what} file {paths.inside(path)} does not exist",
+                                     hint="install the guest kernel first (doit install), or fix the path")
+    if not dom.vifs and req.nfs:
+        dom.vifs = [Vif({})]
+    return dom
+
+
+def create(req: Request, paths: Paths) -> tuple[Domain, Path | None, str]:
+    """Check, fill in MACs and write. Returns the domain, its path (None on dry run), the text."""
+    dom = build(req, paths)
+    target = paths.config(dom.name)
+    lock = contextlib.nullcontext() if req.dry_run else macs.config_lock(paths)
+    with lock, UndoStack() as undo:
+        if target.exists() and not req.force:
+            raise ProvisionError(f"{target} already exists", hint="use another name, or --force to replace it")
+        others = safety.scan(paths, exclude=target if req.force else None)
+        live = paths.root.resolve() == Path("/")
+        if not live:
+            log.debug("offline root: the dom0 mount and swap checks apply to the live host only")
+        safety.check(dom, others, dom0=live)
+        missing = [v for v in dom.vifs if not v.mac]
+        if missing:
+            used = {m for o in others for m in o.macs} | set(dom.macs())
+            for vif, mac in zip(missing, macs.generate(paths, used, req.mac_prefix, len(missing)), strict=True):
+                vif.settings["mac"] = mac
+        shown = Path("/") / target.relative_to(paths.root) if target.is_relative_to(paths.root) else target
+        text = render.domain_config(dom, str(shown))  # the path as the host will see it
+        if req.dry_run:
+            return dom, None, text
+        existed = target.exists()
+        atomic_write(target, text, 0o644)
+        if not existed:
+            undo.rollback(f"remove {target}", os.unlink, target)
+        log.info(f"wrote {target}")
+        if req.exports and req.nfs:
+            nfs.add_export(paths, req.nfs.export_line())
+        if req.autostart:
+            link = autostart.enable(paths, dom.name)
+            log.info(f"{dom.name} starts at boot: {link}")
+    return dom, target, text
+
+
+def remove(paths: Paths, name: str) -> Path:
+    target = paths.config(validate.name(name, "domain name"))
+    if not target.exists():
+        raise ProvisionError(f"no domain config {target}")
+    with macs.config_lock(paths):
+        autostart.disable(paths, name)  # the link goes first: it must never dangle
+        target.unlink()
+    return target

@@ -1,0 +1,55 @@
+"""``xendomains install``: the files it writes, re-runs, and bad settings."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_install_writes_files_once_and_keeps_admin_settings(run_cli, tmp_path):
+    root = tmp_path / "r"
+    proc = run_cli("xendomains", "install", "--root", root, "--save-dir", "/var/lib/xen/save",
+                   "--parallel", "3", "--stop-timeout", "120")
+    assert proc.returncode == 0, proc.stderr
+    script = root / "etc/init.d/xendomains"
+    settings = root / "etc/default/xendomains"
+    unit = root / "etc/systemd/system/xendomains.service"
+    assert (script.stat().st_mode & 0o777) == 0o755
+    text = settings.read_text()
+    assert "XENDOMAINS_SAVE=/var/lib/xen/save\n" in text and "XENDOMAINS_PARALLEL=3\n" in text
+    assert "XENDOMAINS_STOP_MAXWAIT=120\n" in text
+    assert "TimeoutStopSec=infinity\n" in unit.read_text()  # the script bounds its waits
+    mtime = script.stat().st_mtime_ns
+    settings.write_text(text.replace("XENDOMAINS_PARALLEL=3", "XENDOMAINS_PARALLEL=8"))
+    again = run_cli("xendomains", "install", "--root", root)
+    assert again.returncode == 0 and "wrote" not in again.stderr
+    assert script.stat().st_mtime_ns == mtime  # unchanged files are not rewritten
+    assert "XENDOMAINS_PARALLEL=8\n" in settings.read_text()  # the administrator's edit stays
+
+
+def test_redhat_flavour_uses_sysconfig(run_cli, tmp_path):
+    root = tmp_path / "r"
+    run_cli("xendomains", "install", "--root", root, "--flavour", "redhat", check=True)
+    assert (root / "etc/sysconfig/xendomains").is_file() and not (root / "etc/default").exists()
+    assert 'XENDOMAINS_CONFIG="${XENDOMAINS_CONFIG:-/etc/sysconfig/xendomains}"' in (
+        root / "etc/init.d/xendomains").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--parallel", "0"), "--parallel 0 must be at least 1"),
+        (("--stop-timeout", "0"), "must be at least 1 second"),
+        (("--save-dir", "relative/dir"), "must be an absolute path"),
+        (("--save-dir", "/var/lib/xen save"), "must be an absolute path without spaces"),
+    ],
+)
+def test_bad_settings_write_nothing(run_cli, tmp_path, args, message):
+    root = tmp_path / "r"
+    proc = run_cli("xendomains", "install", "--root", root, *args)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not root.exists()
+
+
+def test_enable_needs_the_script(run_cli, tmp_path):
+    proc = run_cli("xendomains", "enable", "--root", tmp_path)
+    assert proc.returncode != 0 and "is not installed" in proc.stderr and "xendomains install" in proc.stderr
