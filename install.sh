@@ -1,0 +1,345 @@
+#!/bin/sh
+# Install a Xen build into DESTDIR, as the Xen manual's install.sh did:
+#
+#   tar zxvf xen-<version>-install.tgz; cd xen-<version>-install; sh ./install.sh
+#
+#   sh ./install.sh [--from TREE] [-q] [DESTDIR]     install TREE (default: install/ beside
+#                                                    this script) into DESTDIR (default /)
+#   sh ./install.sh --uninstall [-q] [DESTDIR]       remove what the record lists
+#
+# Modes and symlinks are preserved. A file under etc/ that the user changed (or that was
+# there before us) is never overwritten: ours is written beside it as FILE.xen-new. What
+# was installed goes to DESTDIR/var/lib/xen-provision/installed.list (type, sha256 or link
+# target, path), so --uninstall removes exactly that, and leaves any file changed since.
+# Everything is first copied to temporary names; only when every copy succeeded are they
+# renamed into place, so a failure leaves nothing half-installed.
+#
+# POSIX sh and awk, plus sha256sum, stat -c, readlink and xargs -0 (coreutils or busybox).
+# Checksums and modes are gathered in a few batch commands and the plan is made by one
+# awk program, so a tree with thousands of modules installs in seconds.
+set -eu
+
+PROG=install.sh
+RECORD=var/lib/xen-provision/installed.list
+TAB=$(printf '\t')
+
+usage() {
+    echo "usage: sh ./install.sh [--from TREE] [-q] [DESTDIR]" >&2
+    echo "       sh ./install.sh --uninstall [-q] [DESTDIR]" >&2
+    exit 2
+}
+die() { echo "$PROG: error: $*" >&2; exit 1; }
+say() { if [ -z "$QUIET" ]; then echo "$*"; fi; }
+
+MODE=install
+QUIET=
+SRC=
+DESTDIR=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --uninstall) MODE=uninstall ;;
+        --from) [ $# -ge 2 ] || usage; SRC=$2; shift ;;
+        --from=*) SRC=${1#--from=} ;;
+        -q|--quiet) QUIET=1 ;;
+        -h|--help) usage ;;
+        -*) echo "$PROG: error: unknown option $1" >&2; usage ;;
+        *) [ -z "$DESTDIR" ] || usage; DESTDIR=$1 ;;
+    esac
+    shift
+done
+DESTDIR=${DESTDIR:-/}
+case $DESTDIR in /*) ;; *) DESTDIR=$(pwd)/$DESTDIR ;; esac
+# D is DESTDIR without its trailing slash: paths are "$D/$rel" ("/boot/..." for DESTDIR=/).
+D=$(printf '%s' "$DESTDIR" | sed 's:/*$::')
+
+for tool in sha256sum stat readlink find sort awk xargs; do
+    command -v "$tool" >/dev/null 2>&1 || die "required tool '$tool' was not found (install coreutils/findutils)"
+done
+
+# A scratch directory for our lists, removed at exit.
+WORK=${TMPDIR:-/tmp}/xen-install.$$
+mkdir -m 700 "$WORK" || die "cannot create a scratch directory $WORK"
+: > "$WORK/staged"      # temp<TAB>final, renamed into place at the end
+: > "$WORK/created"     # directories this run created (removed again on failure)
+: > "$WORK/record"      # the new installed.list
+: > "$WORK/notes"
+: > "$WORK/removed"
+: > "$WORK/dirs"
+: > "$WORK/record.plan"
+: > "$WORK/conflict"
+: > "$WORK/touched"
+CREATED_DESTDIR=
+DONE=
+
+rollback() {
+    # Undo a failed run: staged temporaries, then the directories we made, deepest first.
+    while IFS="$TAB" read -r tmp final; do
+        rm -rf "$tmp"  # our temporary name: a file, a link or a new directory copied whole
+    done < "$WORK/staged"
+    sort -r "$WORK/created" | while IFS= read -r dir; do
+        rmdir "$dir" 2>/dev/null || true
+    done
+    if [ -n "$CREATED_DESTDIR" ]; then rmdir "$D" 2>/dev/null || true; fi
+}
+
+finish() {
+    status=$?
+    if [ -z "$DONE" ]; then rollback; fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+check_writable() {
+    probe="$D/.xen-provision-probe.$$"
+    if ! mkdir "$probe" 2>/dev/null; then
+        die "DESTDIR $DESTDIR is not writable (run as root, or choose a DESTDIR you can write)"
+    fi
+    rmdir "$probe"
+}
+
+# batch CMD LIST OUT: run CMD (sha256sum, or stat -c ...) in DIR over the relative paths of
+# LIST (one a line), as "<value> ./<path>" lines in OUT. Nothing to do for an empty list.
+batch() {
+    : > "$4"
+    if [ -s "$3" ]; then
+        if ! (cd "$1" && sed 's:^:./:' "$3" | tr '\n' '\0' | xargs -0 $2) >> "$4" 2> "$WORK/batch.err"; then
+            die "cannot read in $1: $(sed -n '1s/^[^:]*: //p' "$WORK/batch.err")"
+        fi
+    fi
+}
+sums() { batch "$1" sha256sum "$2" "$3"; }
+modes() { batch "$1" "stat -c %a%n" "$2" "$3"; }
+
+# Remove the entries (type<TAB>value<TAB>path lines) of FILE that are still what we installed;
+# keep, and say so, any file changed since. Directories are collected for remove_dirs.
+remove_entries() {
+    : > "$WORK/rm.files"
+    while IFS="$TAB" read -r type value path; do
+        case $type in
+            f) if [ -f "$D/$path" ] && [ ! -L "$D/$path" ]; then echo "$path" >> "$WORK/rm.files"; fi ;;
+            l)
+                if [ -L "$D/$path" ] && [ "$(readlink "$D/$path")" = "$value" ]; then
+                    rm -f "$D/$path"
+                    echo "$path" >> "$WORK/removed"
+                fi ;;
+            d) echo "$path" >> "$WORK/dirs" ;;
+        esac
+    done < "$1"
+    sums "$D/" "$WORK/rm.files" "$WORK/rm.sums"
+    : > "$WORK/rm.list"
+    awk -F "$TAB" -v sums="$WORK/rm.sums" -v list="$WORK/rm.list" -v D="$D" '
+        BEGIN { while ((getline line < sums) > 0) have[substr(line, 69)] = substr(line, 1, 64) }
+        $1 == "f" && ($3 in have) {
+            if (have[$3] == $2) print $3 > list
+            else print "kept " D "/" $3 ": changed since it was installed"
+        }' "$1" > "$WORK/rm.kept"
+    if [ -s "$WORK/rm.list" ]; then
+        (cd "$D/" && tr '\n' '\0' < "$WORK/rm.list" | xargs -0 rm -f)
+        cat "$WORK/rm.list" >> "$WORK/removed"
+    fi
+    while IFS= read -r line; do say "$line"; done < "$WORK/rm.kept"
+}
+
+# Remove the recorded directories that are now empty, deepest first.
+remove_dirs() {
+    sort -r "$WORK/dirs" | while IFS= read -r dir; do
+        rmdir "$D/$dir" 2>/dev/null || true
+    done
+}
+
+# Make directory REL (and its missing parents) under DESTDIR, remembering which we created.
+# (sh has no local variables: functions use their positional parameters.)
+ensure_dir() {
+    if [ -d "$D/$1" ]; then return 0; fi
+    if [ "$(dirname "$1")" != . ]; then ensure_dir "$(dirname "$1")"; fi
+    if [ -e "$D/$1" ] || [ -L "$D/$1" ]; then
+        die "cannot install: $D/$1 exists and is not a directory"
+    fi
+    mkdir -m 755 "$D/$1" 2>/dev/null || die "cannot create directory $D/$1 (not writable?)"
+    echo "$D/$1" >> "$WORK/created"
+    printf 'd\t-\t%s\n' "$1" >> "$WORK/record"
+}
+
+# ------------------------------------------------------------------ uninstall
+
+if [ "$MODE" = uninstall ]; then
+    [ -f "$D/$RECORD" ] || die "nothing to uninstall: no record at $D/$RECORD"
+    check_writable
+    [ -w "$(dirname "$D/$RECORD")" ] || die "cannot modify $(dirname "$D/$RECORD") (run as root)"
+    remove_entries "$D/$RECORD"
+    rm -f "$D/$RECORD"
+    remove_dirs
+    DONE=1
+    say "removed $(wc -l < "$WORK/removed" | tr -d ' ') files and links from $DESTDIR"
+    exit 0
+fi
+
+# ------------------------------------------------------------------ install
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+SRC=${SRC:-$HERE/install}
+[ -d "$SRC" ] || die "nothing to install: $SRC is not a directory (run install.sh from the unpacked xen-<version>-install directory, or give --from TREE)"
+SRC=$(cd "$SRC" && pwd)
+
+if [ ! -d "$D/" ]; then
+    parent=$(dirname "$D")
+    [ -d "$parent" ] || die "DESTDIR $DESTDIR does not exist, nor does its parent $parent"
+    mkdir "$D" 2>/dev/null || die "DESTDIR $DESTDIR is not writable (cannot create it in $parent)"
+    CREATED_DESTDIR=1
+fi
+check_writable
+
+# The tree, sorted (parents before children), with names we can record safely.
+(cd "$SRC" && find . -print) | sed -e '/^\.$/d' -e 's:^\./::' | LC_ALL=C sort > "$WORK/tree"
+if grep -q "[$TAB\\\\]" "$WORK/tree"; then
+    die "cannot install names containing tabs or backslashes: $(grep "[$TAB\\\\]" "$WORK/tree" | head -n 1)"
+fi
+ensure_dir "$(dirname "$RECORD")"
+
+# Facts: each entry's type here and at its destination (shell builtins only, no process per
+# file), then checksums and modes in batches.
+: > "$WORK/src.files"
+: > "$WORK/dest.files"
+while IFS= read -r rel; do
+    dest=$rel
+    # The build manifest describes the installation; it lives beside the record.
+    if [ "$rel" = manifest.json ]; then dest=var/lib/xen-provision/manifest.json; fi
+    slink= dlink=
+    if [ -L "$SRC/$rel" ]; then t=l; slink=$(readlink "$SRC/$rel")
+    elif [ -d "$SRC/$rel" ]; then t=d
+    elif [ -f "$SRC/$rel" ]; then t=f; echo "$rel" >> "$WORK/src.files"
+    else t=x
+    fi
+    if [ "$t" = d ] && [ -d "$D/$dest" ]; then dt=d  # a link to a directory will do (/lib, /var/run)
+    elif [ -L "$D/$dest" ]; then dt=l; dlink=$(readlink "$D/$dest")
+    elif [ -d "$D/$dest" ]; then dt=d
+    elif [ -f "$D/$dest" ]; then dt=f; [ "$t" != f ] || echo "$dest" >> "$WORK/dest.files"
+    elif [ -e "$D/$dest" ]; then dt=x
+    else dt=-
+    fi
+    case $dest in
+        etc/*) if [ "$t" = f ] && [ -f "$D/$dest.xen-new" ]; then echo "$dest.xen-new" >> "$WORK/dest.files"; fi ;;
+    esac
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$dt" "$rel" "$dest" "$slink" "$dlink"
+done < "$WORK/tree" > "$WORK/entries"
+sums "$SRC" "$WORK/src.files" "$WORK/src.sums"
+modes "$SRC" "$WORK/src.files" "$WORK/src.modes"
+sums "$D/" "$WORK/dest.files" "$WORK/dest.sums"
+modes "$D/" "$WORK/dest.files" "$WORK/dest.modes"
+if [ -f "$D/$RECORD" ]; then cp "$D/$RECORD" "$WORK/old"; else : > "$WORK/old"; fi
+
+# The plan: what to create, copy and link, what to keep, and the new record. A conflict
+# is found here, before anything is written.
+awk -F "$TAB" -v W="$WORK" -v D="$D" -v pid="$$" '
+    function loadmodes(file, arr,   line, i) {
+        while ((getline line < file) > 0) { i = index(line, "./"); arr[substr(line, i + 2)] = substr(line, 1, i - 1) }
+    }
+    function staged(dest,   dir, base) {
+        dir = dest; base = dest
+        if (sub(/\/[^\/]*$/, "", dir)) sub(/^.*\//, "", base); else dir = "."
+        if (!(dir in touched)) { touched[dir] = 1; print dir > (W "/touched") }
+        return dir "/.xen-new." pid "." base
+    }
+    function conflict(msg) { if (!failed) print msg > (W "/conflict"); failed = 1 }
+    function record(type, value, path) { print type "\t" value "\t" path > (W "/record.plan") }
+    function copy(rel, dest) { print "copy\t" rel "\t" dest "\t" staged(dest); installed++ }
+    function keep_theirs(rel, dest,   new) {
+        # The user changed this etc/ file (or it was there before us): ours goes beside it.
+        new = dest ".xen-new"
+        if ((new in dsum) && dsum[new] == ssum[rel] && dmode[new] == smode[rel]) unchanged++
+        else copy(rel, new)
+        print "kept your " D "/" dest "; the new version is " D "/" new > (W "/notes")
+        record("f", ssum[rel], new)
+    }
+    BEGIN {
+        # sha256sum prints "<64 hex>  ./path"; stat -c %a%n prints "<mode>./path"
+        while ((getline line < (W "/src.sums")) > 0) ssum[substr(line, 69)] = substr(line, 1, 64)
+        while ((getline line < (W "/dest.sums")) > 0) dsum[substr(line, 69)] = substr(line, 1, 64)
+        loadmodes(W "/src.modes", smode); loadmodes(W "/dest.modes", dmode)
+        while ((getline line < (W "/old")) > 0) { split(line, f, "\t"); old[f[3]] = f[1] "\t" f[2] }
+    }
+    {
+        t = $1; dt = $2; rel = $3; dest = $4; slink = $5; dlink = $6
+        if (top != "" && index(rel, top "/") == 1) {
+            # Inside a directory that is new here: copied whole (one cp, one rename).
+            if (t == "x") conflict("cannot install " rel ": only files, directories and symlinks are supported")
+            else if (t == "d") record("d", "-", dest)
+            else { record(t, t == "l" ? slink : ssum[rel], dest); installed++ }
+            next
+        }
+        top = ""
+        if (t == "d" && dt == "-") {
+            print "copytree\t" rel "\t" dest "\t" staged(dest); record("d", "-", dest); top = rel
+        } else if (t == "d") {
+            if (dt != "d") conflict("cannot install: " D "/" dest " exists and is not a directory")
+            else if (old[dest] == "d\t-") record("d", "-", dest)
+        } else if (t == "l") {
+            if (dt == "d" || dt == "x") conflict("cannot install " dest ": " D "/" dest " is in the way")
+            else if (dt == "l" && dlink == slink) unchanged++
+            else { print "link\t" slink "\t" dest "\t" staged(dest); installed++ }
+            record("l", slink, dest)
+        } else if (t == "f") {
+            etc = (dest ~ /^etc\//)
+            if (dt == "d" || dt == "x") conflict("cannot install " dest ": " D "/" dest " is in the way")
+            else if (dt == "l" && etc) keep_theirs(rel, dest)
+            else if (dt == "f" && dsum[dest] == ssum[rel] && dmode[dest] == smode[rel]) {
+                unchanged++; record("f", ssum[rel], dest)
+            } else if (dt == "f" && etc && dsum[dest] != ssum[rel] && old[dest] != "f\t" dsum[dest]) keep_theirs(rel, dest)
+            else { copy(rel, dest); record("f", ssum[rel], dest) }
+        } else conflict("cannot install " rel ": only files, directories and symlinks are supported")
+    }
+    END {
+        # Directories an earlier install created stay ours (uninstall removes them if empty).
+        for (p in old) if (old[p] == "d\t-") record("d", "-", p)
+        print installed + 0 "\t" unchanged + 0 > (W "/counts")
+    }' "$WORK/entries" > "$WORK/plan"
+if [ -s "$WORK/conflict" ]; then die "$(cat "$WORK/conflict")"; fi
+# Every directory we are about to write in must be writable (a read-only mount, another
+# owner): say so before writing anything.
+while IFS= read -r dir; do
+    [ -w "$D/$dir" ] || die "cannot write in $D/$dir (not writable: run as root?)"
+done < "$WORK/touched"
+
+# Carry out the plan: directories, then copies and links under temporary names.
+while IFS="$TAB" read -r op a b c; do
+    case $op in
+        copytree)
+            printf '%s\t%s\n' "$D/$c" "$D/$b" >> "$WORK/staged"
+            cp -pRP "$SRC/$a" "$D/$c" 2>/dev/null || die "cannot write in $(dirname "$D/$b") (full?)" ;;
+        copy)
+            printf '%s\t%s\n' "$D/$c" "$D/$b" >> "$WORK/staged"
+            cp -p "$SRC/$a" "$D/$c" 2>/dev/null || die "cannot write in $(dirname "$D/$b") (full?)" ;;
+        link)
+            printf '%s\t%s\n' "$D/$c" "$D/$b" >> "$WORK/staged"
+            ln -s "$a" "$D/$c" 2>/dev/null || die "cannot write in $(dirname "$D/$b")" ;;
+    esac
+done < "$WORK/plan"
+
+# Everything is staged: rename into place.
+while IFS="$TAB" read -r tmp final; do
+    mv -f "$tmp" "$final"
+done < "$WORK/staged"
+DONE=1
+
+cat "$WORK/record.plan" >> "$WORK/record"
+# Entries of an earlier install that this tree no longer has (an upgrade): remove them.
+# (an etc/ file we now write as FILE.xen-new is the user's: not stale)
+awk -F "$TAB" 'NR == FNR { new[$3] = 1; next } !($3 in new) && !(($3 ".xen-new") in new) && $1 != "d"' \
+    "$WORK/record" "$WORK/old" > "$WORK/stale"
+remove_entries "$WORK/stale"
+
+# The record, sorted by path, written atomically; rewritten only when it changed.
+LC_ALL=C sort -u -t "$TAB" -k3,3 -k1,1 "$WORK/record" > "$WORK/record.sorted"
+if ! cmp -s "$WORK/record.sorted" "$D/$RECORD" 2>/dev/null; then
+    cp "$WORK/record.sorted" "$D/$RECORD.new"
+    chmod 644 "$D/$RECORD.new"
+    mv -f "$D/$RECORD.new" "$D/$RECORD"
+fi
+while IFS= read -r note; do
+    echo "$PROG: note: $note" >&2
+done < "$WORK/notes"
+IFS="$TAB" read -r installed unchanged < "$WORK/counts"
+say "installed $installed files and links into $DESTDIR ($unchanged unchanged); record: $D/$RECORD"

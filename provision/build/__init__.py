@@ -1,0 +1,1 @@
+"""Building Xen and its kernels (``doit world``) and installing them (``doit dist|install``)."""
