@@ -7,11 +7,11 @@ import textwrap
 import pytest
 
 from provision import run as runmod
+from provision import validate
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write, write_if_changed
 from provision.sizes import GiB, MiB, format_size, parse_size
 from provision.undo import UndoStack
-from provision import validate
 
 
 @pytest.mark.parametrize(

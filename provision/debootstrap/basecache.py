@@ -1,0 +1,235 @@
+"""The cache of bootstrapped bases: one tarball per manifest of inputs.
+
+    <cache>/debootstrap/<key>.tar    the base, uncompressed (unpacking it is the warm path)
+    <cache>/debootstrap/<key>.json   the manifest, the tarball's sha256 and size, its unpacked size
+
+The JSON is written last, so an entry without it is unfinished and is never used. An
+entry whose tarball does not match its recorded size or checksum is broken: it is
+removed and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision import log
+from provision.cache import cache_dir, manifest_key
+from provision.debootstrap.bootstrap import BaseSpec, bootstrap
+from provision.debootstrap.mirror import probe
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_path, atomic_write
+from provision.run import run
+
+TAR_OPTS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
+
+
+def cache_root(create: bool = True) -> Path:
+    if create:
+        return cache_dir("debootstrap")
+    base = os.environ.get("XEN_PROVISION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xen-provision")
+    return Path(base, "debootstrap")
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    tarball: Path
+    meta: Path
+
+    def info(self) -> dict:
+        return json.loads(self.meta.read_text())
+
+
+def entry_for(spec: BaseSpec, create: bool = True) -> Entry:
+    root = cache_root(create)
+    key = manifest_key(spec.manifest())
+    return Entry(key, root / f"{key}.tar", root / f"{key}.json")
+
+
+def is_cached(spec: BaseSpec) -> bool:
+    entry = entry_for(spec, create=False)
+    return entry.meta.is_file() and entry.tarball.is_file()
+
+
+def _tree_size(root: Path) -> tuple[int, int]:
+    """Bytes and inodes of a tree, to size images before mkfs fails half-way."""
+    total, count = 0, 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            count += 1
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                total += st.st_blocks * 512
+    return total, count
+
+
+def _remove(entry: Entry) -> None:
+    for path in (entry.meta, entry.tarball):
+        path.unlink(missing_ok=True)
+
+
+def _lock(entry: Entry):
+    """One bootstrap per key at a time; a second run waits and then finds it cached."""
+    f = open(entry.tarball.with_suffix(".lock"), "a")  # held until the base is cached
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def _unlock(f) -> None:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
+def _write_tarball(entry: Entry, tree: Path) -> dict:
+    with atomic_path(entry.tarball) as tmp:
+        run(["tar", *TAR_OPTS, "--sort=name", "-C", tree, "-cf", tmp, "."], quiet=True)
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        size = os.path.getsize(tmp)
+    for stale in entry.tarball.parent.glob(f"{entry.key}.*.img"):
+        stale.unlink()  # filesystems made from the base this one replaces
+    return {"sha256": h.hexdigest(), "size": size}
+
+
+def _tree_meta(spec: BaseSpec, tree: Path) -> dict:
+    unpacked, inodes = _tree_size(tree)
+    return {"manifest": spec.manifest(), "unpacked_bytes": unpacked, "inodes": inodes, "created": int(time.time())}
+
+
+def store(entry: Entry, spec: BaseSpec, tree: Path) -> dict:
+    """Tar ``tree`` into the cache under ``entry``; returns the recorded metadata."""
+    meta = _tree_meta(spec, tree)
+    meta.update(_write_tarball(entry, tree))
+    atomic_write(entry.meta, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+class Storing:
+    """A fresh base being tarred into the cache while the caller goes on with the same,
+    unchanged tree (mkfs reads it too). Call :meth:`wait` before the tree is changed or
+    removed; the entry's lock is held until then."""
+
+    def __init__(self, entry: Entry, spec: BaseSpec, tree: Path, lock):
+        self.entry, self.tree, self._lock = entry, tree, lock
+        self.meta = _tree_meta(spec, tree)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="cache-base", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        try:
+            self.meta.update(_write_tarball(self.entry, self.tree))
+            atomic_write(self.entry.meta, json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        except BaseException as e:  # reported by wait(): a cache we could not fill is no failure
+            self.error = e
+
+    def wait(self) -> None:
+        if self._lock is None:
+            return
+        self._thread.join()
+        _unlock(self._lock)
+        self._lock = None
+        if self.error is not None:
+            log.warn(f"could not cache the base: {self.error}")
+        else:
+            log.info(f"cached the base as {self.entry.tarball} ({self.meta['size'] >> 20} MiB)")
+
+
+def _sha256_thread(path: Path, result: dict) -> threading.Thread:
+    def work():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(4 << 20):
+                h.update(block)
+        result["sha256"] = h.hexdigest()
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    return t
+
+
+def unpack(entry: Entry, dest: Path) -> dict | None:
+    """Unpack a cached base into the empty directory ``dest``, checking it as it goes.
+
+    The checksum runs beside tar, so checking costs no extra time. Returns the entry's
+    metadata, or None (with ``dest`` emptied) when the entry is broken.
+    """
+    try:
+        meta = entry.info()
+        size = entry.tarball.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if size != meta.get("size"):
+        log.warn(f"cached base {entry.tarball.name} is truncated ({size} of {meta.get('size')} bytes); rebuilding it")
+        return None
+    result: dict = {}
+    hasher = _sha256_thread(entry.tarball, result)
+    try:
+        run(["tar", *TAR_OPTS, "-xpf", entry.tarball, "-C", dest], quiet=True)
+    except ProvisionError:
+        hasher.join()
+        log.warn(f"cached base {entry.tarball.name} does not unpack; rebuilding it")
+        return None
+    finally:
+        hasher.join()
+    if result.get("sha256") != meta.get("sha256"):
+        log.warn(f"cached base {entry.tarball.name} fails its checksum; rebuilding it")
+        return None
+    return meta
+
+
+def _empty(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            run(["rm", "-rf", "--one-file-system", child], quiet=True)
+        else:
+            child.unlink()
+
+
+def start(spec: BaseSpec, dest: str | os.PathLike, *, refresh: bool = False, quiet: bool = False,
+          check_mirror: bool = True) -> tuple[str, dict, Storing | None]:
+    """Fill the empty directory ``dest`` with the base for ``spec``: from the cache when
+    an intact entry exists (``"hit"``), else by bootstrapping it (``"miss"``), in which
+    case the returned :class:`Storing` is caching it in the background."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    entry = entry_for(spec)
+    lock = _lock(entry)
+    try:
+        if not refresh and entry.meta.is_file() and entry.tarball.is_file():
+            meta = unpack(entry, dest)
+            if meta is not None:
+                log.info(f"base {spec.suite}/{spec.arch}/{spec.variant} from the cache ({entry.key[:12]})")
+                _unlock(lock)
+                return "hit", meta, None
+            _remove(entry)
+            _empty(dest)
+        elif not refresh and entry.tarball.exists():
+            _remove(entry)  # a tarball without its JSON was never finished
+        if check_mirror:
+            probe(spec.mirror, spec.suite, spec.proxy)
+        bootstrap(spec, dest, quiet=quiet)
+        storing = Storing(entry, spec, dest, lock)
+    except BaseException:
+        _unlock(lock)
+        raise
+    return "miss", storing.meta, storing
+
+
+def obtain(spec: BaseSpec, dest: str | os.PathLike, **kw) -> tuple[str, dict]:
+    """:func:`start`, waiting for the base to be cached: ``("hit"|"miss", metadata)``."""
+    status, meta, storing = start(spec, dest, **kw)
+    if storing is not None:
+        storing.wait()
+    return status, meta

@@ -1,0 +1,427 @@
+"""The pipeline: a base (cached), configured as a guest, made into its target.
+
+    spec = resolve("bookworm")                                  # bootstrap.resolve
+    settings = GuestSettings("vm1", Network.make(ip="192.0.2.10/24", gateway="192.0.2.1"))
+    info = build(spec, settings, Target.file("/srv/xen/vm1.img", "2G", swap="512M"))
+
+reads like the manual's appendix: make the disk, bootstrap, edit the files, done. The
+tree is configured before the filesystem is made from it (``mkfs.ext4 -d``), so nothing
+is mounted. Each image gets a JSON sidecar (``<image>.json``) saying how to boot it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision import log
+from provision.debootstrap import basecache
+from provision.debootstrap.bootstrap import BaseSpec, command
+from provision.debootstrap.configure import (
+    GuestSettings,
+    TreeReader,
+    apply_to_dir,
+    describe,
+    dir_reader,
+    guest_files,
+)
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_write
+from provision.run import run
+from provision.sizes import MiB, format_size, parse_size
+from provision.undo import UndoStack
+
+SIDECAR_FORMAT = "xen-provision-image/1"
+FSTYPES = ("ext4", "ext3", "ext2")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the guest goes: a directory, a file image, a partitioned disk image or an LV."""
+
+    kind: str  # "dir" | "file" | "disk" | "lv"
+    path: str  # directory, image file, disk image, or "VG/LV"
+    size: int | None = None
+    swap: int | None = None  # swap size: an image or LV beside it, or partition 2
+    fstype: str = "ext4"
+    preallocate: bool = False
+
+    @classmethod
+    def dir(cls, path) -> Target:
+        return cls("dir", os.path.abspath(path))
+
+    @classmethod
+    def file(cls, path, size="2G", *, swap=None, fstype="ext4", preallocate=False) -> Target:
+        return cls._sized("file", os.path.abspath(path), size, swap, fstype, preallocate)
+
+    @classmethod
+    def disk(cls, path, size="2G", *, swap=None, fstype="ext4", preallocate=False) -> Target:
+        return cls._sized("disk", os.path.abspath(path), size, swap, fstype, preallocate)
+
+    @classmethod
+    def lv(cls, vg_lv: str, size="2G", *, swap=None, fstype="ext4") -> Target:
+        from provision.storage import validate_lv_name, validate_vg_name
+
+        vg, _, lv = vg_lv.partition("/")
+        if not lv:
+            raise ProvisionError(f"LV '{vg_lv}' is not VG/NAME", hint="e.g. --lv vg0/vm1")
+        validate_vg_name(vg)
+        validate_lv_name(lv)
+        return cls._sized("lv", vg_lv, size, swap, fstype, False)
+
+    @classmethod
+    def _sized(cls, kind, path, size, swap, fstype, preallocate) -> Target:
+        if fstype not in FSTYPES:
+            raise ProvisionError(f"filesystem type '{fstype}' is not supported for a root image",
+                                 hint=f"use one of: {', '.join(FSTYPES)}")
+        nbytes = parse_size(size, "image size", minimum=32 * MiB)
+        swap_bytes = parse_size(swap, "swap size", minimum=MiB) if swap else None
+        return cls(kind, path, nbytes, swap_bytes, fstype, preallocate)
+
+    @property
+    def swap_path(self) -> str | None:
+        """Where the swap goes: ``vm1.img`` -> ``vm1-swap.img``, ``vg/vm1`` -> ``vg/vm1-swap``."""
+        if not self.swap or self.kind == "disk":
+            return None
+        stem, ext = os.path.splitext(self.path)
+        return f"{stem}-swap{ext}" if self.kind == "file" else f"{self.path}-swap"
+
+    @property
+    def sidecar(self) -> str:
+        if self.kind == "lv":
+            vg, lv = self.path.split("/", 1)
+            return str(basecache.cache_root(create=False).parent / "images" / vg / f"{lv}.json")
+        return self.path.rstrip("/") + ".json"
+
+    def check_free(self) -> None:
+        """A target that exists is refused before anything is done."""
+        if self.kind == "lv":
+            from provision.storage import lv_exists
+
+            vg, lv = self.path.split("/", 1)
+            for name in filter(None, (lv, self.swap_path and self.swap_path.split("/", 1)[1])):
+                if lv_exists(vg, name):
+                    raise ProvisionError(f"logical volume {vg}/{name} already exists",
+                                         hint="choose another name, or remove it with lvremove")
+            return
+        for path in filter(None, (self.path, self.swap_path)):
+            if os.path.lexists(path):
+                raise ProvisionError(f"target {path} already exists", hint="choose another path or remove it first")
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
+            raise ProvisionError(f"directory {parent} does not exist", hint="create it first")
+
+
+def _needed_bytes(meta: dict) -> int:
+    """Room a filesystem needs for the tree: data, inode tables and journal, with a margin."""
+    return int(meta.get("unpacked_bytes", 0) * 1.25) + meta.get("inodes", 0) * 256 + 48 * MiB
+
+
+def check_room(target: Target, meta: dict) -> None:
+    """Refuse a file or disk image whose filesystem has no room for the tree: a sparse
+    image would otherwise fail half-way through mkfs."""
+    if target.kind not in ("file", "disk"):
+        return
+    st = os.statvfs(os.path.dirname(target.path))
+    free = st.f_bavail * st.f_frsize
+    need = target.size if target.preallocate else _needed_bytes(meta)
+    if free < need:
+        raise ProvisionError(f"not enough space in {os.path.dirname(target.path)}: {format_size(free)} free, "
+                             f"the image needs about {need >> 20} MiB",
+                             hint="free some space or choose another directory")
+
+
+def _work_parent(target: Target, expected: int) -> str | None:
+    """Where to unpack the tree: beside a directory target (so it is renamed into place),
+    otherwise on tmpfs when it has room (unpacking and removing 10k files is fast there)."""
+    if target.kind == "dir":
+        return os.path.dirname(target.path)
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK):
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize > 2 * expected + 256 * MiB:
+            return shm
+    return str(basecache.cache_root().parent / "tmp")
+
+
+def _mounts_below(path: str) -> list[str]:
+    real = os.path.realpath(path)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mnt = line.split()[4].encode().decode("unicode_escape")
+            if mnt == real or mnt.startswith(real + "/"):
+                found.append(mnt)
+    return sorted(found, key=len, reverse=True)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a work tree, first unmounting anything a killed backend left mounted in it."""
+    for mnt in _mounts_below(path):
+        run(["umount", "--lazy", mnt], check=False, quiet=True)
+    if os.path.lexists(path):
+        run(["rm", "-rf", "--one-file-system", path], quiet=True)
+
+
+def sidecar_info(spec_or_meta: dict, settings: GuestSettings, target: Target, release) -> dict:
+    """The JSON beside an image: everything a domain config needs to boot it."""
+    disks = []
+    if target.kind == "disk":
+        disks.append({"role": "disk", "path": target.path, "vdev": f"{settings.devices}a", "format": "raw",
+                      "size": target.size, "partitions": {"root": 1, **({"swap": 2} if target.swap else {})}})
+    elif target.kind in ("file", "lv"):
+        def dev(p):
+            return f"/dev/{p}" if target.kind == "lv" else p
+        disks.append({"role": "root", "path": dev(target.path), "vdev": settings.root_device, "format": "raw",
+                      "fstype": target.fstype, "size": target.size})
+        if target.swap:
+            disks.append({"role": "swap", "path": dev(target.swap_path), "vdev": settings.swap_device,
+                          "format": "raw", "size": target.swap})
+    return {
+        "format": SIDECAR_FORMAT,
+        "name": settings.hostname.split(".", 1)[0],
+        "distro": release.distro,
+        "suite": release.name,
+        "version": release.version,
+        "status": release.status,
+        "arch": spec_or_meta.get("arch"),
+        "init": release.init,
+        "target": target.kind,
+        "disks": disks,
+        "root": f"/dev/{settings.root_device}",
+        "fstype": target.fstype,
+        "console": "hvc0",
+        "kernel_args": list(release.kernel_args),
+        "guest": settings.public(),
+        "base": spec_or_meta,
+    }
+
+
+def _plan_reader(spec: BaseSpec, settings: GuestSettings) -> TreeReader:
+    """A stand-in for a tree not yet bootstrapped (--dry-run): what the base will hold."""
+    rel = spec.release
+    files = {"/etc/shadow": "root:*:19000:0:99999:7:::\n", "/etc/group": "root:x:0:\nshadow:x:42:\n"}
+    if rel.init == "sysvinit":
+        files["/etc/inittab"] = "id:2:initdefault:\n"
+        files["/etc/securetty"] = "console\ntty1\n"
+    if "openssh-server" in spec.include:
+        files["/etc/ssh/sshd_config"] = ""
+    return TreeReader(files.get, lambda path: [])
+
+
+def plan(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False) -> list[str]:
+    """What a build would do: the commands and the files, without doing any of it."""
+    entry = basecache.entry_for(spec, create=False)
+    hit = basecache.is_cached(spec) and not refresh
+    rel = spec.release
+    lines = [
+        f"release:  {rel} [{rel.status}], init {rel.init}, network {rel.network}",
+        f"arch:     {spec.arch}",
+        f"mirror:   {spec.mirror}" + (f" (proxy {spec.proxy})" if spec.proxy else ""),
+        f"keyring:  {spec.keyring}" if spec.keyring else "keyring:  NONE (--no-check-gpg: signatures NOT checked)",
+        f"backend:  {spec.backend} ({spec.variant})",
+        f"packages: {' '.join(spec.include) or '-'}" + (f"; excluded: {' '.join(spec.exclude)}" if spec.exclude else ""),
+        f"cache:    {entry.tarball} ({'hit' if hit else 'miss: will bootstrap'})",
+    ]
+    if rel.kernel_args:
+        lines.append(f"kernel:   the domain needs {' '.join(rel.kernel_args)} on its command line (old glibc)")
+    fs_cached = None
+    if target.kind == "file" and not target.preallocate and not refresh:
+        cached = fs_cache_path(spec, target, create=False) if hit else None
+        fs_cached = cached if cached is not None and cached.is_file() else None
+    if fs_cached is not None:
+        lines.append(f"clone:    {fs_cached} -> {target.path} (cached {target.fstype} of the base)")
+        for line in describe(guest_files(rel, settings, _plan_reader(spec, settings))):
+            lines.append("debugfs:  " + line)
+        lines.append(f"run:      e2fsck -fn {target.path}")
+        if target.swap:
+            lines += [f"target:   sparse image {target.swap_path} ({format_size(target.swap)})",
+                      f"target:   mkswap {target.swap_path}"]
+        lines.append(f"write:    {target.sidecar}")
+        return lines
+    if not hit:
+        argv, env = command(spec, "ROOT")
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()) if k == "http_proxy")
+        lines.append("run:      " + (envs + " " if envs else "") + shlex.join(argv))
+        lines.append(f"run:      tar {' '.join(basecache.TAR_OPTS)} --sort=name -C ROOT -cf {entry.tarball} .")
+    else:
+        lines.append(f"run:      tar {' '.join(basecache.TAR_OPTS)} -xpf {entry.tarball} -C ROOT")
+    for line in describe(guest_files(rel, settings, _plan_reader(spec, settings))):
+        lines.append("config:   " + line)
+    lines += [f"target:   {line}" for line in _target_plan(target)]
+    lines.append(f"write:    {target.sidecar}")
+    return lines
+
+
+def _target_plan(t: Target) -> list[str]:
+    size = format_size(t.size) if t.size else ""
+    mkfs = f"mkfs.{t.fstype} -F -q -d ROOT"
+    if t.kind == "dir":
+        return [f"rename ROOT {t.path}"]
+    if t.kind == "file":
+        out = [f"{'preallocated' if t.preallocate else 'sparse'} image {t.path} ({size})", f"{mkfs} {t.path}"]
+        if t.swap:
+            out += [f"sparse image {t.swap_path} ({format_size(t.swap)})", f"mkswap {t.swap_path}"]
+        return out
+    if t.kind == "disk":
+        out = [f"disk image {t.path} ({size}), msdos table: 1 = {t.fstype}"
+               + (f", 2 = swap ({format_size(t.swap)})" if t.swap else ""),
+               f"{mkfs} {t.path} partition 1 (through a loop device)"]
+        return out + ([f"mkswap {t.path} partition 2"] if t.swap else [])
+    vg, lv = t.path.split("/", 1)
+    out = [f"lvcreate -L {size} -n {lv} {vg}", f"{mkfs} /dev/{vg}/{lv}"]
+    if t.swap:
+        out += [f"lvcreate -L {format_size(t.swap)} -n {lv}-swap {vg}", f"mkswap /dev/{vg}/{lv}-swap"]
+    return out
+
+
+def _make_target(root: Path, target: Target, undo: UndoStack) -> None:
+    from provision import storage
+
+    if target.kind == "dir":
+        os.rename(root, target.path)
+        undo.rollback(f"remove {target.path}", _remove_tree, target.path)
+        return
+    if target.kind == "file":
+        with storage.building_image(target.path, target.size, preallocate=target.preallocate, undo=undo) as tmp:
+            storage.make_fs(tmp, target.fstype, populate=root)
+        _make_swap_beside(target, undo)
+        return
+    if target.kind == "disk":
+        total = target.size + (target.swap or 0) + 2 * MiB
+        parts = [storage.PartSpec(target.size, fs=target.fstype, bootable=True)]
+        if target.swap:
+            parts.append(storage.PartSpec(None, fs="swap"))
+        with storage.building_image(target.path, total, preallocate=target.preallocate, undo=undo) as tmp:
+            storage.partition_image(tmp, "msdos", parts)
+            with storage.loop_device(tmp, partscan=True) as loop:
+                storage.make_fs(storage.partition_device(loop, 1), target.fstype, populate=root)
+                if target.swap:
+                    storage.make_swap(storage.partition_device(loop, 2))
+        return
+    vg, lv = target.path.split("/", 1)
+    dev = storage.create_lv(vg, lv, target.size, undo=undo)
+    storage.make_fs(dev, target.fstype, populate=root)
+    if target.swap:
+        storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo))
+
+
+def fs_cache_path(spec: BaseSpec, target: Target, create: bool = True) -> Path:
+    """The cached pristine filesystem of a base, for file targets of one fstype and size."""
+    entry = basecache.entry_for(spec, create=create)
+    return entry.tarball.with_name(f"{entry.key}.{target.fstype}.{target.size}.img")
+
+
+def _configure_image(image: str | os.PathLike, release, settings: GuestSettings) -> None:
+    """Configure the guest inside a finished ext image, without mounting it (debugfs)."""
+    from provision.debootstrap import ext4edit
+
+    ext4edit.apply(image, guest_files(release, settings, ext4edit.reader(image)))
+
+
+def _fsck_clean(image: str | os.PathLike) -> bool:
+    return run(["e2fsck", "-fn", image], check=False, quiet=True).returncode == 0
+
+
+def _make_swap_beside(target: Target, undo: UndoStack) -> None:
+    from provision import storage
+
+    if target.swap:
+        with storage.building_image(target.swap_path, target.swap, preallocate=target.preallocate,
+                                    undo=undo) as tmp:
+            storage.make_swap(tmp)
+
+
+def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo: UndoStack):
+    """The warm path for file images: clone the cached pristine filesystem and configure
+    the clone with debugfs. None when there is no intact cached filesystem."""
+    from provision import storage
+
+    cached = fs_cache_path(spec, target)
+    entry = basecache.entry_for(spec)
+    if not (cached.is_file() and entry.meta.is_file()):
+        return None
+    check_room(target, entry.info())
+    storage.clone_file(cached, target.path)
+    undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
+    _configure_image(target.path, spec.release, settings)
+    if not _fsck_clean(target.path):
+        log.warn(f"cached filesystem {cached.name} is broken; rebuilding it from the base")
+        cached.unlink(missing_ok=True)
+        Path(target.path).unlink()
+        return None
+    log.info(f"base {spec.suite}/{spec.arch}/{spec.variant} from the cache ({cached.name})")
+    return entry.info()
+
+
+def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False,
+          quiet: bool = False, check_mirror: bool = True, after_configure=None) -> dict:
+    """Make a configured guest at ``target``; returns the sidecar written beside it.
+
+    ``after_configure(root)`` may change the configured tree before it is packed (the
+    boot test uses it to add the host's own files). Nothing is left behind on failure or
+    SIGINT/SIGTERM: no work tree, no mounts, no half-made image.
+
+    A sparse file image also caches the pristine filesystem made from the base (per
+    fstype and size); the next such image is a clone of it configured by debugfs.
+    """
+    from provision import storage
+
+    if settings.fstype != target.fstype and target.kind != "dir":
+        raise ProvisionError(f"settings say {settings.fstype} but the target is {target.fstype}")
+    if bool(settings.swap) != bool(target.swap) and target.kind != "dir":
+        raise ProvisionError("the fstab's swap entry and the target's swap disagree")
+    target.check_free()
+    fs_cache = target.kind == "file" and not target.preallocate and after_configure is None
+    with UndoStack() as undo:
+        meta = None
+        if fs_cache and not refresh:
+            with log.step(f"Cloning the cached {spec.release} filesystem and configuring {settings.hostname}"):
+                meta = _from_fs_cache(spec, settings, target, undo)
+                if meta is not None:
+                    _make_swap_beside(target, undo)
+                    status = "hit"
+        if meta is None:
+            parent = _work_parent(target, 512 * MiB)
+            os.makedirs(parent, exist_ok=True)
+            work = tempfile.mkdtemp(prefix=".xen-provision-root.", dir=parent)
+            undo.cleanup(f"remove {work}", _remove_tree, work)
+            root = Path(work) / "root"
+            with log.step(f"Base system: {spec.release} {spec.arch} {spec.variant}"):
+                status, meta, storing = basecache.start(spec, root, refresh=refresh, quiet=quiet,
+                                                        check_mirror=check_mirror)
+            if storing is not None:
+                # Runs before the tree is removed, also when we fail or are interrupted.
+                undo.cleanup("finish caching the base", storing.wait)
+                if not fs_cache:
+                    storing.wait()  # the tree is about to be configured
+            if target.size and target.size < _needed_bytes(meta):
+                raise ProvisionError(
+                    f"image size {format_size(target.size)} is too small for this {spec.release} tree "
+                    f"({meta['unpacked_bytes'] >> 20} MiB)",
+                    hint=f"use --size {-(-_needed_bytes(meta) // (64 * MiB)) * 64}M or more")
+            check_room(target, meta)
+            if fs_cache:
+                with log.step(f"Making the file target {target.path} and configuring {settings.hostname}"):
+                    with storage.building_image(target.path, target.size, undo=undo) as tmp:
+                        storage.make_fs(tmp, target.fstype, populate=root)
+                        if storing is not None:
+                            storing.wait()  # the tarball first: it removes older cached filesystems
+                        storage.clone_file(tmp, fs_cache_path(spec, target), force=True)
+                        _configure_image(tmp, spec.release, settings)
+                    _make_swap_beside(target, undo)
+            else:
+                with log.step(f"Configuring {settings.hostname}"):
+                    apply_to_dir(root, guest_files(spec.release, settings, dir_reader(root)))
+                    if after_configure is not None:
+                        after_configure(root)
+                with log.step(f"Making the {target.kind} target {target.path}"):
+                    _make_target(root, target, undo)
+        info = sidecar_info({**meta["manifest"], "cache": status}, settings, target, spec.release)
+        atomic_write(target.sidecar, json.dumps(info, indent=2, sort_keys=True) + "\n")
+        undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True)
+    return info

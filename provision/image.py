@@ -1,0 +1,210 @@
+"""``python -m provision image``: a configured Xen guest root from debootstrap or a template.
+
+    python -m provision image --debootstrap sarge --file /srv/xen/vm1.img --swap 256M
+    python -m provision image --debootstrap bookworm --file vm1.img --hostname vm1 \\
+        --ip 192.0.2.10/24 --gateway 192.0.2.1 --ssh-key ~/.ssh/id_ed25519.pub --save-template web
+    python -m provision image --from-template web --file vm2.img --hostname vm2 --ip 192.0.2.11/24
+    python -m provision image --debootstrap jammy --dir /srv/roots/jammy --dry-run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from provision import log, validate
+from provision.errors import ProvisionError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "image",
+        help="make a Xen guest root filesystem (debootstrap, cache, templates)",
+        description="Bootstrap any Debian or Ubuntu suite (or clone a template) into a directory, "
+                    "a sparse image, a partition of a disk image or an LVM LV, configured for Xen.",
+    )
+    src = p.add_argument_group("source (one of)")
+    src.add_argument("--debootstrap", metavar="SUITE", help="Debian or Ubuntu suite: sarge, bookworm, jammy...")
+    src.add_argument("--from-template", metavar="NAME", help="clone a saved template instead of bootstrapping")
+    src.add_argument("--list-suites", action="store_true", help="list the known suites and exit")
+    src.add_argument("--list-templates", action="store_true", help="list the saved templates and exit")
+
+    tgt = p.add_argument_group("target (one of)")
+    tgt.add_argument("--dir", metavar="DIR", help="a directory tree")
+    tgt.add_argument("--file", metavar="IMG", help="a file image holding the root filesystem (sparse by default)")
+    tgt.add_argument("--disk", metavar="IMG", help="a partitioned disk image: root in partition 1, swap in 2")
+    tgt.add_argument("--lv", metavar="VG/LV", help="an LVM logical volume (created)")
+    tgt.add_argument("--size", default=None, help="root size (default 2G; from a template: its size)")
+    tgt.add_argument("--swap", metavar="SIZE", help="also make swap: an image or LV beside it, or partition 2")
+    tgt.add_argument("--fstype", choices=("ext4", "ext3", "ext2"),
+                     help="default ext4; ext3 for sarge-era suites, whose fsck predates ext4")
+    tgt.add_argument("--preallocate", action="store_true", help="reserve every block instead of a sparse image")
+
+    b = p.add_argument_group("bootstrap")
+    b.add_argument("--backend", default="auto", choices=("auto", "mmdebstrap", "debootstrap"),
+                   help="auto: mmdebstrap when installed and able, else debootstrap")
+    b.add_argument("--variant", default="minbase", choices=("minbase", "buildd", "default"))
+    b.add_argument("--arch", help="architecture (default: the host's; i386 for sarge and older)")
+    b.add_argument("--include", action="append", default=[], metavar="PKGS", help="extra packages (comma list)")
+    b.add_argument("--exclude", action="append", default=[], metavar="PKGS", help="packages to leave out (debootstrap)")
+    b.add_argument("--mirror", help="mirror URL (default: the host's apt mirror; the archive for archived suites)")
+    b.add_argument("--proxy", metavar="URL", help="HTTP proxy for the bootstrap, e.g. http://127.0.0.1:3142")
+    b.add_argument("--keyring", metavar="FILE", help="keyring to check the archive's signatures with")
+    b.add_argument("--no-check-gpg", action="store_true", help="do NOT check signatures (loudly warned)")
+    b.add_argument("--no-boot-packages", action="store_true",
+                   help="do not add the init and network packages a minimal variant lacks")
+    b.add_argument("--refresh", action="store_true", help="bootstrap again even when the base is cached")
+
+    g = p.add_argument_group("guest")
+    g.add_argument("--hostname", help="default: the target's name")
+    g.add_argument("--ip", metavar="ADDR[/PREFIX]", help="static address (default: DHCP)")
+    g.add_argument("--netmask", help="netmask, when --ip has no /PREFIX")
+    g.add_argument("--gateway", help="default gateway (static only)")
+    g.add_argument("--dns", action="append", default=[], metavar="IP", help="name server (repeatable; default: the host's)")
+    g.add_argument("--search", metavar="DOMAIN", help="resolver search domain")
+    g.add_argument("--devices", default="xvd", choices=("xvd", "sd"), help="fstab names: xvda1/xvda2 or the manual's sda1/sda2")
+    g.add_argument("--root-password-file", metavar="FILE", help="file holding root's crypt hash (mkpasswd -m yescrypt)")
+    g.add_argument("--ssh-key", metavar="FILE", help="public key(s) for root (adds openssh-server)")
+
+    p.add_argument("--save-template", metavar="NAME", help="also save the new image as template NAME")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (commands and files); change nothing")
+    p.set_defaults(func=run_image)
+
+
+def _target(args, release=None):
+    from provision.debootstrap.build import Target
+
+    if args.fstype is None:
+        args.fstype = "ext3" if release is not None and release.old_glibc else "ext4"
+
+    chosen = [(k, getattr(args, k)) for k in ("dir", "file", "disk", "lv") if getattr(args, k)]
+    if len(chosen) != 1:
+        raise ProvisionError("give exactly one target: --dir, --file, --disk or --lv",
+                             hint="e.g. --file /srv/xen/vm1.img")
+    kind, path = chosen[0]
+    if kind == "dir":
+        if args.swap or args.size:
+            raise ProvisionError("a --dir target has no size and no swap", hint="use --file, --disk or --lv")
+        return Target.dir(path)
+    size = args.size or "2G"
+    if kind == "lv":
+        return Target.lv(path, size, swap=args.swap, fstype=args.fstype)
+    return getattr(Target, kind)(path, size, swap=args.swap, fstype=args.fstype, preallocate=args.preallocate)
+
+
+def _hostname(args, target) -> str:
+    if args.hostname:
+        return validate.hostname(args.hostname)
+    base = os.path.basename(target.path.rstrip("/"))
+    base = base.split("/")[-1]
+    stem = base.split(".", 1)[0] if target.kind != "dir" else base
+    try:
+        return validate.hostname(stem)
+    except ProvisionError:
+        raise ProvisionError(f"cannot use '{stem}' (the target's name) as the hostname",
+                             hint="give --hostname NAME") from None
+
+
+def _settings(args, target, release, mirror, components):
+    from provision.debootstrap.configure import (
+        GuestSettings,
+        Network,
+        apt_sources,
+        read_root_hash,
+        read_ssh_keys,
+    )
+
+    network = Network.make(ip=args.ip, netmask=args.netmask, gateway=args.gateway, dns=args.dns, search=args.search)
+    return GuestSettings(
+        hostname=_hostname(args, target),
+        network=network,
+        devices=args.devices,
+        fstype=target.fstype,
+        swap=bool(target.swap),
+        root_hash=read_root_hash(args.root_password_file) if args.root_password_file else None,
+        ssh_keys=read_ssh_keys(args.ssh_key) if args.ssh_key else (),
+        apt_sources=apt_sources(release, mirror, components),
+    )
+
+
+def run_image(args) -> int:
+    from provision.debootstrap import suites
+
+    if args.list_suites:
+        for r in suites.RELEASES:
+            extra = f" [{' '.join(r.kernel_args)}]" if r.kernel_args else ""
+            print(f"{r.name:10} {r.distro:7} {r.version:9} {r.status:9} {r.init:9} {r.network:9}{extra}")
+        return 0
+    if args.list_templates:
+        from provision.debootstrap import templates
+
+        for name in templates.names():
+            print(name)
+        return 0
+    if bool(args.debootstrap) == bool(args.from_template):
+        raise ProvisionError("give --debootstrap SUITE or --from-template NAME",
+                             hint="e.g. python -m provision image --debootstrap bookworm --file vm1.img")
+    if args.from_template:
+        return _from_template(args)
+
+    from provision.debootstrap.bootstrap import resolve
+    from provision.debootstrap.build import build, plan
+
+    include = list(args.include)
+    if args.ssh_key:
+        include.append("openssh-server")  # root's key is of no use without an SSH server
+    spec = resolve(args.debootstrap, arch=args.arch, mirror=args.mirror, variant=args.variant,
+                   include=include, exclude=args.exclude, backend=args.backend, keyring=args.keyring,
+                   check_gpg=not args.no_check_gpg, proxy=args.proxy, boot_packages=not args.no_boot_packages)
+    target = _target(args, spec.release)
+    settings = _settings(args, target, spec.release, spec.mirror, spec.components)
+    if args.save_template:
+        validate.name(args.save_template, "template name")
+        if target.kind != "file":
+            raise ProvisionError("only a --file image can be saved as a template")
+    if args.dry_run:
+        for line in plan(spec, settings, target, refresh=args.refresh):
+            print(line)
+        if args.save_template:
+            from provision.debootstrap import templates
+
+            print(f"template: save as {templates.paths(args.save_template)[0]}")
+        return 0
+    target.check_free()
+    info = build(spec, settings, target, refresh=args.refresh, quiet=not sys.stderr.isatty())
+    if args.save_template:
+        from provision.debootstrap import templates
+
+        templates.save(args.save_template, info)
+    _report(info, target)
+    return 0
+
+
+def _from_template(args) -> int:
+    from provision.debootstrap import templates
+
+    if args.save_template:
+        raise ProvisionError("--save-template goes with --debootstrap", hint="the template already exists")
+    image, info, release = templates.load(args.from_template)
+    args.fstype = args.fstype or info.get("fstype")
+    target = _target(args, release)
+    base = info.get("base", {})
+    mirror = base.get("mirror") or ""
+    settings = _settings(args, target, release, mirror, base.get("components") or ["main"])
+    if args.size is None:
+        target = type(target)(target.kind, target.path, None, target.swap, target.fstype, target.preallocate)
+    if args.dry_run:
+        for line in templates.plan(args.from_template, settings, target):
+            print(line)
+        return 0
+    new = templates.instantiate(args.from_template, settings, target)
+    _report(new, target)
+    return 0
+
+
+def _report(info: dict, target) -> None:
+    disks = ", ".join(f"{d['path']} as {d['vdev']}" for d in info["disks"]) or target.path
+    log.info(f"{info['name']}: {info['distro']} {info['suite']} ({info['arch']}) in {disks}")
+    args = " ".join(info["kernel_args"])
+    log.info(f"boot with root={info['root']} console=hvc0{' ' + args if args else ''}; details in {target.sidecar}")
+

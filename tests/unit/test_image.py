@@ -1,0 +1,128 @@
+"""``python -m provision image``: the plan (--dry-run) for any suite without the network,
+and bad input: one line, a non-zero exit, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REMOVED_KEYRING = "/usr/share/keyrings/debian-archive-removed-keys.gpg"
+
+
+@pytest.fixture
+def clean_env(tmp_path):
+    """A private cache and template dir, so 'nothing left behind' can be checked."""
+    return {"XEN_PROVISION_CACHE": str(tmp_path / "cache"), "XEN_PROVISION_TEMPLATES": str(tmp_path / "tpl")}
+
+
+def _nothing_made(tmp_path, *keep):
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name not in keep)
+    assert made == [], made
+
+
+@pytest.mark.skipif(not os.path.exists(REMOVED_KEYRING), reason="debian-archive-keyring is not installed")
+def test_sarge_dry_run_shows_the_whole_plan(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "sarge", "--file", tmp_path / "sarge.img", "--swap", "256M",
+                "--hostname", "sarge1", "--ip", "10.0.0.5/24", "--gateway", "10.0.0.1", "--dry-run", env=clean_env)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "release:  Debian 3.1 (sarge) [archived], init sysvinit, network ifupdown" in out
+    assert "arch:     i386" in out
+    assert "mirror:   http://archive.debian.org/debian" in out
+    assert f"keyring:  {REMOVED_KEYRING}" in out
+    assert ("run:      debootstrap --arch=i386 --variant=minbase --components=main --include=dhcp-client,ifupdown "
+            f"--keyring={REMOVED_KEYRING} sarge ROOT http://archive.debian.org/debian") in out
+    assert "vsyscall=emulate" in out
+    assert "config:   write /etc/network/interfaces" in out and "config:   write /etc/inittab" in out
+    assert "mkfs.ext3 -F -q -d ROOT" in out  # sarge's fsck predates ext4
+    assert f"mkswap {tmp_path / 'sarge-swap.img'}" in out
+    _nothing_made(tmp_path)
+
+
+def test_no_check_gpg_is_warned_in_the_plan(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "etch", "--file", tmp_path / "e.img", "--no-check-gpg", "--dry-run",
+                env=clean_env)
+    assert p.returncode == 0, p.stderr
+    assert "NOT CHECKING SIGNATURES" in p.stderr
+    assert "keyring:  NONE" in p.stdout and "--no-check-gpg etch ROOT http://archive.debian.org/debian" in p.stdout
+
+
+def test_ubuntu_archived_plan(run_cli, tmp_path, clean_env):
+    key = tmp_path / "ubuntu.gpg"
+    key.write_bytes(b"key")
+    p = run_cli("image", "--debootstrap", "dapper", "--dir", tmp_path / "d", "--keyring", key, "--dry-run",
+                env=clean_env)
+    assert p.returncode == 0, p.stderr
+    assert "mirror:   http://old-releases.ubuntu.com/ubuntu" in p.stdout
+    assert "debootstrap --arch=" in p.stdout and f"--keyring={key} dapper ROOT" in p.stdout
+    _nothing_made(tmp_path, "ubuntu.gpg")
+
+
+def test_list_suites(run_cli):
+    p = run_cli("image", "--list-suites")
+    assert p.returncode == 0
+    assert any(line.split()[:4] == ["sarge", "debian", "3.1", "archived"] for line in p.stdout.splitlines())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--debootstrap", "bookwrom"], "unknown suite 'bookwrom'"),
+    (["--debootstrap", "bookworm", "--hostname", "bad_host!"], "hostname 'bad_host!' is not a valid hostname"),
+    (["--debootstrap", "bookworm", "--ip", "10.0.0.300/24"], "not a valid IP"),
+    (["--debootstrap", "bookworm", "--ip", "10.0.0.5", "--netmask", "255.0.255.0"], "netmask '255.0.255.0' is not valid"),
+    (["--debootstrap", "bookworm", "--ip", "10.0.0.5/24", "--gateway", "10.9.9.1"], "not in the network"),
+    (["--debootstrap", "bookworm", "--size", "lots"], "image size 'lots' is not a size"),
+    (["--debootstrap", "bookworm", "--mirror", "not a url"], "is not a URL"),
+    (["--debootstrap", "sarge", "--arch", "amd64"], "no amd64 packages"),
+    (["--debootstrap", "bookworm", "--from-template", "x"], "give --debootstrap SUITE or --from-template NAME"),
+    (["--from-template", "nosuch"], "template 'nosuch' does not exist"),
+])
+def test_bad_input_is_one_line(run_cli, tmp_path, clean_env, args, message):
+    p = run_cli("image", *args, "--file", tmp_path / "vm.img", env=clean_env)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], p.stderr
+    assert "Traceback" not in p.stderr
+    _nothing_made(tmp_path)
+
+
+def test_two_targets_or_none(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "a.img", "--dir", tmp_path / "d",
+                env=clean_env)
+    assert p.returncode != 0 and "exactly one target" in p.stderr
+    p = run_cli("image", "--debootstrap", "bookworm", env=clean_env)
+    assert p.returncode != 0 and "exactly one target" in p.stderr
+
+
+def test_existing_target_is_refused_and_kept(run_cli, tmp_path, clean_env):
+    img = tmp_path / "vm.img"
+    img.write_bytes(b"precious")
+    p = run_cli("image", "--debootstrap", "bookworm", "--file", img, env=clean_env)
+    assert p.returncode != 0 and f"target {img} already exists" in p.stderr
+    assert img.read_bytes() == b"precious"
+
+
+def test_unreachable_mirror_names_the_url(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "vm.img",
+                "--mirror", "http://127.0.0.1:9/debian", env=clean_env)
+    assert p.returncode != 0
+    assert "error: mirror unreachable: http://127.0.0.1:9/debian/dists/bookworm/InRelease failed" in p.stderr
+    _nothing_made(tmp_path, "cache")
+    assert not [p for p in Path(clean_env["XEN_PROVISION_CACHE"]).rglob("*.tar")]
+    assert not list(Path("/dev/shm").glob(".xen-provision-root.*"))
+
+
+def test_image_too_small_for_the_tree_is_refused_before_mkfs(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "vm.img", "--size", "16M",
+                "--dry-run", env=clean_env)
+    assert p.returncode != 0 and "too small" in p.stderr
+
+
+def test_private_key_is_refused(run_cli, tmp_path, clean_env):
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n")
+    p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "vm.img", "--ssh-key", key,
+                "--dry-run", env=clean_env)
+    assert p.returncode != 0 and "is a private key" in p.stderr
