@@ -1,0 +1,178 @@
+"""Filesystems and swap on images, partitions or LVs, optionally populated.
+
+Populating happens without mounting when the tool can do it (``mkfs.ext4 -d``,
+``mkfs.btrfs --rootdir``); otherwise through a loop mount that is always undone.
+A tarball is unpacked to a temporary directory beside the target first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+
+from provision import log
+from provision.errors import ProvisionError
+from provision.fsutil import source_date_epoch
+from provision.run import CommandError, require, run
+from provision.storage.hooks import pause_point
+from provision.storage.images import shown
+from provision.storage.mount import mounted
+from provision.storage.safety import refuse_in_use
+from provision.undo import UndoStack
+
+
+@dataclass(frozen=True)
+class FsKind:
+    mkfs: str
+    force: tuple[str, ...]          # overwrite an existing signature without asking
+    label_opt: str
+    label_max: int
+    uuid_opt: tuple[str, str]       # option, and the prefix of its value
+    populate_opt: str | None        # populate from a directory without mounting ("mtools": by mcopy)
+    owners: bool = True             # keeps Unix owners and modes
+
+
+FILESYSTEMS: dict[str, FsKind] = {
+    "ext2": FsKind("mkfs.ext2", ("-F", "-q"), "-L", 16, ("-U", ""), "-d"),
+    "ext3": FsKind("mkfs.ext3", ("-F", "-q"), "-L", 16, ("-U", ""), "-d"),
+    "ext4": FsKind("mkfs.ext4", ("-F", "-q"), "-L", 16, ("-U", ""), "-d"),
+    "xfs": FsKind("mkfs.xfs", ("-f", "-q"), "-L", 12, ("-m", "uuid="), None),
+    "btrfs": FsKind("mkfs.btrfs", ("-f", "-q"), "-L", 255, ("-U", ""), "--rootdir"),
+    # mtools writes into a FAT image without mounting it (and without the kernel's vfat).
+    "vfat": FsKind("mkfs.vfat", (), "-n", 11, ("-i", ""), "mtools", owners=False),
+}
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_VOLID_RE = re.compile(r"^[0-9a-fA-F]{8}$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _check_label(label: str | None, limit: int, fstype: str) -> None:
+    if label is None:
+        return
+    if not _LABEL_RE.match(label) or len(label) > limit:
+        raise ProvisionError(
+            f"label '{label}' is not valid for {fstype}",
+            hint=f"use at most {limit} letters, digits, '.', '_', '+' or '-'",
+        )
+
+
+def _check_target(target: str) -> None:
+    if not os.path.exists(target):
+        raise ProvisionError(f"{target} does not exist")
+    mode = os.stat(target).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise ProvisionError(f"{target} is neither an image file nor a block device")
+    refuse_in_use(target)
+
+
+def _unpack(tarball: str, near: str, undo: UndoStack) -> str:
+    """Extract ``tarball`` to a temporary directory beside ``near`` (same filesystem, room)."""
+    parent = os.path.dirname(os.path.abspath(near)) if not near.startswith("/dev/") else None
+    tmp = tempfile.mkdtemp(prefix=".xen-provision-populate.", dir=parent)
+    undo.cleanup(f"remove {tmp}", shutil.rmtree, tmp, True)
+    run(["tar", "-x", "-p", "--numeric-owner", "--xattrs", "-f", tarball, "-C", tmp], quiet=True)
+    pause_point("unpacked")
+    return tmp
+
+
+def _copy_into(source: str, is_tar: bool, mountpoint: str, owners: bool) -> None:
+    if is_tar:
+        argv = ["tar", "-x", "-f", source, "-C", mountpoint]
+        argv += ["-p", "--numeric-owner"] if owners else ["--no-same-owner", "--no-same-permissions"]
+        run(argv, quiet=True)
+    else:
+        preserve = ["-a"] if owners else ["-r", "--preserve=timestamps"]
+        run(["cp", *preserve, "--", f"{source.rstrip('/')}/.", mountpoint], quiet=True)
+
+
+def _mcopy(directory: str, target: str) -> None:
+    entries = sorted(os.listdir(directory))
+    if entries:
+        run(["mcopy", "-s", "-p", "-m", "-Q", "-i", target, *(os.path.join(directory, e) for e in entries), "::/"],
+            quiet=True, env={"MTOOLS_SKIP_CHECK": "1"})
+
+
+def make_fs(target: str | os.PathLike, fstype: str = "ext4", *, label: str | None = None,
+            populate: str | os.PathLike | None = None, uuid: str | None = None,
+            undo: UndoStack | None = None) -> None:
+    """Make a ``fstype`` filesystem on ``target`` (image file, partition or LV).
+
+    ``populate`` is a directory or a tarball whose contents become the filesystem's.
+    ``uuid`` makes the result reproducible (with SOURCE_DATE_EPOCH for ext timestamps).
+    Refuses a target that is mounted, swapped on, attached or used by a domain.
+    """
+    target = os.fspath(target)
+    kind = FILESYSTEMS.get(fstype)
+    if kind is None:
+        raise ProvisionError(
+            f"filesystem type '{fstype}' is not supported",
+            hint=f"choose one of: {', '.join(FILESYSTEMS)} (or 'swap')",
+        )
+    _check_label(label, kind.label_max, fstype)
+    if uuid is not None and not (_VOLID_RE if fstype == "vfat" else _UUID_RE).match(uuid):
+        form = "8 hex digits" if fstype == "vfat" else "the 8-4-4-4-12 hex form"
+        raise ProvisionError(f"UUID '{uuid}' is not valid for {fstype}", hint=f"use {form}")
+    source = os.fspath(populate) if populate is not None else None
+    is_tar = False
+    if source is not None:
+        if os.path.isfile(source):
+            is_tar = True
+        elif not os.path.isdir(source):
+            raise ProvisionError(f"populate source {source} is neither a directory nor a tarball")
+    _check_target(target)
+    require(kind.mkfs)
+    with UndoStack() as local:
+        argv = [kind.mkfs, *kind.force]
+        if label:
+            argv += [kind.label_opt, label]
+        if uuid:
+            argv += [kind.uuid_opt[0], kind.uuid_opt[1] + uuid]
+        offline = source is not None and kind.populate_opt is not None
+        directory = None
+        if offline:
+            directory = _unpack(source, target, local) if is_tar else source
+            if kind.populate_opt != "mtools":
+                argv += [kind.populate_opt, directory]
+        env = {"E2FSPROGS_FAKE_TIME": str(source_date_epoch())} if "SOURCE_DATE_EPOCH" in os.environ else None
+        try:
+            run([*argv, target], quiet=True, env=env)
+        except CommandError as e:
+            raise ProvisionError(f"could not make {fstype} on {target}: {e.message.split(': ', 1)[-1]}") from None
+        if directory and kind.populate_opt == "mtools":
+            _mcopy(directory, target)
+        pause_point("mkfs-done")
+        if source is not None and not offline:
+            with mounted(target, fstype=fstype) as mnt:
+                _copy_into(source, is_tar, os.fspath(mnt), kind.owners)
+                pause_point("populated")
+    log.info(f"made {fstype} on {shown(target)}" + (f" from {source}" if source else ""))
+
+
+def make_swap(target: str | os.PathLike, *, label: str | None = None, uuid: str | None = None,
+              undo: UndoStack | None = None) -> None:
+    """Make swap space on ``target`` (image file, partition or LV)."""
+    target = os.fspath(target)
+    _check_label(label, 15, "swap")
+    if uuid is not None and not _UUID_RE.match(uuid):
+        raise ProvisionError(f"UUID '{uuid}' is not valid", hint="use the 8-4-4-4-12 hex form")
+    _check_target(target)
+    argv = ["mkswap"]
+    if label:
+        argv += ["-L", label]
+    if uuid:
+        argv += ["-U", uuid]
+    run([*argv, target], quiet=True)
+    pause_point("mkfs-done")
+    log.info(f"made swap on {shown(target)}")
+
+
+def filesystem_type(target: str | os.PathLike) -> str | None:
+    """The filesystem signature on ``target`` as blkid sees it (None when there is none)."""
+    proc = run(["blkid", "-p", "-o", "value", "-s", "TYPE", os.fspath(target)], check=False, capture=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+

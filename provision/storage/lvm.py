@@ -1,0 +1,343 @@
+"""LVM with the real lvm2 tools: PVs and VGs, LVs, copy-on-write snapshot clones, thin
+pools and thin volumes, extending a volume (and its filesystem), and watching snapshot
+fill - the manual's warning that a full snapshot confuses LVM, answered with its
+``dmsetup wait`` + ``lvextend`` idea as a watcher that extends before the snapshot fills.
+
+Standard library and lvm2 only: this module runs in the boot test's minimal guest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+
+from provision import log
+from provision.errors import ProvisionError
+from provision.run import CommandError, run
+from provision.sizes import format_size, parse_size
+from provision.storage.hooks import critical, pause_point
+from provision.storage.safety import refuse_in_use
+from provision.undo import UndoStack
+
+_LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
+# lvm(8): LV names may not contain these (they name LVM's own hidden sub-volumes) ...
+_LV_RESERVED_PARTS = ("_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare",
+                      "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig")
+# ... nor start with these.
+_LV_RESERVED_PREFIXES = ("snapshot", "pvmove")
+_NAME_MAX = 127
+_EXTENT_ROUND = 512  # lvm wants sizes in 512-byte sectors at least
+
+
+def _check_lvm_name(value: str, what: str) -> str:
+    if (not value or len(value) > _NAME_MAX or value in (".", "..") or value.startswith("-")
+            or not _LVM_NAME.match(value)):
+        raise ProvisionError(
+            f"{what} '{value}' is not valid",
+            hint=f"use 1-{_NAME_MAX} letters, digits, '+', '_', '.' or '-', not starting with '-'; "
+                 "no '/', spaces or shell characters",
+        )
+    return value
+
+
+def validate_vg_name(value: str) -> str:
+    """A VG name by LVM's rules (and ours: no '..')."""
+    _check_lvm_name(value, "volume group name")
+    if ".." in value:
+        raise ProvisionError(f"volume group name '{value}' is not valid", hint="no '..'")
+    return value
+
+
+def validate_lv_name(value: str) -> str:
+    """An LV name by LVM's rules: no reserved prefixes ('snapshot', 'pvmove') or sub-volume suffixes."""
+    _check_lvm_name(value, "logical volume name")
+    if ".." in value:
+        raise ProvisionError(f"logical volume name '{value}' is not valid", hint="no '..'")
+    for prefix in _LV_RESERVED_PREFIXES:
+        if value.startswith(prefix):
+            raise ProvisionError(f"logical volume name '{value}' is reserved by LVM",
+                                 hint=f"names may not start with '{prefix}'")
+    for part in _LV_RESERVED_PARTS:
+        if part in value:
+            raise ProvisionError(f"logical volume name '{value}' is reserved by LVM",
+                                 hint=f"names may not contain '{part}'")
+    return value
+
+
+def lv_path(vg: str, name: str) -> str:
+    return f"/dev/{vg}/{name}"
+
+
+def _report(cmd: str, fields: str, *objects: str) -> list[list[str]]:
+    """Rows of an lvm report command (pvs/vgs/lvs), fields in bytes, '|'-separated."""
+    proc = run([cmd, "--noheadings", "--nosuffix", "--units", "b", "--separator", "|", "-o", fields, *objects],
+               check=False, capture=True)
+    if proc.returncode != 0:
+        return []
+    return [[f.strip() for f in line.split("|")] for line in proc.stdout.splitlines() if line.strip()]
+
+
+def vg_exists(vg: str) -> bool:
+    return bool(_report("vgs", "vg_name", vg))
+
+
+def lv_exists(vg: str, name: str) -> bool:
+    return bool(_report("lvs", "lv_name", f"{vg}/{name}"))
+
+
+def vg_free(vg: str) -> int:
+    """Free bytes in ``vg``."""
+    rows = _report("vgs", "vg_free", vg)
+    if not rows:
+        raise ProvisionError(f"volume group '{vg}' does not exist", hint="create it with: storage lvm vg NAME DEVICE...")
+    return int(rows[0][0])
+
+
+_NOISE = ("File descriptor", "Run `", "WARNING: ")
+
+
+def _lvm(argv: list[str]) -> None:
+    """Run an lvm2 command; a failure is one line with lvm2's own reason."""
+    try:
+        run(argv, quiet=True, env={"LVM_SUPPRESS_FD_WARNINGS": "1"})
+    except CommandError as e:
+        lines = [ln.strip() for ln in e.output.splitlines() if ln.strip() and not ln.strip().startswith(_NOISE)]
+        if any("device-mapper" in ln for ln in lines):
+            raise ProvisionError(
+                f"{argv[0]} failed: device-mapper is not available in this kernel",
+                hint="load it (modprobe dm-mod) or use a kernel with device-mapper; PVs and VGs work without it, volumes do not",
+                exit_code=e.exit_code,
+            ) from None
+        reason = lines[-1] if lines else f"exit code {e.returncode}"
+        raise ProvisionError(f"{argv[0]} failed: {reason}", exit_code=e.exit_code) from None
+
+
+def _pv_remove(device: str) -> None:
+    run(["pvremove", "-y", "-ff", device], quiet=True)
+
+
+def pvcreate(devices: list[str], *, force: bool = False, undo: UndoStack | None = None) -> None:
+    """Make each device a physical volume. A device holding anything (blkid sees a
+    partition table, filesystem or PV) is refused unless ``force``."""
+    if not devices:
+        raise ProvisionError("no devices given for the physical volume")
+    for dev in devices:
+        if not os.path.exists(dev):
+            raise ProvisionError(f"device {dev} does not exist")
+        refuse_in_use(dev)
+        if not force and run(["blkid", "-p", dev], check=False, quiet=True).returncode == 0:
+            raise ProvisionError(f"{dev} already holds a filesystem, partition table or PV",
+                                 hint="pass --force to overwrite it")
+    for dev in devices:
+        with critical():
+            _lvm(["pvcreate", "-y", *(["-ff"] if force else []), dev])
+            if undo is not None:
+                undo.rollback(f"pvremove {dev}", _pv_remove, dev)
+        pause_point("pv-created")
+    log.info(f"physical volume{'s' if len(devices) > 1 else ''}: {', '.join(devices)}")
+
+
+def _vg_remove(vg: str) -> None:
+    run(["vgremove", "-y", "-f", vg], quiet=True)
+
+
+def vgcreate(vg: str, devices: list[str], *, undo: UndoStack | None = None) -> None:
+    """Create volume group ``vg`` on ``devices`` (already PVs, or made PVs by vgcreate)."""
+    validate_vg_name(vg)
+    if vg_exists(vg):
+        raise ProvisionError(f"volume group '{vg}' already exists")
+    for dev in devices:
+        if not os.path.exists(dev):
+            raise ProvisionError(f"device {dev} does not exist")
+        refuse_in_use(dev)
+    # vgcreate makes PVs of plain devices itself; those labels are ours to take away too.
+    fresh = [dev for dev in devices if not _report("pvs", "pv_name", dev)]
+    with critical():
+        _lvm(["vgcreate", "-y", vg, *devices])
+        if undo is not None:
+            for dev in fresh:
+                undo.rollback(f"pvremove {dev}", _pv_remove, dev)
+            undo.rollback(f"vgremove {vg}", _vg_remove, vg)
+    pause_point("vg-created")
+    log.info(f"volume group {vg} on {', '.join(devices)}")
+
+
+def _size_arg(size: int) -> str:
+    return f"{-(-size // _EXTENT_ROUND) * _EXTENT_ROUND}b"
+
+
+def remove_lv(vg: str, name: str) -> None:
+    run(["lvremove", "-y", "-f", f"{vg}/{name}"], quiet=True)
+
+
+def _check_new_lv(vg: str, name: str, size: int | None, force: bool) -> None:
+    validate_vg_name(vg)
+    validate_lv_name(name)
+    free = vg_free(vg)
+    if lv_exists(vg, name):
+        if not force:
+            raise ProvisionError(f"logical volume {vg}/{name} already exists",
+                                 hint="choose another name, or pass --force to replace it")
+        refuse_in_use(lv_path(vg, name))
+        free += int(_report("lvs", "lv_size", f"{vg}/{name}")[0][0])
+    if size is not None and size > free:
+        raise ProvisionError(
+            f"volume group '{vg}' has no room for {format_size(size)}: {format_size(free)} free",
+            hint="choose a smaller size or add a PV (vgextend)",
+        )
+
+
+def _create(vg: str, name: str, argv: list[str], force: bool, undo: UndoStack | None) -> str:
+    if force and lv_exists(vg, name):
+        remove_lv(vg, name)
+    with critical():
+        _lvm(argv)
+        if undo is not None:
+            undo.rollback(f"lvremove {vg}/{name}", remove_lv, vg, name)
+    pause_point("lv-created")
+    return lv_path(vg, name)
+
+
+def create_lv(vg: str, name: str, size: int | str, *, thin_pool: str | None = None,
+              force: bool = False, undo: UndoStack | None = None) -> str:
+    """Create LV ``vg/name`` of ``size`` (the manual's ``lvcreate -L4096M -n myvmdisk1 vg``);
+    with ``thin_pool`` a thin volume of that virtual size in the pool. Returns its path."""
+    size = parse_size(size, "volume size")
+    if thin_pool:
+        validate_lv_name(thin_pool)
+        _check_new_lv(vg, name, None, force)
+        if not lv_exists(vg, thin_pool):
+            raise ProvisionError(f"thin pool {vg}/{thin_pool} does not exist",
+                                 hint="create it with: storage lvm pool VG NAME --size SIZE")
+        argv = ["lvcreate", "-y", "-V", _size_arg(size), "-T", f"{vg}/{thin_pool}", "-n", name]
+    else:
+        _check_new_lv(vg, name, size, force)
+        argv = ["lvcreate", "-y", "-W", "y", "-L", _size_arg(size), "-n", name, vg]
+    path = _create(vg, name, argv, force, undo)
+    log.info(f"logical volume {path} ({format_size(size)}{', thin in ' + thin_pool if thin_pool else ''})")
+    return path
+
+
+def create_thin_pool(vg: str, name: str, size: int | str, *, undo: UndoStack | None = None) -> str:
+    """Create a thin pool ``vg/name`` of ``size``; thin volumes take space from it as written."""
+    size = parse_size(size, "pool size")
+    _check_new_lv(vg, name, size, False)
+    path = _create(vg, name, ["lvcreate", "-y", "--type", "thin-pool", "-L", _size_arg(size), "-n", name, vg],
+                   False, undo)
+    log.info(f"thin pool {vg}/{name} ({format_size(size)})")
+    return path
+
+
+def _is_thin(vg: str, name: str) -> bool:
+    rows = _report("lvs", "segtype", f"{vg}/{name}")
+    return bool(rows) and rows[0][0] == "thin"
+
+
+def snapshot_lv(vg: str, origin: str, name: str, size: int | str | None = None, *,
+                force: bool = False, undo: UndoStack | None = None) -> str:
+    """A copy-on-write clone of ``vg/origin`` (a template): the manual's
+    ``lvcreate -s -L1024M -n myclonedisk1 /dev/vg/myvmdisk1``. ``size`` is the room for
+    changes; for a thin origin leave it None for a thin snapshot sharing the pool."""
+    validate_lv_name(origin)
+    if not lv_exists(vg, origin):
+        raise ProvisionError(f"origin volume {vg}/{origin} does not exist")
+    thin = _is_thin(vg, origin)
+    nbytes = parse_size(size, "snapshot size") if size is not None else None
+    if nbytes is None and not thin:
+        raise ProvisionError(f"a snapshot of {vg}/{origin} needs a size (room for the clone's changes)",
+                             hint="give --size, e.g. 1G; only snapshots of thin volumes need none")
+    _check_new_lv(vg, name, nbytes, force)
+    if nbytes is None:
+        # Thin snapshots are created with "skip activation"; -kn makes it usable at once.
+        argv = ["lvcreate", "-y", "-s", "-kn", "-n", name, f"{vg}/{origin}"]
+    else:
+        argv = ["lvcreate", "-y", "-s", "-L", _size_arg(nbytes), "-n", name, f"{vg}/{origin}"]
+    path = _create(vg, name, argv, force, undo)
+    log.info(f"snapshot {path} of {vg}/{origin}" + (f" ({format_size(nbytes)} for changes)" if nbytes else " (thin)"))
+    return path
+
+
+def _grow_fs_tool(vg: str, name: str) -> bool:
+    """True when the LV holds a filesystem lvextend --resizefs can grow."""
+    proc = run(["blkid", "-p", "-o", "value", "-s", "TYPE", lv_path(vg, name)], check=False, capture=True)
+    return proc.returncode == 0 and proc.stdout.strip() in ("ext2", "ext3", "ext4", "xfs", "btrfs")
+
+
+def extend_lv(vg: str, name: str, size: int | str, *, resize_fs: bool = True) -> int:
+    """Grow ``vg/name`` to ``size``, or by it when given as ``+SIZE``; its filesystem is
+    grown with it (online where the filesystem allows). Returns the new size in bytes."""
+    validate_vg_name(vg)
+    validate_lv_name(name)
+    rows = _report("lvs", "lv_size,lv_attr", f"{vg}/{name}")
+    if not rows:
+        raise ProvisionError(f"logical volume {vg}/{name} does not exist")
+    current = int(rows[0][0])
+    if rows[0][1].startswith("o"):
+        # lvm2 itself refuses: "Snapshot origin volumes can be resized only while inactive".
+        raise ProvisionError(
+            f"{vg}/{name} is the origin of snapshots: LVM grows a snapshot origin only while it is inactive",
+            hint=f"stop what uses it, then: lvchange -an {vg}/{name}; or use thin volumes, which grow online",
+        )
+    text = str(size)
+    relative = text.startswith("+")
+    amount = parse_size(text[1:] if relative else text, "new size")
+    target = current + amount if relative else amount
+    if target <= current:
+        raise ProvisionError(
+            f"{vg}/{name} is already {format_size(current)}: extending only grows a volume",
+            hint="give a larger size, or +SIZE to grow by that much",
+        )
+    thin = _is_thin(vg, name)
+    if not thin and target - current > vg_free(vg):
+        raise ProvisionError(
+            f"volume group '{vg}' has no room to grow {name} by {format_size(target - current)}: "
+            f"{format_size(vg_free(vg))} free",
+            hint="add a PV (vgextend) or grow by less",
+        )
+    argv = ["lvextend", "-L", _size_arg(target)]
+    if resize_fs and _grow_fs_tool(vg, name):
+        argv.append("--resizefs")
+    _lvm([*argv, f"{vg}/{name}"])
+    log.info(f"extended {vg}/{name} to {format_size(target)}")
+    return target
+
+
+def snapshot_usage(vg: str, name: str) -> float:
+    """How full a snapshot (or thin pool) is, in percent of its room for changes."""
+    rows = _report("lvs", "data_percent,snap_percent", f"{vg}/{name}")
+    if not rows:
+        raise ProvisionError(f"logical volume {vg}/{name} does not exist")
+    for value in rows[0]:
+        if value:
+            return float(value)
+    raise ProvisionError(f"{vg}/{name} is neither a snapshot nor a thin pool: it has no fill level")
+
+
+def watch_snapshot(vg: str, name: str, *, threshold: float = 80.0, extend_by: int | str = "512M",
+                   interval: float = 5.0, once: bool = False,
+                   report: Callable[[float], None] | None = None) -> None:
+    """Keep a snapshot from filling: whenever it is ``threshold`` percent full, extend it
+    by ``extend_by``. Runs until interrupted (or one check with ``once``).
+
+    The manual's idea was ``dmsetup wait`` on the snapshot, then ``lvextend``; a
+    snapshot only raises a device-mapper event when it is already full (invalid), so we
+    poll the fill level (as dmeventd's snapshot monitor does) and act before that.
+    """
+    if not 0 < threshold < 100:
+        raise ProvisionError(f"threshold {threshold} is not a percentage between 0 and 100")
+    step = parse_size(extend_by, "extend-by size")
+    while True:
+        usage = snapshot_usage(vg, name)
+        if report:
+            report(usage)
+        if usage >= 100.0:
+            raise ProvisionError(f"snapshot {vg}/{name} is full and has been invalidated",
+                                 hint="remove it and take a new snapshot with more room")
+        if usage >= threshold:
+            log.info(f"{vg}/{name} is {usage:.1f}% full (threshold {threshold:g}%): extending by {format_size(step)}")
+            extend_lv(vg, name, f"+{step}b", resize_fs=False)
+        if once:
+            return
+        time.sleep(interval)

@@ -1,0 +1,266 @@
+"""Storage with the real tools as root: loop devices with partition scanning, mounts,
+populating through a mount, safety checks against live mounts, and the undo guarantee
+(runs interrupted by SIGINT/SIGTERM at each step leave no mount, loop device or file)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provision.errors import ProvisionError
+from provision.sizes import MiB
+from provision.storage import (
+    PartSpec,
+    attach_loop,
+    create_image,
+    format_partitions,
+    loop_device,
+    make_fs,
+    mounted,
+    partition_image,
+    refuse_in_use,
+)
+from provision.undo import UndoStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("root_required")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def loops_for(folder: Path) -> list[str]:
+    """Loop devices whose backing file lies in ``folder``."""
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip().startswith(str(folder)):
+                found.append(backing.parent.parent.name)
+        except OSError:
+            pass
+    return found
+
+
+def mounts_matching(text: str) -> list[str]:
+    return [line for line in Path("/proc/mounts").read_text().splitlines() if text in line]
+
+
+def temp_mountpoints() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("xen-provision-mnt.*")}
+
+
+def blkid(dev, tag):
+    return subprocess.run(["blkid", "-p", "-o", "value", "-s", tag, str(dev)],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_loop_partscan_nodes_and_detach(tmp_path):
+    img = tmp_path / "disk.img"
+    create_image(img, "200M")
+    infos = partition_image(img, "gpt", [PartSpec("64M", fs="ext4", label="boot"), PartSpec(None, fs="swap")])
+    format_partitions(img, infos)
+    assert loops_for(tmp_path) == []
+    with loop_device(img, partscan=True) as loop:
+        assert loops_for(tmp_path) == [Path(loop).name]
+        assert blkid(f"{loop}p1", "TYPE") == "ext4"
+        assert blkid(f"{loop}p1", "LABEL") == "boot"
+        assert blkid(f"{loop}p2", "TYPE") == "swap"
+        size = int(subprocess.run(["blockdev", "--getsize64", f"{loop}p1"], capture_output=True,
+                                  text=True, check=True).stdout)
+        assert size == 64 * MiB
+    assert loops_for(tmp_path) == []
+
+
+def test_mounted_is_always_undone(tmp_path):
+    img = tmp_path / "root.img"
+    create_image(img, "64M")
+    make_fs(img, "ext4")
+    before = temp_mountpoints()
+    with pytest.raises(RuntimeError):
+        with mounted(img) as mnt:
+            (mnt / "hello").write_text("world\n")
+            assert mounts_matching(str(mnt))
+            raise RuntimeError("a step failed")
+    assert not mounts_matching(str(mnt)) and not mnt.exists()
+    assert loops_for(tmp_path) == [] and temp_mountpoints() == before
+    out = subprocess.run(["debugfs", "-R", "cat /hello", str(img)], capture_output=True, text=True)
+    assert out.stdout == "world\n"
+
+
+def test_mounted_device_is_refused(tmp_path, run_cli):
+    img = tmp_path / "root.img"
+    create_image(img, "64M")
+    make_fs(img, "ext4")
+    with mounted(img) as mnt:
+        loop = f"/dev/{loops_for(tmp_path)[0]}"
+        with pytest.raises(ProvisionError, match="mounted read-write"):
+            refuse_in_use(loop)
+        with pytest.raises(ProvisionError, match="mounted read-write"):
+            make_fs(loop, "ext4")
+        with pytest.raises(ProvisionError, match="attached to"):
+            make_fs(img, "ext4")
+        with pytest.raises(ProvisionError):
+            with mounted(loop):
+                pass
+        proc = run_cli("storage", "check", loop)
+        assert proc.returncode != 0 and "mounted read-write" in proc.stderr
+        proc = run_cli("storage", "create", img, "--size", "64M", "--force")
+        assert proc.returncode != 0 and "in use" in proc.stderr
+        proc = run_cli("storage", "partition", loop, "--part", "rest,fs=ext4", "--force")
+        assert proc.returncode != 0 and "mounted read-write" in proc.stderr
+        assert proc.stderr.count("error: ") == 1
+        assert (mnt / "lost+found").is_dir()  # the filesystem is untouched
+    assert blkid(img, "TYPE") == "ext4"
+
+
+def test_populate_through_mount_keeps_owners(tmp_path, run_cli):
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "shadow").write_text("root:*:1::::::\n")
+    os.chown(src / "etc" / "shadow", 0, 42)
+    os.chmod(src / "etc" / "shadow", 0o640)
+    img = tmp_path / "root.img"
+    run_cli("storage", "create", img, "--size", "300M", "--fs", "xfs", "--label", "root",
+            "--populate", src, check=True)
+    assert blkid(img, "TYPE") == "xfs"
+    with mounted(img, options=("ro",)) as mnt:
+        st = (mnt / "etc" / "shadow").stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 42, 0o640)
+        assert (mnt / "etc" / "shadow").read_text() == "root:*:1::::::\n"
+    assert loops_for(tmp_path) == []
+
+
+def test_cli_partitioned_disk(tmp_path, run_cli):
+    img = tmp_path / "host.img"
+    proc = run_cli("storage", "partition", img, "--size", "600M", "--table", "gpt",
+                   "--part", "1M,type=bios_grub", "--part", "200M,fs=ext4,label=boot",
+                   "--part", "rest,fs=btrfs,label=root", check=True)
+    assert proc.stdout.splitlines()[1].startswith("2 start=2097152 size=209715200 type=linux fs=ext4")
+    with loop_device(img, partscan=True, read_only=True) as loop:
+        assert blkid(f"{loop}p2", "LABEL") == "boot"
+        assert blkid(f"{loop}p3", "TYPE") == "btrfs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host.img"]
+
+
+# --- the undo guarantee ---------------------------------------------------------------
+
+def _interrupt_at(step: str, sig: int, argv: list, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, XEN_PROVISION_PAUSE_AT=step,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "provision", *map(str, argv)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    seen = []
+    deadline = time.monotonic() + 120
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.strip() == f"paused at {step}":
+                break
+            assert time.monotonic() < deadline, "no pause"
+        else:
+            pytest.fail(f"never reached step {step}: {''.join(seen)}")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "".join(seen) + err)
+
+
+CREATE_XFS = ["image-created", "mkfs-done", "loop-attached", "mounted", "populated"]
+PARTITION = ["image-created", "partitioned", "loop-attached", "mkfs-done"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("command,step", [("create", s) for s in CREATE_XFS]
+                         + [("partition", s) for s in PARTITION] + [("clone", "cloned")])
+def test_interrupted_run_leaves_nothing(tmp_path, command, step, sig):
+    work = tmp_path / "work"
+    work.mkdir()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "file").write_text("data\n")
+    if command == "create":
+        argv = ["storage", "create", work / "vm.img", "--size", "300M", "--fs", "xfs", "--populate", src]
+    elif command == "partition":
+        argv = ["storage", "partition", work / "disk.img", "--size", "300M", "--table", "gpt",
+                "--part", "100M,fs=ext4", "--part", "rest,fs=swap"]
+    else:
+        create_image(tmp_path / "base.img", "64M")
+        argv = ["storage", "clone", tmp_path / "base.img", work / "vm.img"]
+    mountpoints = temp_mountpoints()
+    done = _interrupt_at(step, sig, argv, tmp_path)
+    assert done.returncode == (130 if sig == signal.SIGINT else 128 + sig), done.stderr
+    assert "has been undone" in done.stderr
+    assert list(work.iterdir()) == [], "files left behind"
+    assert loops_for(tmp_path) == [], "loop device left attached"
+    assert mounts_matching(str(tmp_path)) == [] and temp_mountpoints() == mountpoints, "mount left behind"
+    assert [p.name for p in Path("/dev").glob("loop*p*") if not p.is_block_device()] == []
+
+
+def test_interrupt_keeps_an_existing_image(tmp_path):
+    """--force over an existing image: interrupted, the old image is still there, unchanged."""
+    img = tmp_path / "vm.img"
+    create_image(img, "64M")
+    make_fs(img, "ext4", label="old")
+    before = img.read_bytes()
+    done = _interrupt_at("mkfs-done", signal.SIGTERM,
+                         ["storage", "create", img, "--size", "300M", "--fs", "xfs", "--force"], tmp_path)
+    assert done.returncode == 143
+    assert img.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vm.img"]
+
+
+def test_clone_reflinks_on_xfs(tmp_path):
+    """On a filesystem that shares extents the clone is a reflink: instant, no new space."""
+    from provision.storage import clone_file
+
+    host = tmp_path / "xfs.img"
+    create_image(host, "1G")
+    make_fs(host, "xfs")
+    with mounted(host) as mnt:
+        src = mnt / "guest.img"
+        create_image(src, "512M")
+        with open(src, "r+b") as f:
+            f.write(os.urandom(64 * MiB))
+        os.sync()
+        used = os.statvfs(mnt).f_bfree
+        assert clone_file(src, mnt / "clone.img") == "reflink"
+        os.sync()
+        assert (mnt / "clone.img").read_bytes()[: 64 * MiB] == src.read_bytes()[: 64 * MiB]
+        bsize = os.statvfs(mnt).f_frsize
+        assert (used - os.statvfs(mnt).f_bfree) * bsize < 4 * MiB  # shared, not copied
+
+
+def test_partition_nodes_made_when_udev_does_not(tmp_path):
+    """Without udev/devtmpfs making /dev/loopNpM, we make the node from /sys and remove it again."""
+    from provision.storage import loop as loopmod
+
+    img = tmp_path / "disk.img"
+    create_image(img, "64M")
+    partition_image(img, "msdos", [PartSpec("16M"), PartSpec(None)])
+    with UndoStack() as undo:
+        loop = attach_loop(img, partscan=True, undo=undo)
+        node = Path(f"{loop}p2")
+        rdev = node.stat().st_rdev
+        node.unlink()  # as if nothing had created it
+        assert loopmod._ensure_partition_nodes(loop, 2) == [f"{loop}p1", str(node)]
+        assert node.is_block_device() and node.stat().st_rdev == rdev
+    assert not node.exists() and loops_for(tmp_path) == []
+
+
+def test_partition_a_block_device(tmp_path):
+    """The same on a disk (here a loop device): the kernel learns the new table at once."""
+    img = tmp_path / "disk.img"
+    create_image(img, "128M")
+    with loop_device(img, partscan=True) as loop:
+        infos = partition_image(loop, "gpt", [PartSpec("32M", fs="ext4", label="one"), PartSpec(None, fs="swap")])
+        format_partitions(loop, infos)
+        assert blkid(f"{loop}p1", "LABEL") == "one"
+        assert blkid(f"{loop}p2", "TYPE") == "swap"
+    dump = subprocess.run(["sfdisk", "-d", str(img)], capture_output=True, text=True, check=True).stdout
+    assert "start=        2048, size=       65536" in dump
