@@ -82,8 +82,26 @@ class ImageFacts:
     facts: dict = field(default_factory=dict)
 
 
+def _lv_sidecar(image: Path) -> Path | None:
+    """Where ``image --lv VG/LV`` keeps the facts of /dev/VG/LV (or VG/LV): in the cache,
+    since a block device has no "beside"."""
+    parts = image.parts[2:] if image.parts[:2] == ("/", "dev") else image.parts
+    if len(parts) != 2 or (not image.is_absolute() and image.exists()):
+        return None
+    from provision.debootstrap.build import Target  # the owner of the sidecar's location
+
+    try:
+        return Path(Target.lv("/".join(parts)).sidecar)
+    except ProvisionError:
+        return None  # not a valid VG/LV name: just a path
+
+
 def sidecar_of(image: Path) -> Path:
-    return image if image.suffix == ".json" else image.with_name(image.name + ".json")
+    if image.suffix == ".json":
+        return image
+    beside = image.with_name(image.name + ".json")
+    lv = None if beside.exists() else _lv_sidecar(image)
+    return lv if lv and lv.exists() else beside
 
 
 def read_image_facts(image: Path) -> ImageFacts:
@@ -96,7 +114,9 @@ def read_image_facts(image: Path) -> ImageFacts:
     try:
         facts = json.loads(sidecar.read_text())
     except FileNotFoundError:
-        raise ProvisionError(f"no image facts at {sidecar}",
+        lv = _lv_sidecar(image)
+        where = f"{sidecar} (nor {lv})" if lv and lv != sidecar else str(sidecar)
+        raise ProvisionError(f"no image facts at {where}",
                              hint="make the image with: python -m provision image --debootstrap SUITE") from None
     except json.JSONDecodeError as e:
         raise ProvisionError(f"{sidecar} is not valid JSON: {e.msg} at line {e.lineno}") from None
@@ -106,7 +126,12 @@ def read_image_facts(image: Path) -> ImageFacts:
     image_path = image if image.suffix != ".json" else image.with_suffix("")
     root_device = facts.get("root") or facts.get("root_device") or "/dev/xvda1"
     disks = []
-    for d in facts.get("disks") or [{"path": str(image_path), "vdev": root_device.removeprefix("/dev/")}]:
+    if facts.get("target") == "dir":
+        # A directory tree is no disk: it boots over NFS (--nfs-server/--nfs-root).
+        declared = []
+    else:
+        declared = facts.get("disks") or [{"path": str(image_path), "vdev": root_device.removeprefix("/dev/")}]
+    for d in declared:
         path = Path(d.get("path") or d.get("target") or image_path)
         if not path.is_absolute():
             path = (base / path).resolve()
@@ -122,7 +147,7 @@ def read_image_facts(image: Path) -> ImageFacts:
         args.append(str(facts["extra"]))
     return ImageFacts(
         disks=disks,
-        root=f"{root_device} ro",
+        root=f"{root_device} ro" if disks else None,
         extra=" ".join(args) or None,
         kernel=facts.get("kernel"),
         ramdisk=facts.get("ramdisk"),
@@ -154,10 +179,21 @@ def settings(req: Request) -> tuple[dict, dict, str]:
     source = "<command line>"
     if req.file:
         text, used = render_template(req.file, cli)
-        values, lines, _ = xmconvert.load_any(req.file, text)
         for var in used:
             cli.pop(var, None)  # consumed by the template
         source = str(req.file)
+        values, lines, was_xm = xmconvert.read_any(req.file, text)
+        if was_xm:
+            # As with xm create, the command line's settings are xm settings here (ip=,
+            # nics=, disk=['phy:...']): convert the file with them; what they changed is
+            # applied last below, so the command line still wins over the options.
+            xm_cli = {k: v for k, v in cli.items() if k in XL_KEYS or k in XM_ONLY_KEYS}
+            file_only = xmconvert.converted(values, source, show=not xm_cli)
+            if xm_cli:
+                merged = xmconvert.converted({**values, **xm_cli}, source)
+                cli = {k: v for k, v in cli.items() if k not in xm_cli}
+                cli.update({k: v for k, v in merged.items() if file_only.get(k) != v})
+            values = file_only
         for key in cli:
             if key not in XL_KEYS and key not in XM_ONLY_KEYS:
                 guess = closest(key, used | XL_KEYS)
@@ -167,6 +203,9 @@ def settings(req: Request) -> tuple[dict, dict, str]:
                     hint=f"variables of this template: {', '.join(sorted(used)) or 'none'}")
     if req.image:
         facts = read_image_facts(req.image)
+        if not facts.disks and not req.nfs:
+            raise ProvisionError(f"{req.image} is a directory tree, not a disk image",
+                                 hint=f"boot it over NFS: add --nfs-server ADDRESS --nfs-root {req.image}")
         values.update({k: v for k, v in (("disk", facts.disks), ("root", facts.root),
                                          ("kernel", facts.kernel), ("ramdisk", facts.ramdisk))
                        if v})
@@ -201,15 +240,23 @@ def create(req: Request, paths: Paths) -> tuple[Domain, Path | None, str]:
     """Check, fill in MACs and write. Returns the domain, its path (None on dry run), the text."""
     dom = build(req, paths)
     target = paths.config(dom.name)
-    lock = contextlib.nullcontext() if req.dry_run else macs.config_lock(paths)
-    with lock, UndoStack() as undo:
+    live = paths.root.resolve() == Path("/")
+    if not live:
+        log.debug("offline root: the dom0 mount and swap checks apply to the live host only")
+
+    def check(quiet: bool):
         if target.exists() and not req.force:
             raise ProvisionError(f"{target} already exists", hint="use another name, or --force to replace it")
-        others = safety.scan(paths, exclude=target if req.force else None)
-        live = paths.root.resolve() == Path("/")
-        if not live:
-            log.debug("offline root: the dom0 mount and swap checks apply to the live host only")
+        others = safety.scan(paths, exclude=target if req.force else None, quiet=quiet)
         safety.check(dom, others, dom0=live)
+        return others
+
+    # Once before taking the lock, so that refused input creates nothing (not even the
+    # config directory or its lock file); again under the lock, against concurrent runs.
+    check(quiet=False)
+    lock = contextlib.nullcontext() if req.dry_run else macs.config_lock(paths)
+    with lock, UndoStack() as undo:
+        others = check(quiet=True)
         missing = [v for v in dom.vifs if not v.mac]
         if missing:
             used = {m for o in others for m in o.macs} | set(dom.macs())
@@ -225,11 +272,20 @@ def create(req: Request, paths: Paths) -> tuple[Domain, Path | None, str]:
             undo.rollback(f"remove {target}", os.unlink, target)
         log.info(f"wrote {target}")
         if req.exports and req.nfs:
-            nfs.add_export(paths, req.nfs.export_line())
+            before = paths.exports.read_text() if paths.exports.exists() else None
+            if nfs.add_export(paths, req.nfs.export_line()):
+                undo.rollback(f"restore {paths.exports}", _restore, paths.exports, before)
         if req.autostart:
             link = autostart.enable(paths, dom.name)
             log.info(f"{dom.name} starts at boot: {link}")
     return dom, target, text
+
+
+def _restore(path: Path, text: str | None) -> None:
+    if text is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, text, 0o644)
 
 
 def remove(paths: Paths, name: str) -> Path:

@@ -39,6 +39,8 @@ spice_streaming_video nomigrate suppress_vmdesc claim_mode dm_restrict
 gic_version vuart tee ssid_label xsm_label mca_caps msr_relaxed altp2mhvm
 nr_spis llc_colors trap_unmapped_accesses event_channels cpuid vif_rate features
 ms_vm_genid serial_port viridian_enlightenments soft_reset blkdev_start
+pvshim pvshim_path pvshim_cmdline pvshim_extra nographic nx vpt_align vkb_device
+vmtrace_buf_kb xend_suspend_evtchn_compat dtdev
 """.split())
 
 # Keys only xm understood; their presence means "convert me" (see xmconvert).

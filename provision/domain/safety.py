@@ -5,10 +5,13 @@
 - no disk writable by two domain configs (read-only sharing is fine);
 - no disk dom0 has mounted or uses as swap while a guest would write it, nor one dom0
   has mounted read-write while a guest reads it. File images count through the loop
-  devices that back them; whole disks count through their partitions.
+  devices that back them (a mounted /dev/loopNpM uses its image file); whole disks
+  count through their partitions and the LVM/device-mapper volumes built on them.
 
 Disks are compared by identity, not by spelling: a block device by its device number
-(/dev/vg/lv and /dev/mapper/vg-lv are one disk), a file by device and inode.
+(/dev/vg/lv and /dev/mapper/vg-lv are one disk), a file by device and inode; a loop
+device is the same disk as its file, and a whole disk overlaps its partitions (two
+partitions of one disk do not overlap).
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ def config_files(paths: Paths) -> list[Path]:
     return list(seen.values())
 
 
-def scan(paths: Paths, exclude: Path | None = None) -> list[Existing]:
-    """The other domains' names, disks and MACs; an unreadable config is a warning."""
+def scan(paths: Paths, exclude: Path | None = None, quiet: bool = False) -> list[Existing]:
+    """The other domains' names, disks and MACs; an unreadable config is a warning
+    (unless ``quiet``: the caller has warned already)."""
     out = []
     skip = os.path.realpath(exclude) if exclude else None
     for path in config_files(paths):
@@ -61,7 +65,8 @@ def scan(paths: Paths, exclude: Path | None = None) -> list[Existing]:
             existing.disks = [parse_disk(s) for s in (disks if isinstance(disks, list) else [disks])]
             existing.macs = [m for v in (vifs if isinstance(vifs, list) else [vifs]) if (m := parse_vif(v).mac)]
         except ProvisionError as e:
-            log.warn(f"skipping {path} in the safety checks: {e.message}")
+            if not quiet:
+                log.warn(f"skipping {path} in the safety checks: {e.message}")
             continue
         out.append(existing)
     return out
@@ -83,29 +88,97 @@ def _unescape(field_: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
 
 
-def _loop_backing(dev: str, sys: Path) -> str | None:
+def _block_dir(dev: str, sys: Path) -> Path | None:
+    """The sysfs directory of block device ``dev`` (a partition's lies inside its disk's)."""
+    d = sys / "class" / "block" / os.path.basename(os.path.realpath(dev))
+    return Path(os.path.realpath(d)) if d.exists() else None
+
+
+def _loop_backing(dev: str, sys: Path, partitions: bool = False) -> str | None:
+    """The file behind loop device ``dev``; with ``partitions``, also behind /dev/loopNpM
+    (mounting a partition of an image file uses that file)."""
     name = os.path.basename(os.path.realpath(dev))
     try:
         return (sys / "block" / name / "loop" / "backing_file").read_text().strip()
     except OSError:
+        pass
+    d = _block_dir(dev, sys) if partitions else None
+    if d and (d / "partition").exists():
+        try:
+            return (d.parent / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            return None
+    return None
+
+
+def _parent_disk(ident: tuple, sys: Path) -> set[tuple]:
+    """A partition's whole disk, and the file behind it if it is a loop device."""
+    if ident[0] != "blk":
+        return set()
+    part = sys / "dev" / "block" / f"{os.major(ident[1])}:{os.minor(ident[1])}"
+    try:
+        if not (part / "partition").exists():
+            return set()
+        disk = Path(os.path.realpath(part)).parent
+        ma, mi = (disk / "dev").read_text().strip().split(":")
+    except (OSError, ValueError):
+        return set()
+    found = {("blk", os.makedev(int(ma), int(mi)))}
+    try:
+        found.add(identity((disk / "loop" / "backing_file").read_text().strip()))
+    except OSError:
+        pass
+    return found
+
+
+def _below(path: str, sys: Path) -> list[tuple]:
+    """The identities a guest writing ``path`` writes: itself first, its partitions and
+    the volumes built on it, and the file behind it if it is a loop device."""
+    ident = identity(path)
+    found = [ident, *sorted(_parts_and_holders(ident, sys) - {ident})]
+    if ident[0] == "blk" and (backing := _loop_backing(path, sys)) and identity(backing) not in found:
+        found.append(identity(backing))
+    return found
+
+
+def same_disk(a: str, b: str, sys: Path = Path("/sys")) -> bool:
+    """Whether ``a`` and ``b`` share blocks: one path, a loop device and its file, a whole
+    disk and its partition. Two partitions of one disk do not."""
+    ia, ib = identity(a), identity(b)
+    return bool(set(_below(a, sys)) & set(_below(b, sys))) or ia in _parent_disk(ib, sys) or ib in _parent_disk(ia, sys)
+
+
+def _devnum(entry: Path) -> tuple | None:
+    try:
+        ma, mi = (entry / "dev").read_text().strip().split(":")
+        return ("blk", os.makedev(int(ma), int(mi)))
+    except (OSError, ValueError):
         return None
 
 
 def _parts_and_holders(ident: tuple, sys: Path) -> set[tuple]:
-    """A whole disk's partitions (as identities): mounting sdb1 uses sdb."""
+    """What sits on a disk (as identities): its partitions (mounting sdb1 uses sdb) and,
+    through holders/, the device-mapper volumes built on it or on them (an LV on the PV
+    sdb2 uses sdb2 and sdb), to any depth."""
     if ident[0] != "blk":
         return set()
-    major, minor = os.major(ident[1]), os.minor(ident[1])
-    base = sys / "dev" / "block" / f"{major}:{minor}"
-    found = set()
-    try:
-        for entry in base.iterdir():
-            dev = entry / "dev"
-            if (entry / "partition").exists() and dev.exists():
-                ma, mi = dev.read_text().strip().split(":")
-                found.add(("blk", os.makedev(int(ma), int(mi))))
-    except OSError:
-        pass
+    found: set[tuple] = set()
+    todo = [sys / "dev" / "block" / f"{os.major(ident[1])}:{os.minor(ident[1])}"]
+    while todo:
+        base = Path(os.path.realpath(todo.pop()))
+        try:
+            entries = list(base.iterdir())
+        except OSError:
+            continue
+        subs = [e for e in entries if (e / "partition").exists()]
+        holders = base / "holders"
+        if holders.is_dir():
+            subs += [Path(os.path.realpath(h)) for h in holders.iterdir()]
+        for sub in subs:
+            num = _devnum(sub)
+            if num and num not in found:
+                found.add(num)
+                todo.append(sub)
     return found
 
 
@@ -122,7 +195,7 @@ def dom0_uses(proc: Path = Path("/proc"), sys: Path = Path("/sys")) -> dict[tupl
 
     def add(source: str, where: str, writable: bool):
         targets = [source]
-        if source.startswith("/dev/loop") and (backing := _loop_backing(source, sys)):
+        if source.startswith("/dev/loop") and (backing := _loop_backing(source, sys, partitions=True)):
             targets.append(backing)
         for t in targets:
             ident = identity(t)
@@ -169,16 +242,16 @@ def check(dom: Domain, others: list[Existing], dom0: bool = True,
                                      hint="leave mac= out to get a free one generated")
     uses = dom0_uses(proc, sys) if dom0 else {}
     for disk in dom.disks:
-        ident = identity(disk.target)
         for other in others:
             for od in other.disks:
-                if identity(od.target) == ident and (disk.writable or od.writable):
+                if (disk.writable or od.writable) and same_disk(disk.target, od.target, sys):
                     rw = "read-write" if od.writable else "read-only"
+                    alias = "" if od.target == disk.target else f" as {od.target}"
                     raise ProvisionError(
-                        f"disk {disk.target} is already given {rw} to {other.name or other.path} ({other.path})",
+                        f"disk {disk.target} is already given {rw} to {other.name or other.path}{alias} ({other.path})",
                         hint="share a disk only read-only (access=ro) in every domain; for shared writes use NFS",
                     )
-        for part in [ident, *_parts_and_holders(ident, sys)]:
+        for part in _below(disk.target, sys):
             use = uses.get(part)
             if use and (disk.writable or use.writable):
                 mode = "read-write" if use.writable else "read-only"

@@ -95,8 +95,12 @@ def install(paths: Paths, s: Settings, undo: UndoStack | None = None) -> list[Pa
     for path, (text, mode) in render_files(paths, s).items():
         dest = paths.inside(path)
         if path in SETTINGS.values() and dest.exists():
-            log.info(f"keeping existing settings {dest}")
-            continue  # the administrator's edits win over our defaults
+            # The administrator's edits (or the distribution's file) win over our options.
+            if dest.read_text() != text:
+                log.warn(f"keeping the existing {dest}: edit it to change these settings")
+            else:
+                log.info(f"keeping existing settings {dest}")
+            continue
         new = not dest.exists()
         if write_if_changed(dest, text, mode):
             log.info(f"wrote {dest}")

@@ -204,8 +204,8 @@ def convert(values: dict, source: str = "<xm config>") -> tuple[dict, list[str]]
     return {k: v for k, v in out.items() if v is not None}, notes
 
 
-def load_any(path: str | Path, text: str | None = None, notes: bool = True) -> tuple[dict, dict, bool]:
-    """(values, line numbers, was_xm) for an xl or xm config file."""
+def read_any(path: str | Path, text: str | None = None) -> tuple[dict, dict, bool]:
+    """(values, line numbers, was_xm) for an xl or xm config file; xm values unconverted."""
     path = Path(path)
     if text is None:
         try:
@@ -222,13 +222,22 @@ def load_any(path: str | Path, text: str | None = None, notes: bool = True) -> t
             if "Python logic" in xm_error.message:
                 raise xm_error from None
             raise xl_error from None
-        return _converted(values, str(path), notes), {}, True
+        return values, {}, True
     if looks_like_xm(cfg.values):
-        return _converted(cfg.values, str(path), notes), {}, True
+        return cfg.values, {}, True
     return cfg.values, cfg.lines, False
 
 
-def _converted(values: dict, source: str, show: bool) -> dict:
+def load_any(path: str | Path, text: str | None = None, notes: bool = True) -> tuple[dict, dict, bool]:
+    """(values, line numbers, was_xm) for an xl or xm config file, xm converted to xl."""
+    values, lines, was_xm = read_any(path, text)
+    if was_xm:
+        return converted(values, str(path), notes), {}, True
+    return values, lines, False
+
+
+def converted(values: dict, source: str, show: bool = True) -> dict:
+    """``convert`` with its notes logged."""
     out, notes = convert(values, source)
     if show:
         log.note(f"{source} is an xm config; converted to xl form")

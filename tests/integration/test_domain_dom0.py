@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "xlcheck"))
+import xlcheck  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -20,6 +24,11 @@ def sh(*argv, check=True):
 @pytest.fixture
 def root(tmp_path):
     return tmp_path / "root"
+
+
+@pytest.fixture(scope="module")
+def checker():
+    return xlcheck.build()
 
 
 @pytest.fixture
@@ -56,17 +65,63 @@ def test_refuses_a_device_dom0_has_mounted(run_cli, root, mounted):
     # The image file behind the loop device is the same disk.
     proc = create(run_cli, root, "g", f"vdev=xvda, access=rw, target={img}")
     assert proc.returncode != 0 and f"is in use in dom0: {img} is mounted on {mnt}" in proc.stderr
+    assert not root.exists()  # refused: not even the config directory or its lock was made
+
+
+def test_refuses_another_loop_device_on_the_mounted_file(run_cli, root, mounted):
+    """dom0 mounts the image through one loop device; a guest given a second one on the
+    same file would write the same blocks."""
+    img, loop, mnt = mounted
+    second = sh("losetup", "-f", "--show", img).stdout.strip()
+    try:
+        proc = create(run_cli, root, "g", f"vdev=xvda, access=rw, target={second}")
+        assert proc.returncode != 0, proc.stderr
+        assert f"disk {second} is in use in dom0: {img} is mounted on {mnt} read-write" in proc.stderr
+    finally:
+        sh("losetup", "-d", second, check=False)
     assert not (root / "etc/xen/g.cfg").exists()
 
 
-def test_read_only_mount_allows_read_only_guests(run_cli, root, mounted):
+def test_loop_device_and_its_file_are_one_disk_between_domains(run_cli, root, tmp_path, root_required,
+                                                              checker):
+    img = tmp_path / "shared.img"
+    with open(img, "wb") as f:
+        f.truncate(1 << 20)
+    loop = sh("losetup", "-f", "--show", img).stdout.strip()
+    try:
+        assert create(run_cli, root, "a", f"vdev=xvda, access=rw, target={img}").returncode == 0
+        for access in ("rw", "ro"):
+            proc = create(run_cli, root, "b", f"vdev=xvda, access={access}, target={loop}")
+            assert proc.returncode != 0
+            assert f"disk {loop} is already given read-write to a as {img}" in proc.stderr
+        # Read-only everywhere is fine, whichever spelling each domain uses.
+        ro = tmp_path / "ro.img"
+        with open(ro, "wb") as f:
+            f.truncate(1 << 20)
+        ro_loop = sh("losetup", "-f", "--show", ro).stdout.strip()
+        try:
+            assert create(run_cli, root, "c", f"vdev=xvda, access=ro, target={ro}").returncode == 0
+            proc = create(run_cli, root, "d", f"vdev=xvda, access=ro, target={ro_loop}")
+            assert proc.returncode == 0, proc.stderr
+            proc = create(run_cli, root, "e", f"vdev=xvda, access=rw, target={ro_loop}")
+            assert proc.returncode != 0 and f"is already given read-only to c as {ro}" in proc.stderr
+        finally:
+            sh("losetup", "-d", ro_loop, check=False)
+    finally:
+        sh("losetup", "-d", loop, check=False)
+    assert sorted(p.name for p in (root / "etc/xen").glob("*.cfg")) == ["a.cfg", "c.cfg", "d.cfg"]
+    assert f"target={ro_loop} format=raw access=ro" in xlcheck.accept(checker, root / "etc/xen/d.cfg")
+
+
+def test_read_only_mount_allows_read_only_guests(run_cli, root, mounted, checker):
     img, loop, mnt = mounted
     sh("mount", "-o", "remount,ro", mnt)
     proc = create(run_cli, root, "g", f"vdev=xvda, access=rw, target={loop}")
     assert proc.returncode != 0 and "read-only" in proc.stderr
     proc = create(run_cli, root, "g", f"vdev=xvda, access=ro, target={loop}")
     assert proc.returncode == 0, proc.stderr
-    assert (root / "etc/xen/g.cfg").is_file()
+    seen = xlcheck.accept(checker, root / "etc/xen/g.cfg")
+    assert f"disk 0: vdev=xvda target={loop} format=raw access=ro\n" in seen
 
 
 def test_offline_root_skips_dom0_checks(run_cli, tmp_path, mounted):

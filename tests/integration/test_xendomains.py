@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,39 @@ def test_systemd_enable_matches_systemctl(run_cli, image, tmp_path):
     assert "S02xendomains" in links(image, "2") and ours.is_symlink()
     run_cli("xendomains", "disable", "--root", image, check=True)
     assert not ours.is_symlink()
+
+
+def test_live_host_enable_uses_update_rc_d(run_cli, tmp_path, root_required):
+    """The live-host path (no --root): ``xendomains install --enable`` runs the host's own
+    update-rc.d (this Debian host has no chkconfig and no running systemd). It runs in a
+    private mount namespace over a copy of /etc, so the host's /etc is never touched."""
+    need("update-rc.d")
+    need("unshare")
+    if Path("/run/systemd/system").is_dir():
+        pytest.skip("systemd runs here: the live path would use systemctl, not update-rc.d")
+    etc = tmp_path / "etc"
+    subprocess.run(["cp", "-a", "/etc", str(etc)], check=True)
+    (etc / "init.d/xencommons").write_text(XENCOMMONS)
+    (etc / "init.d/xencommons").chmod(0o755)
+    for p in etc.glob("rc?.d/*xendomains"):
+        p.unlink()
+    repo = Path(__file__).resolve().parents[2]
+    script = (
+        "set -e\n"
+        f"mount --bind {etc} /etc\n"
+        "update-rc.d xencommons defaults\n"
+        f"cd {repo}\n"
+        f"{sys.executable} -m provision xendomains install --enable\n"
+    )
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "update-rc.d xendomains defaults" in proc.stderr
+    assert (etc / "init.d/xendomains").is_file() and (etc / "default/xendomains").is_file()
+    for level in "2345":
+        starts = sorted(n for n in links(etc.parent, level) if n.startswith("S") and n[3:].startswith("xen"))
+        assert [n[3:] for n in starts] == ["xencommons", "xendomains"]
+    for level in "016":
+        kills = sorted(n for n in links(etc.parent, level) if n.startswith("K") and n[3:].startswith("xen"))
+        assert [n[3:] for n in kills] == ["xendomains", "xencommons"]
+    assert not Path("/etc/init.d/xendomains").exists()  # the host's own /etc is untouched

@@ -53,3 +53,24 @@ def test_bad_settings_write_nothing(run_cli, tmp_path, args, message):
 def test_enable_needs_the_script(run_cli, tmp_path):
     proc = run_cli("xendomains", "enable", "--root", tmp_path)
     assert proc.returncode != 0 and "is not installed" in proc.stderr and "xendomains install" in proc.stderr
+
+
+def test_status_lists_links_and_boot_domains(run_cli, tmp_path):
+    """'xendomains status': the rc?.d links chkconfig --add would make, and what starts at boot."""
+    root = tmp_path / "r"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/vmlinuz").write_text("k")
+    run_cli("domain", "create", "--root", root, "--name", "web", "--memory", "64", "--kernel", "/boot/vmlinuz",
+            "--autostart", check=True)
+    run_cli("domain", "create", "--root", root, "--name", "idle", "--memory", "64", "--kernel", "/boot/vmlinuz",
+            check=True)
+    run_cli("xendomains", "install", "--root", root, "--enable", "--method", "chkconfig", check=True)
+    out = run_cli("xendomains", "status", "--root", root, check=True).stdout.splitlines()
+    assert [line for line in out if line.startswith("rc")] == [
+        "rc0.d: K00xendomains", "rc1.d: K00xendomains", "rc2.d: S99xendomains", "rc3.d: S99xendomains",
+        "rc4.d: S99xendomains", "rc5.d: S99xendomains", "rc6.d: K00xendomains"]
+    assert "systemd: not enabled" in out
+    assert [line for line in out if line.startswith("auto:")] == ["auto: web"]
+    run_cli("xendomains", "disable", "--root", root, check=True)
+    out = run_cli("xendomains", "status", "--root", root, check=True).stdout
+    assert "rc2.d" not in out and "auto: web" in out

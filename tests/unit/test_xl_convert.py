@@ -59,6 +59,7 @@ def test_manual_ttylinux(tmp_path, checker):
     [
         ("'phy:hda3,sda1,w'", "vdev=xvda1 target=/dev/hda3 format=raw access=rw"),
         ("'phy:vg/lvm1,sda2,w'", "vdev=xvda2 target=/dev/vg/lvm1 format=raw access=rw"),
+        ("'phy:vg/myvmdisk1,sda1,w'", "vdev=xvda1 target=/dev/vg/myvmdisk1 format=raw access=rw"),
         ("'file:/full/path/to/vm1disk,sda1,w'", "vdev=xvda1 target=/full/path/to/vm1disk format=raw access=rw"),
         ("'phy:hda1,sda1,r'", "vdev=xvda1 target=/dev/hda1 format=raw access=ro"),
         ("'tap:qcow2:/img/a.qcow2,xvda,w'", "vdev=xvda target=/img/a.qcow2 format=qcow2 access=rw"),
@@ -163,3 +164,10 @@ def test_xl_config_passes_unchanged(tmp_path, checker):
     was_xm, dom, out = convert_file(tmp_path, text)
     assert not was_xm
     assert "vdev=xvda1 target=/dev/vg/x" in xlcheck.accept(checker, out)
+
+
+def test_manual_chosen_mac(tmp_path, checker):
+    """Section 3.2: "vif = ['mac=00:06:AA:F6:BB:B3']" (a vendor's OUI, upper case)."""
+    _, dom, out = convert_file(tmp_path, "name = 'm'\nmemory = 64\nkernel = '/k'\nvif = ['mac=00:06:AA:F6:BB:B3']\n")
+    assert "vif 0: mac=00:06:aa:f6:bb:b3\n" in xlcheck.accept(checker, out)
+    assert dom.macs() == ["00:06:aa:f6:bb:b3"]  # one spelling, so duplicates compare equal

@@ -142,3 +142,22 @@ def test_writer_round_trips_through_us_and_libxlutil(value, checker, tmp_path):
 def test_writer_refuses_bad_keys():
     with pytest.raises(ProvisionError):
         xlcfg.format_setting("Bad", 1)
+
+
+@pytest.mark.parametrize("action", ["destroy", "restart", "rename-restart", "preserve", "coredump-destroy",
+                                    "coredump-restart", "soft-reset", "restart_rename", "coredump_restart",
+                                    "reboot", "Destroy"])
+def test_shutdown_actions_agree_with_xl(action, checker, tmp_path):
+    from provision.domain.model import Domain
+
+    text = f'name = "x"\nmemory = 64\nkernel = "/k"\non_crash = "{action}"\n'
+    f = tmp_path / "a.cfg"
+    f.write_text(text)
+    theirs = xlcheck.run(checker, f).returncode == 0
+    try:
+        Domain.from_config(xlcfg.parse(text).values, str(f))
+        ours = True
+    except ProvisionError:
+        ours = False
+    assert ours == theirs == (action in ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy",
+                                         "coredump-restart", "soft-reset"))

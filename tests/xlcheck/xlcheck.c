@@ -60,19 +60,35 @@ static void check_long(XLU_Config *cfg, const char *key)
     printf("%s=%ld\n", key, value);
 }
 
+/*
+ * xl reads on_poweroff/on_reboot/on_crash with its own table (xl_parse.c,
+ * action_on_shutdown_names), not libxl's enum names: "rename-restart", not
+ * "restart_rename". xl is a program, not a library, so its table is repeated here.
+ */
+static const char *const xl_actions[] = {
+    [LIBXL_ACTION_ON_SHUTDOWN_DESTROY] = "destroy",
+    [LIBXL_ACTION_ON_SHUTDOWN_RESTART] = "restart",
+    [LIBXL_ACTION_ON_SHUTDOWN_RESTART_RENAME] = "rename-restart",
+    [LIBXL_ACTION_ON_SHUTDOWN_PRESERVE] = "preserve",
+    [LIBXL_ACTION_ON_SHUTDOWN_COREDUMP_DESTROY] = "coredump-destroy",
+    [LIBXL_ACTION_ON_SHUTDOWN_COREDUMP_RESTART] = "coredump-restart",
+    [LIBXL_ACTION_ON_SHUTDOWN_SOFT_RESET] = "soft-reset",
+};
+
 static void check_action(XLU_Config *cfg, const char *key)
 {
     const char *value;
-    libxl_action_on_shutdown action;
     if (xlu_cfg_get_string(cfg, key, &value, 0))
         return;
-    if (libxl_action_on_shutdown_from_string(value, &action)) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "'%s' has unknown action '%s'", key, value);
-        fail(msg);
-        return;
+    for (size_t i = 0; i < sizeof xl_actions / sizeof xl_actions[0]; i++) {
+        if (xl_actions[i] && !strcmp(value, xl_actions[i])) {
+            printf("%s=%s\n", key, xl_actions[i]);
+            return;
+        }
     }
-    printf("%s=%s\n", key, libxl_action_on_shutdown_to_string(action));
+    char msg[160];
+    snprintf(msg, sizeof msg, "'%s' has unknown action '%s'", key, value);
+    fail(msg);
 }
 
 static void check_type(XLU_Config *cfg)
