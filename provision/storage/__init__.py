@@ -23,7 +23,7 @@ minimal guest without pyparted).
 """
 
 from provision.storage.clone import clone_file
-from provision.storage.fs import FILESYSTEMS, make_fs, make_swap
+from provision.storage.fs import FILESYSTEMS, grow_btrfs, make_fs, make_swap
 from provision.storage.images import allocated_bytes, building_image, create_image
 from provision.storage.loop import attach_loop, detach_loop, loop_device, partition_device
 from provision.storage.lvm import (
@@ -66,6 +66,7 @@ __all__ = [
     "domain_disk_users",
     "extend_lv",
     "format_partitions",
+    "grow_btrfs",
     "loop_device",
     "lv_exists",
     "lv_path",

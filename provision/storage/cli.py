@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from provision import log
+from provision import log, validate
 from provision.errors import ProvisionError
 from provision.sizes import format_size, parse_size
 from provision.storage import fs as fsmod
@@ -57,6 +57,12 @@ def _check_fs_args(fstype: str | None, label: str | None, populate: str | None) 
     fsmod._check_label(label, limit, fstype)
 
 
+def _new_image_name(path: str) -> None:
+    """The file name of an image we create: no spaces, commas or shell characters, which
+    break xl disk specs (``'file:/srv/a,b.img,xvda,w'``) and scripts that name the file."""
+    validate.name(os.path.basename(path), "image name", max_len=255)
+
+
 def _make_fs(target: str, args) -> None:
     if args.fs == "swap":
         fsmod.make_swap(target, label=args.label, uuid=args.uuid)
@@ -65,6 +71,7 @@ def _make_fs(target: str, args) -> None:
 
 
 def cmd_create(args) -> int:
+    _new_image_name(args.image)
     _check_fs_args(args.fs, args.label, args.populate)
     with UndoStack() as undo:
         with building_image(args.image, args.size, preallocate=args.preallocate, force=args.force,
@@ -74,6 +81,8 @@ def cmd_create(args) -> int:
 
 
 def cmd_partition(args) -> int:
+    if args.size:
+        _new_image_name(args.image)
     specs = [parse_part(p) for p in args.part]
     if args.table not in TABLES:
         raise ProvisionError(f"partition table type '{args.table}' is not known", hint="use msdos or gpt")
@@ -96,6 +105,7 @@ def cmd_partition(args) -> int:
 
 
 def cmd_clone(args) -> int:
+    _new_image_name(args.target)
     with UndoStack():
         method = clone_file(args.source, args.target, force=args.force)
     print(method)
@@ -118,7 +128,7 @@ def cmd_pv(args) -> int:
 
 def cmd_vg(args) -> int:
     with UndoStack() as undo:
-        lvm.vgcreate(args.vg, args.devices, undo=undo)
+        lvm.vgcreate(args.vg, args.devices, force=args.force, undo=undo)
     return 0
 
 
@@ -224,6 +234,7 @@ def register(subparsers) -> None:
     p = lsub.add_parser("vg", help="create a volume group")
     p.add_argument("vg")
     p.add_argument("devices", nargs="+")
+    p.add_argument("--force", action="store_true", help="overwrite what the devices hold (not one in use)")
     p.set_defaults(func=cmd_vg)
 
     p = lsub.add_parser("lv", help="create a logical volume (or a thin volume in a pool)")

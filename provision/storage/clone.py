@@ -6,12 +6,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import tempfile
 from pathlib import Path
 
 from provision import log
 from provision.errors import ProvisionError
 from provision.storage.hooks import critical, pause_point
+from provision.storage.images import make_temp, refuse_non_file
 from provision.storage.safety import check_target_free
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
@@ -74,12 +74,13 @@ def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
     if not dst.parent.is_dir():
         raise ProvisionError(f"directory {dst.parent} does not exist", hint="create it first")
     check_target_free(dst, force=force, what="clone target")
+    refuse_non_file(dst, "clone target")
     if dst.exists() and os.path.samefile(src, dst):
         raise ProvisionError(f"clone source and target are the same file: {src}")
     fd, tmp = -1, None
     try:
         with critical():  # a signal lands only once the temporary file is ours to remove
-            fd, tmpname = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+            fd, tmpname = make_temp(dst)
             tmp = Path(tmpname)
         with open(src, "rb") as s:
             size = os.fstat(s.fileno()).st_size

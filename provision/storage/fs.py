@@ -21,7 +21,7 @@ from provision.run import CommandError, require, run
 from provision.storage.hooks import pause_point
 from provision.storage.images import shown
 from provision.storage.mount import mounted
-from provision.storage.safety import refuse_in_use
+from provision.storage.safety import _identity, _mounts, refuse_in_use
 from provision.undo import UndoStack
 
 
@@ -47,6 +47,8 @@ FILESYSTEMS: dict[str, FsKind] = {
 }
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _VOLID_RE = re.compile(r"^[0-9a-fA-F]{8}$")
+_BANNER_RE = re.compile(r"^\S+ \d+(\.\d+)+ \(\d{4}-\d\d-\d\d\)$")  # "mkfs.fat 4.2 (2021-01-31)"
+_PREFIX_RE = re.compile(r"^((mkfs\.\w+|mke2fs|mkswap)(: error)?: |ERROR: )+", re.I)
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -67,6 +69,18 @@ def _check_target(target: str) -> None:
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise ProvisionError(f"{target} is neither an image file nor a block device")
     refuse_in_use(target)
+
+
+def _reason(e: CommandError, target: str) -> str:
+    """A mkfs failure in one line: its messages (often wrapped over several lines) joined,
+    without version banners, usage text, the tool's name or our temporary file name."""
+    lines = []
+    for line in (ln.strip() for ln in e.output.splitlines()):
+        if line.startswith("Usage:"):
+            break
+        if line and not _BANNER_RE.match(line):
+            lines.append(_PREFIX_RE.sub("", line).replace(target, shown(target)))
+    return " ".join(lines[:3]) or f"exit code {e.returncode}"
 
 
 def _unpack(tarball: str, near: str, undo: UndoStack) -> str:
@@ -141,7 +155,7 @@ def make_fs(target: str | os.PathLike, fstype: str = "ext4", *, label: str | Non
         try:
             run([*argv, target], quiet=True, env=env)
         except CommandError as e:
-            raise ProvisionError(f"could not make {fstype} on {target}: {e.message.split(': ', 1)[-1]}") from None
+            raise ProvisionError(f"could not make {fstype} on {shown(target)}: {_reason(e, target)}") from None
         if directory and kind.populate_opt == "mtools":
             _mcopy(directory, target)
         pause_point("mkfs-done")
@@ -165,7 +179,10 @@ def make_swap(target: str | os.PathLike, *, label: str | None = None, uuid: str 
         argv += ["-L", label]
     if uuid:
         argv += ["-U", uuid]
-    run([*argv, target], quiet=True)
+    try:
+        run([*argv, target], quiet=True)
+    except CommandError as e:
+        raise ProvisionError(f"could not make swap on {shown(target)}: {_reason(e, target)}") from None
     pause_point("mkfs-done")
     log.info(f"made swap on {shown(target)}")
 
@@ -176,3 +193,28 @@ def filesystem_type(target: str | os.PathLike) -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
+_DEVID_RE = re.compile(r"^\s*devid\s+(\d+)\s.*\spath\s+(\S+)\s*$")
+
+
+def grow_btrfs(device: str | os.PathLike) -> None:
+    """Grow the btrfs on ``device`` to fill it. btrfs grows only while mounted: online
+    where dom0 has it mounted, else through a temporary mount. (lvextend --resizefs
+    cannot: fsadm in lvm2 2.03.16, Debian bookworm's, does not know btrfs.)"""
+    device = os.fspath(device)
+    ident = _identity(device)
+    require("btrfs")
+    mountpoint = next((mnt for src, mnt, _ in _mounts() if src.startswith("/") and _identity(src) == ident), None)
+
+    def resize(mnt: str) -> None:
+        # A multi-device btrfs grows one device at a time: find ours by its device number.
+        listing = run(["btrfs", "filesystem", "show", "--raw", mnt], capture=True, quiet=True).stdout
+        devid = next((m.group(1) for m in map(_DEVID_RE.match, listing.splitlines())
+                      if m and _identity(m.group(2)) == ident), "1")
+        run(["btrfs", "filesystem", "resize", f"{devid}:max", mnt], quiet=True)
+
+    if mountpoint:
+        resize(mountpoint)
+    else:
+        with mounted(device, fstype="btrfs") as mnt:
+            resize(os.fspath(mnt))
+    log.info(f"grew btrfs on {device}" + (f" (mounted at {mountpoint})" if mountpoint else ""))

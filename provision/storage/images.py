@@ -82,6 +82,23 @@ def _allocate(path: Path, size: int, preallocate: bool) -> None:
                                      hint="the filesystem does not allow a file that large") from None
 
 
+def refuse_non_file(path: Path, what: str) -> None:
+    """An existing target that is not a regular file (a device node, a fifo) is never
+    replaced by an image: renaming over /dev/sdb would lose the node, not write the disk."""
+    if os.path.exists(path) and not path.is_file():
+        raise ProvisionError(f"{what} {path} exists and is not a regular file",
+                             hint="write to a device with 'storage partition' or make_fs; choose another name")
+
+
+def make_temp(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` (same filesystem, so the final rename is atomic)."""
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise ProvisionError(f"cannot create a file in {path.parent}: {e.strerror}",
+                             hint="choose a directory you can write to") from None
+
+
 @contextlib.contextmanager
 def building_image(path: str | os.PathLike, size: int | str, *, preallocate: bool = False,
                    force: bool = False, undo: UndoStack | None = None) -> Iterator[Path]:
@@ -97,10 +114,11 @@ def building_image(path: str | os.PathLike, size: int | str, *, preallocate: boo
     if not path.parent.is_dir():
         raise ProvisionError(f"directory {path.parent} does not exist", hint="create it first")
     check_target_free(path, force=force, what="image")
+    refuse_non_file(path, "image")
     check_free_space(path, size, preallocate=preallocate)
     with UndoStack() as local:
         with critical():  # made and registered as one step
-            fd, tmpname = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmpname = make_temp(path)
             os.close(fd)
             tmp = Path(tmpname)
             _building[tmpname] = os.fspath(path)

@@ -17,6 +17,7 @@ from provision import log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
 from provision.sizes import format_size, parse_size
+from provision.storage.fs import grow_btrfs
 from provision.storage.hooks import critical, pause_point
 from provision.storage.safety import refuse_in_use
 from provision.undo import UndoStack
@@ -143,9 +144,13 @@ def _vg_remove(vg: str) -> None:
     run(["vgremove", "-y", "-f", vg], quiet=True)
 
 
-def vgcreate(vg: str, devices: list[str], *, undo: UndoStack | None = None) -> None:
-    """Create volume group ``vg`` on ``devices`` (already PVs, or made PVs by vgcreate)."""
+def vgcreate(vg: str, devices: list[str], *, force: bool = False, undo: UndoStack | None = None) -> None:
+    """Create volume group ``vg`` on ``devices`` (already PVs, or made PVs by vgcreate).
+    A device that is not yet a PV but holds something (filesystem, partition table) is
+    refused unless ``force``: vgcreate -y would wipe it without asking."""
     validate_vg_name(vg)
+    if not devices:
+        raise ProvisionError("no devices given for the volume group")
     if vg_exists(vg):
         raise ProvisionError(f"volume group '{vg}' already exists")
     for dev in devices:
@@ -154,8 +159,12 @@ def vgcreate(vg: str, devices: list[str], *, undo: UndoStack | None = None) -> N
         refuse_in_use(dev)
     # vgcreate makes PVs of plain devices itself; those labels are ours to take away too.
     fresh = [dev for dev in devices if not _report("pvs", "pv_name", dev)]
+    for dev in fresh:
+        if not force and run(["blkid", "-p", dev], check=False, quiet=True).returncode == 0:
+            raise ProvisionError(f"{dev} already holds a filesystem or partition table",
+                                 hint="pass --force to overwrite it")
     with critical():
-        _lvm(["vgcreate", "-y", vg, *devices])
+        _lvm(["vgcreate", "-y", vg, *devices])  # -y: wipes what --force allowed
         if undo is not None:
             for dev in fresh:
                 undo.rollback(f"pvremove {dev}", _pv_remove, dev)
@@ -240,7 +249,9 @@ def snapshot_lv(vg: str, origin: str, name: str, size: int | str | None = None, 
     """A copy-on-write clone of ``vg/origin`` (a template): the manual's
     ``lvcreate -s -L1024M -n myclonedisk1 /dev/vg/myvmdisk1``. ``size`` is the room for
     changes; for a thin origin leave it None for a thin snapshot sharing the pool."""
+    validate_vg_name(vg)
     validate_lv_name(origin)
+    validate_lv_name(name)
     if not lv_exists(vg, origin):
         raise ProvisionError(f"origin volume {vg}/{origin} does not exist")
     thin = _is_thin(vg, origin)
@@ -259,10 +270,13 @@ def snapshot_lv(vg: str, origin: str, name: str, size: int | str | None = None, 
     return path
 
 
-def _grow_fs_tool(vg: str, name: str) -> bool:
-    """True when the LV holds a filesystem lvextend --resizefs can grow."""
+# What lvextend --resizefs (fsadm) grows; btrfs is grown by us (fs.grow_btrfs).
+_FSADM_FS = ("ext2", "ext3", "ext4", "xfs")
+
+
+def _fs_type(vg: str, name: str) -> str:
     proc = run(["blkid", "-p", "-o", "value", "-s", "TYPE", lv_path(vg, name)], check=False, capture=True)
-    return proc.returncode == 0 and proc.stdout.strip() in ("ext2", "ext3", "ext4", "xfs", "btrfs")
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def extend_lv(vg: str, name: str, size: int | str, *, resize_fs: bool = True) -> int:
@@ -296,16 +310,21 @@ def extend_lv(vg: str, name: str, size: int | str, *, resize_fs: bool = True) ->
             f"{format_size(vg_free(vg))} free",
             hint="add a PV (vgextend) or grow by less",
         )
+    fstype = _fs_type(vg, name) if resize_fs else ""
     argv = ["lvextend", "-L", _size_arg(target)]
-    if resize_fs and _grow_fs_tool(vg, name):
+    if fstype in _FSADM_FS:
         argv.append("--resizefs")
     _lvm([*argv, f"{vg}/{name}"])
+    if fstype == "btrfs":
+        grow_btrfs(lv_path(vg, name))
     log.info(f"extended {vg}/{name} to {format_size(target)}")
     return target
 
 
 def snapshot_usage(vg: str, name: str) -> float:
     """How full a snapshot (or thin pool) is, in percent of its room for changes."""
+    validate_vg_name(vg)
+    validate_lv_name(name)
     rows = _report("lvs", "data_percent,snap_percent", f"{vg}/{name}")
     if not rows:
         raise ProvisionError(f"logical volume {vg}/{name} does not exist")
@@ -327,6 +346,8 @@ def watch_snapshot(vg: str, name: str, *, threshold: float = 80.0, extend_by: in
     """
     if not 0 < threshold < 100:
         raise ProvisionError(f"threshold {threshold} is not a percentage between 0 and 100")
+    if not interval > 0:
+        raise ProvisionError(f"interval {interval} is not a positive number of seconds")
     step = parse_size(extend_by, "extend-by size")
     while True:
         usage = snapshot_usage(vg, name)

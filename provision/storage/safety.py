@@ -129,6 +129,16 @@ def _mounts() -> list[tuple[str, str, set[str]]]:
     return out
 
 
+def _swaps() -> list[str]:
+    """Devices and files dom0 swaps on (/proc/swaps)."""
+    try:
+        lines = Path("/proc/swaps").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    # The name is the first column; "\040" stands for a space in it.
+    return [line.split()[0].replace("\\040", " ") for line in lines if line.split()]
+
+
 def _related_rdevs(rdev: int) -> set[int]:
     """The device itself, its partitions and the devices stacked on it (LVM, dm)."""
     result = {rdev}
@@ -177,6 +187,9 @@ def refuse_in_use(target: str | os.PathLike, *, writable_only: bool = True,
     if ident[0] == "dev":
         devices = _related_rdevs(ident[1])
     else:
+        for src in _swaps():
+            if _identity(src) == ident:
+                raise ProvisionError(f"{target} is in use as a swap file", hint=f"swapoff {src} first")
         loops = _loops_backed_by(target)
         if loops:
             raise ProvisionError(
@@ -194,12 +207,7 @@ def refuse_in_use(target: str | os.PathLike, *, writable_only: bool = True,
                     f"{target} is mounted {mode} at {mnt} ({src})",
                     hint=f"unmount it first (umount {mnt}); a filesystem used twice read-write is destroyed",
                 )
-        try:
-            swaps = Path("/proc/swaps").read_text().splitlines()[1:]
-        except OSError:
-            swaps = []
-        for line in swaps:
-            src = line.split()[0] if line.split() else ""
+        for src in _swaps():
             other = _identity(src)
             if other and other[0] == "dev" and other[1] in devices:
                 raise ProvisionError(f"{target} is in use as swap ({src})", hint=f"swapoff {src} first")

@@ -117,6 +117,18 @@ def test_vgcreate_rolls_back_on_failure(disk, vg_name):
     assert pv_label(disk) == ""  # the PV vgcreate made on the way is gone too
 
 
+def test_vg_refuses_a_device_holding_a_filesystem(disk, vg_name, run_cli):
+    """vgcreate -y would wipe a filesystem on a plain device without asking: we ask for --force."""
+    make_fs(disk, "ext4", label="precious")
+    proc = run_cli("storage", "lvm", "vg", vg_name, disk)
+    assert proc.returncode != 0 and proc.stderr.startswith(f"error: {disk} already holds a filesystem")
+    assert proc.stderr.count("error: ") == 1
+    assert pv_label(disk) == "ext4" and lvm("vgs", "--noheadings", vg_name).strip() == ""
+    run_cli("storage", "lvm", "vg", vg_name, disk, "--force", check=True)
+    assert pv_label(disk) == "LVM2_member"
+    assert lvm("vgs", "--noheadings", "-o", "vg_name", vg_name).strip() == vg_name
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("step", ["pv-created", "vg-created"])
 def test_interrupted_lvm_leaves_nothing(disk, vg_name, tmp_path, step, sig):
@@ -174,6 +186,17 @@ def test_extend_grows_the_mounted_filesystem(vg):
         extend_lv(vg, "data", "16M")
     with pytest.raises(ProvisionError, match="no room"):
         extend_lv(vg, "data", "+1G")
+
+
+def test_extend_grows_btrfs(vg):
+    """fsadm (lvextend --resizefs) knows no btrfs in bookworm's lvm2: extend_lv grows it itself."""
+    create_lv(vg, "bt", "256M")  # the kernel resizes no btrfs below 256 MiB
+    make_fs(f"/dev/{vg}/bt", "btrfs")
+    assert extend_lv(vg, "bt", "+64M") == 320 * MiB
+    with mounted(f"/dev/{vg}/bt") as mnt:
+        assert os.statvfs(mnt).f_blocks * os.statvfs(mnt).f_frsize > 288 * MiB
+        assert extend_lv(vg, "bt", "+64M") == 384 * MiB  # online
+        assert os.statvfs(mnt).f_blocks * os.statvfs(mnt).f_frsize > 352 * MiB
 
 
 def test_thin_pool_volume_and_snapshot(vg):

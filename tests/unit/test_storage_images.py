@@ -365,3 +365,99 @@ def test_cli_check_reads_domain_configs(run_cli, tmp_path):
     proc = run_cli("storage", "create", img, "--size", "2M", "--force", env=env)
     assert proc.returncode != 0 and "used writable" in proc.stderr
     assert img.stat().st_size == MiB
+
+
+# --- review of issue 4: the gaps closed ---------------------------------------------
+
+def test_populate_vfat_with_mtools_without_mounting(tmp_path, monkeypatch):
+    from provision.storage import fs as fsmod
+
+    def no_mount(*args, **kwargs):
+        raise AssertionError("vfat is populated with mcopy, without a mount")
+
+    monkeypatch.setattr(fsmod, "mounted", no_mount)
+    src = tmp_path / "esp"
+    (src / "EFI" / "xen").mkdir(parents=True)
+    (src / "EFI" / "xen" / "xen.cfg").write_text("[global]\ndefault=xen\n")
+    img = tmp_path / "esp.img"
+    create_image(img, "64M")
+    make_fs(img, "vfat", label="ESP", populate=src)
+    assert _blkid(img, "TYPE") == "vfat" and _blkid(img, "LABEL") == "ESP"
+    out = subprocess.run(["mtype", "-i", str(img), "::/EFI/xen/xen.cfg"], capture_output=True, text=True,
+                         env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    assert out.stdout.replace("\r\n", "\n") == "[global]\ndefault=xen\n", out.stderr
+
+
+def test_ext3_and_swap_images(tmp_path, run_cli):
+    make_fs(create_image(tmp_path / "e3.img", "32M"), "ext3", label="old")
+    assert _blkid(tmp_path / "e3.img", "TYPE") == "ext3"
+    run_cli("storage", "create", tmp_path / "swap.img", "--size", "64M", "--fs", "swap", "--label", "sw",
+            check=True)
+    assert _blkid(tmp_path / "swap.img", "TYPE") == "swap"
+    assert _blkid(tmp_path / "swap.img", "LABEL") == "sw"
+
+
+def _one_error(proc, expected: str) -> None:
+    assert proc.returncode != 0, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert expected in errors[0], proc.stderr
+
+
+@pytest.mark.parametrize("name", ["a b.img", "a;b.img", "a,b.img", "$(x).img", "-x.img", "a..img"])
+def test_cli_refuses_bad_image_names(run_cli, tmp_path, name):
+    """Commas break xl disk specs, spaces and shell characters break scripts: refused at the edge."""
+    src = tmp_path / "src.img"
+    create_image(src, "1M")
+    _one_error(run_cli("storage", "create", tmp_path / name, "--size", "1M"), "image name")
+    _one_error(run_cli("storage", "clone", src, tmp_path / name), "image name")
+    _one_error(run_cli("storage", "partition", tmp_path / name, "--size", "8M", "--part", "rest"), "image name")
+    assert _listing(tmp_path) == ["src.img"]
+
+
+def test_cli_mkfs_failure_is_one_line_naming_the_image(run_cli, tmp_path):
+    for fs in ("ext4", "xfs", "swap"):
+        proc = run_cli("storage", "create", tmp_path / "tiny.img", "--size", "1K", "--fs", fs)
+        _one_error(proc, f"could not make {fs} on {tmp_path / 'tiny.img'}: ")
+        assert ".tmp" not in proc.stderr and "Usage" not in proc.stderr
+    assert _listing(tmp_path) == []
+
+
+def test_unwritable_directory_is_one_line():
+    # /proc takes no new files, for root too.
+    with pytest.raises(ProvisionError, match="cannot create a file in /proc"):
+        create_image("/proc/xen-provision-test.img", "1M")
+    with pytest.raises(ProvisionError, match="cannot create a file in /proc"):
+        clone_file("/proc/self/status", "/proc/xen-provision-test.img")
+
+
+def test_existing_non_file_target_is_never_replaced(tmp_path, run_cli):
+    """--force replaces an image, never a device node or fifo by renaming a file over it."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    src = tmp_path / "src.img"
+    create_image(src, "1M")
+    with pytest.raises(ProvisionError, match="not a regular file"):
+        create_image(fifo, "1M", force=True)
+    with pytest.raises(ProvisionError, match="not a regular file"):
+        clone_file(src, fifo, force=True)
+    _one_error(run_cli("storage", "create", fifo, "--size", "1M", "--force"), "not a regular file")
+    assert fifo.is_fifo() and _listing(tmp_path) == ["fifo", "src.img"]
+
+
+def test_cli_fill_watch_bad_numbers(run_cli):
+    """Checked before lvm2 is asked anything (so this needs neither root nor a VG)."""
+    _one_error(run_cli("storage", "fill", "vg0", "snap", "--watch", "--threshold", "150"), "threshold")
+    _one_error(run_cli("storage", "fill", "vg0", "snap", "--watch", "--interval", "-1"), "interval")
+    _one_error(run_cli("storage", "fill", "vg0", "snap", "--watch", "--extend-by", "0"), "extend-by")
+
+
+def test_cli_lvm_names_checked_first(run_cli):
+    """Every LVM command names a bad VG or LV name before lvm2 is asked anything."""
+    _one_error(run_cli("storage", "lvm", "snapshot", "bad/vg", "base", "clone1", "--size", "1M"),
+               "volume group name 'bad/vg'")
+    _one_error(run_cli("storage", "lvm", "snapshot", "vg0", "base", "a;b", "--size", "1M"),
+               "logical volume name 'a;b'")
+    _one_error(run_cli("storage", "fill", "vg0", "../x"), "logical volume name '../x'")
+    _one_error(run_cli("storage", "lvm", "pool", "vg0", "snapshot1", "--size", "1G"), "reserved by LVM")
+    _one_error(run_cli("storage", "lvm", "extend", "vg 0", "lv", "--size", "+1G"), "volume group name")
