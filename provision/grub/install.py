@@ -1,0 +1,327 @@
+"""Install Xen boot entries into a live /boot or an offline image root, beside the user's own.
+
+Everything is planned first (validated model, paths checked in the target, files
+rendered), then written: each file atomically, each replaced file backed up beside
+itself as ``<name>.<UTC time>.xen-provision.bak`` (mode 0644, so grub-mkconfig never
+runs a backed-up script). Shared files (custom.cfg, menu.lst, inittab, securetty) get
+a managed block between BEGIN/END markers; the bytes outside it are never changed.
+Files that are ours alone (the grub.d script, the GRUB_DEFAULT drop-in, xen.cfg) are
+written whole. A second run with the same request changes nothing.
+
+``--default`` sets GRUB_DEFAULT to our entry's id in a drop-in,
+/etc/default/grub.d/xen-provision.cfg, which Debian's grub-mkconfig reads after
+/etc/default/grub: GRUB's own scripts are neither renamed nor diverted.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provision import log
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_write, within
+from provision.grub.render import (
+    BootEntry,
+    render_grub2,
+    render_grubd_script,
+    render_menu_lst,
+    render_xen_cfg,
+    script_check,
+)
+from provision.run import run, which
+from provision.undo import UndoStack
+
+GRUBD_SCRIPT = "/etc/grub.d/42_xen_provision"
+DEFAULT_DROPIN = "/etc/default/grub.d/xen-provision.cfg"
+BEGIN = "### BEGIN xen-provision: managed block, rewritten by `python -m provision grub` ###"
+END = "### END xen-provision ###"
+SYSTEMD_UNIT_DIRS = ("/lib/systemd/system", "/usr/lib/systemd/system")
+GETTY_WANTS = "/etc/systemd/system/getty.target.wants"
+GETTY_MARKER = "/var/lib/xen-provision/serial-getty"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one path should be: ``content`` (None = absent) or a symlink to ``link``."""
+
+    path: str                # as seen inside the target root
+    content: bytes | None
+    mode: int | None = 0o644  # None: keep the file's mode (shared files)
+    link: str | None = None
+
+
+@dataclass
+class Request:
+    root: Path
+    entries: list[BootEntry]
+    format: str = "grubd"            # grubd | custom
+    loader: str = "multiboot2"
+    make_default: bool = False
+    menu_lst: bool = False
+    efi_dir: str | None = None       # directory of xen.efi inside the target, for xen.cfg
+    console_device: str | None = None  # dom0's serial console: getty + securetty
+    getty: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+# -- managed blocks ---------------------------------------------------------------------
+
+def merge_block(existing: bytes | None, block: str | None) -> bytes | None:
+    """``existing`` with our block replaced by ``block`` (appended if absent; removed if None).
+
+    Bytes outside the markers stay exactly as they were. Broken markers (one without
+    the other, or twice) are an error: we will not guess what the user meant.
+    """
+    text = existing.decode("utf-8", errors="surrogateescape") if existing is not None else ""
+    lines = text.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == BEGIN]
+    ends = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == END]
+    new_block = f"{BEGIN}\n{block.rstrip(chr(10))}\n{END}\n" if block is not None else ""
+    if not begins and not ends:
+        if block is None:
+            return existing
+        if text and not text.endswith("\n"):
+            text += "\n"
+        out = text + new_block
+    elif len(begins) == 1 and len(ends) == 1 and begins[0] < ends[0]:
+        out = "".join(lines[: begins[0]]) + new_block + "".join(lines[ends[0] + 1:])
+    else:
+        raise ProvisionError(
+            "the xen-provision markers in this file are broken (missing, repeated or out of order)",
+            hint=f"fix or remove the lines '{BEGIN}' and '{END}' by hand",
+        )
+    if not out:
+        return None  # the file held nothing but our block: take it away whole
+    return out.encode("utf-8", errors="surrogateescape")
+
+
+# -- where things go -----------------------------------------------------------------------
+
+def grub_dir(root: Path) -> str:
+    """/boot/grub, or /boot/grub2 where only that exists (Fedora, openSUSE)."""
+    if not within(root, "/boot/grub").is_dir() and within(root, "/boot/grub2").is_dir():
+        return "/boot/grub2"
+    return "/boot/grub"
+
+
+def boot_path(root: Path, path: str) -> str:
+    """``path`` (inside the target) as GRUB sees it: relative to /boot's filesystem
+    when /boot is a separate mount, as GRUB reads files per filesystem."""
+    if os.path.ismount(within(root, "/boot")) and path.startswith("/boot/"):
+        return path[len("/boot"):]
+    return path
+
+
+def detect_loader(root: Path) -> tuple[str, str]:
+    """multiboot2 unless the target's installed GRUB lacks multiboot2.mod. Returns (loader, why)."""
+    gdir = within(root, grub_dir(root))
+    platforms = [p for p in ("i386-pc", "x86_64-efi", "i386-efi") if (gdir / p).is_dir()]
+    if platforms:
+        if any((gdir / p / "multiboot2.mod").exists() for p in platforms):
+            return "multiboot2", f"{grub_dir(root)}/{platforms[0]} has multiboot2.mod"
+        return "multiboot", f"{grub_dir(root)}/{','.join(platforms)} has no multiboot2.mod"
+    libs = sorted(within(root, "/usr/lib/grub").glob("*/multiboot2.mod"))
+    if libs:
+        return "multiboot2", "the target's GRUB package has multiboot2.mod"
+    return "multiboot2", "no installed GRUB found in the target; assuming GRUB 2 with multiboot2"
+
+
+def detect_init(root: Path) -> str | None:
+    if any(within(root, f"{d}/serial-getty@.service").exists() for d in SYSTEMD_UNIT_DIRS):
+        return "systemd"
+    if within(root, "/etc/inittab").exists():
+        return "sysvinit"
+    return None
+
+
+# -- planning -------------------------------------------------------------------------------
+
+def _read(root: Path, path: str) -> bytes | None:
+    try:
+        return within(root, path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def plan(req: Request) -> list[Change]:
+    """Every file this request wants, rendered and checked; nothing is written here."""
+    root, entries = req.root, req.entries
+    changes: list[Change] = []
+    default_id = entries[0].id if (entries and req.make_default) else None
+
+    if entries:
+        script_check(render_grub2(entries, req.loader, default_id))
+    if req.format not in ("grubd", "custom"):
+        raise ProvisionError(f"--format {req.format} is not valid: use grubd or custom")
+    # Both places are always planned, so switching formats (or removing) leaves no
+    # second copy of the entries behind.
+    grubd = entries if req.format == "grubd" else []
+    script = render_grubd_script(grubd, req.loader).encode() if grubd else None
+    changes.append(Change(GRUBD_SCRIPT, script, 0o755))
+    dropin = None
+    if grubd and default_id:
+        dropin = (
+            "# Written by xen-provision (`python -m provision grub install --default`):\n"
+            "# boot the Xen entry by default; delete this file to go back.\n"
+            f"GRUB_DEFAULT={shlex.quote(default_id)}\n"
+        ).encode()
+    changes.append(Change(DEFAULT_DROPIN, dropin))
+    path = f"{grub_dir(root)}/custom.cfg"
+    block = render_grub2(entries, req.loader, default_id) if (entries and req.format == "custom") else None
+    changes.append(Change(path, merge_block(_read(root, path), block), None))
+
+    path = f"{grub_dir(root)}/menu.lst"
+    block = render_menu_lst(entries) if (entries and req.menu_lst) else None
+    changes.append(Change(path, merge_block(_read(root, path), block), None))
+    if req.menu_lst and req.make_default:
+        req.notes.append("menu.lst: legacy GRUB's 'default' counts entries; set it yourself (our block is after your entries)")
+
+    if req.efi_dir:
+        content = render_xen_cfg(entries).encode() if entries else None
+        changes.append(Change(f"{req.efi_dir.rstrip('/')}/xen.cfg", content))
+
+    if req.getty:
+        changes += _console_changes(req)
+    return changes
+
+
+def _console_changes(req: Request) -> list[Change]:
+    root, dev = req.root, req.console_device
+    changes = []
+    init = detect_init(root)
+    if init == "systemd":
+        unit_dir = next(d for d in SYSTEMD_UNIT_DIRS if within(root, f"{d}/serial-getty@.service").exists())
+        # The marker remembers which link is ours, so a changed console or `grub remove`
+        # takes away only what we made.
+        prev = _read(root, GETTY_MARKER)
+        prev_name = prev.decode().strip() if prev else None
+        name = f"serial-getty@{dev}.service" if dev else None
+        if prev_name and prev_name != name:
+            changes.append(Change(f"{GETTY_WANTS}/{prev_name}", None))
+        if name:
+            changes.append(Change(f"{GETTY_WANTS}/{name}", None, link=f"{unit_dir}/serial-getty@.service"))
+        changes.append(Change(GETTY_MARKER, f"{name}\n".encode() if name else None))
+    elif init == "sysvinit":
+        line = f"{dev[-4:]}:2345:respawn:/sbin/getty -L 115200 {dev} vt102" if dev else None
+        changes.append(Change("/etc/inittab", merge_block(_read(root, "/etc/inittab"), line), None))
+    elif dev:
+        req.notes.append(f"no systemd or /etc/inittab in the target: add a getty on {dev} yourself")
+    securetty = _read(root, "/etc/securetty")
+    if securetty is not None:
+        outside = merge_block(securetty, None) or b""
+        needed = dev and dev not in outside.decode(errors="replace").split()
+        changes.append(Change("/etc/securetty", merge_block(securetty, dev if needed else None), None))
+    elif dev:
+        req.notes.append(f"the target has no /etc/securetty, so nothing restricts root logins on {dev}")
+    return changes
+
+
+# -- applying -------------------------------------------------------------------------------
+
+def _current(path: Path) -> tuple[bytes | None, str | None, int | None]:
+    if path.is_symlink():
+        return None, os.readlink(path), None
+    try:
+        return path.read_bytes(), None, path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return None, None, None
+
+
+def _restore(path: Path, content: bytes | None, link: str | None, mode: int | None) -> None:
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    if link is not None:
+        path.symlink_to(link)
+    elif content is not None:
+        atomic_write(path, content, mode or 0o644)
+
+
+def _backup_name(path: Path, stamp: str) -> Path:
+    candidate = path.with_name(f"{path.name}.{stamp}.xen-provision.bak")
+    n = 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{stamp}-{n}.xen-provision.bak")
+    return candidate
+
+
+def apply(root: Path, changes: list[Change], undo: UndoStack) -> list[str]:
+    """Write the changes that differ from what is there; returns the paths changed."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    changed = []
+    for ch in changes:
+        path = within(root, ch.path)
+        content, link, mode = _current(path)
+        if ch.link is not None:
+            if link == ch.link:
+                continue
+        elif ch.content is None:
+            if content is None and link is None:
+                continue
+        elif content == ch.content and (ch.mode is None or mode == ch.mode):
+            continue
+        if content is not None:
+            backup = _backup_name(path, stamp)
+            atomic_write(backup, content, 0o644)
+            undo.rollback(f"remove {backup}", backup.unlink)
+            log.info(f"backed up {ch.path} to {backup.name}")
+        undo.rollback(f"restore {ch.path}", _restore, path, content, link, mode)
+        if ch.link is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink() or path.exists():
+                path.unlink()
+            path.symlink_to(ch.link)
+        elif ch.content is None:
+            path.unlink()
+        else:
+            atomic_write(path, ch.content, ch.mode if ch.mode is not None else (mode or 0o644))
+        changed.append(ch.path)
+        log.info(f"{'removed' if ch.content is None and ch.link is None else 'wrote'} {ch.path}")
+    return changed
+
+
+def update_command(root: Path) -> list[str] | None:
+    """The command that regenerates grub.cfg for this target, or None without GRUB tools."""
+    cfg = f"{grub_dir(root)}/grub.cfg"
+    live = root.resolve() == Path("/")
+    if live:
+        if which("update-grub"):
+            return ["update-grub"]
+        if which("grub-mkconfig"):
+            return ["grub-mkconfig", "-o", cfg]
+        if which("grub2-mkconfig"):
+            return ["grub2-mkconfig", "-o", cfg]
+        return None
+    for tool in ("update-grub", "grub-mkconfig"):
+        for d in ("/usr/sbin", "/sbin", "/usr/bin"):
+            if within(root, f"{d}/{tool}").exists():
+                return ["chroot", str(root), tool] + ([] if tool == "update-grub" else ["-o", cfg])
+    return None
+
+
+def install(req: Request, *, update: bool = True) -> list[str]:
+    """Plan, write, and regenerate grub.cfg (grubd format); all or nothing."""
+    changes = plan(req)
+    with UndoStack() as undo:
+        changed = apply(req.root, changes, undo)
+        grub_changed = any(c in (GRUBD_SCRIPT, DEFAULT_DROPIN) for c in changed)
+        if req.format == "grubd" and grub_changed:
+            cmd = update_command(req.root)
+            live = req.root.resolve() == Path("/")
+            if cmd is None:
+                req.notes.append("no update-grub/grub-mkconfig for this target: regenerate grub.cfg with the target's GRUB")
+            elif update and live:
+                # A failed grub-mkconfig leaves grub.cfg alone; undo our files too.
+                run(cmd)
+            else:
+                mounts = "" if live else " (with /dev, /proc and /sys mounted inside it)"
+                req.notes.append(f"regenerate grub.cfg{mounts}: {shlex.join(cmd)}")
+        elif req.format == "custom" and changed:
+            req.notes.append(f"GRUB reads {grub_dir(req.root)}/custom.cfg at boot (41_custom); no grub.cfg update needed")
+    for note in req.notes:
+        log.note(note)
+    return changed

@@ -1,0 +1,140 @@
+"""GRUB's own grub-mkconfig, run against a test root, picks up our grub.d script and drop-in.
+
+grub-mkconfig reads /etc/grub.d and /etc/default/grub from fixed paths, so it runs in a
+private mount namespace (unshare) where the test root's /etc/grub.d, /etc/default and
+/boot are bind-mounted over the host's: the host's own files are never touched (checked).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+GRUB_SCRIPTS = ("00_header", "10_linux", "20_linux_xen", "40_custom", "41_custom")
+ARGS = ["--dom0-mem", "1G,max:1G", "--com1", "115200,8n1", "--console", "com1,vga",
+        "--sched", "credit", "--root-device", "/dev/sda4", "--noreboot"]
+
+
+def host_state() -> str:
+    """A fingerprint of the host's GRUB files that the test must leave alone."""
+    h = hashlib.sha256()
+    for base in (Path("/etc/grub.d"), Path("/etc/default"), Path("/boot")):
+        for p in sorted(base.rglob("*")) if base.exists() else []:
+            h.update(str(p).encode())
+            if p.is_file() and not p.is_symlink():
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def grub_mkconfig_in(root: Path) -> str:
+    """Run the real grub-mkconfig with root's /etc/grub.d, /etc/default and /boot."""
+    script = root.parent / "mkconfig.sh"
+    script.write_text(
+        "set -e\n"
+        f"mount --bind '{root}/etc/grub.d' /etc/grub.d\n"
+        f"mount --bind '{root}/etc/default' /etc/default\n"
+        f"mount --bind '{root}/boot' /boot\n"
+        "grub-mkconfig -o /boot/grub/grub.cfg\n"
+    )
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", str(script)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return (root / "boot/grub/grub.cfg").read_text()
+
+
+@pytest.fixture
+def test_root(tmp_path, root_required) -> Path:
+    for tool in ("grub-mkconfig", "unshare", "grub-probe"):
+        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            pytest.fail(f"{tool} is missing: ./setup-host installs grub2-common")
+    root = tmp_path / "root"
+    (root / "boot/grub/i386-pc").mkdir(parents=True)
+    (root / "boot/grub/i386-pc/multiboot2.mod").write_bytes(b"\x7fELF")
+    (root / "boot/xen-4.17.3.gz").write_bytes(gzip.compress(b"xen"))
+    (root / "boot/xen-4.17.3.config").write_text("CONFIG_SCHED_CREDIT=y\nCONFIG_SCHED_CREDIT2=y\n")
+    (root / "boot/vmlinuz-6.1.0-xen0").write_bytes(b"kernel")
+    (root / "etc/grub.d").mkdir(parents=True)
+    for name in GRUB_SCRIPTS:
+        shutil.copy2(Path("/etc/grub.d") / name, root / "etc/grub.d" / name)
+    (root / "etc/default").mkdir()
+    (root / "etc/default/grub").write_text(
+        'GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_DISTRIBUTOR="Test"\nGRUB_CMDLINE_LINUX=""\n')
+    return root
+
+
+def test_grub_mkconfig_includes_our_entry_and_default(test_root, run_cli):
+    before = host_state()
+    proc = run_cli("grub", "install", "--root", test_root, "--default", "--no-getty", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    cfg = grub_mkconfig_in(test_root)
+
+    assert "### BEGIN /etc/grub.d/42_xen_provision ###" in cfg
+    assert "menuentry 'Xen 4.17.3 / Linux 6.1.0-xen0' --class xen --class gnu-linux --class os --id xen-provision-4.17.3-6.1.0-xen0 {" in cfg
+    assert ("\tmultiboot2 /boot/xen-4.17.3.gz dom0_mem=1G,max:1G com1=115200,8n1 console=com1,vga "
+            "sched=credit noreboot\n") in cfg
+    assert "\tmodule2 /boot/vmlinuz-6.1.0-xen0 root=/dev/sda4 ro console=hvc0\n" in cfg
+    # --default went through GRUB_DEFAULT in our drop-in, read by grub-mkconfig itself.
+    assert 'set default="xen-provision-4.17.3-6.1.0-xen0"' in cfg
+    # GRUB's own scripts still ran and are unchanged (no renaming, no diversion).
+    assert "### BEGIN /etc/grub.d/10_linux ###" in cfg and "### BEGIN /etc/grub.d/41_custom ###" in cfg
+    for name in GRUB_SCRIPTS:
+        assert (test_root / "etc/grub.d" / name).read_bytes() == (Path("/etc/grub.d") / name).read_bytes()
+    check = subprocess.run(["grub-script-check", str(test_root / "boot/grub/grub.cfg")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+    # Without --default the drop-in goes and GRUB's own default (0) is back.
+    assert run_cli("grub", "install", "--root", test_root, "--no-getty", *ARGS).returncode == 0
+    cfg = grub_mkconfig_in(test_root)
+    assert 'set default="0"' in cfg and "xen-provision-4.17.3-6.1.0-xen0" in cfg
+
+    # Removing takes our entry out of the next grub.cfg.
+    assert run_cli("grub", "remove", "--root", test_root).returncode == 0
+    cfg = grub_mkconfig_in(test_root)
+    assert "42_xen_provision" not in cfg and "xen-provision" not in cfg
+    assert host_state() == before
+
+
+def test_live_install_runs_update_grub(test_root, tmp_path):
+    """`--root /` (a live host) runs update-grub itself. It runs in a private mount
+    namespace whose /etc/grub.d, /etc/default and /boot are the test root's."""
+    before = host_state()
+    script = tmp_path / "live.sh"
+    script.write_text(
+        "set -e\n"
+        f"mount --bind '{test_root}/etc/grub.d' /etc/grub.d\n"
+        f"mount --bind '{test_root}/etc/default' /etc/default\n"
+        f"mount --bind '{test_root}/boot' /boot\n"
+        f'"$@"\n'
+    )
+    provision = [sys.executable, "-m", "provision", "grub"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+
+    def live(*args):
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", str(script), *args],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    proc = live(*provision, "install", "--no-getty", "--default", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    cfg = (test_root / "boot/grub/grub.cfg").read_text()  # written by update-grub, not by us
+    assert "### BEGIN /etc/grub.d/42_xen_provision ###" in cfg
+    assert 'set default="xen-provision-4.17.3-6.1.0-xen0"' in cfg
+
+    # --no-update prints the exact command and leaves grub.cfg alone.
+    proc = live(*provision, "install", "--no-getty", "--no-update", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "regenerate grub.cfg: update-grub" in proc.stderr
+    assert (test_root / "boot/grub/grub.cfg").read_text() == cfg
+
+    proc = live(*provision, "remove", "--no-getty")
+    assert proc.returncode == 0, proc.stderr
+    assert "xen-provision" not in (test_root / "boot/grub/grub.cfg").read_text()
+    assert host_state() == before

@@ -1,0 +1,226 @@
+"""Installing into offline roots: managed blocks, backups, idempotency, --default, getty, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+
+from provision.errors import ProvisionError
+from provision.grub.install import BEGIN, END, merge_block
+
+USER_CUSTOM = b"# my own entries\nmenuentry 'Memtest' {\n\tlinux16 /boot/memtest86+.bin\n}\n"
+XEN = "/boot/xen-4.17.3.gz"
+KERNEL = "/boot/vmlinuz-6.1.0-xen0"
+ARGS = ["--dom0-mem", "1G", "--com1", "115200,8n1", "--sched", "credit2", "--root-device", "/dev/sda4"]
+
+
+@pytest.fixture
+def target(tmp_path) -> Path:
+    """An offline root as `doit install` + debootstrap leave it: /boot staged, systemd, securetty."""
+    root = tmp_path / "root"
+    boot = root / "boot"
+    (boot / "grub" / "i386-pc").mkdir(parents=True)
+    (boot / "grub" / "i386-pc" / "multiboot2.mod").write_bytes(b"\x7fELF")
+    (boot / "xen-4.17.3.gz").write_bytes(gzip.compress(b"xen"))
+    (boot / "xen.gz").symlink_to("xen-4.17.3.gz")
+    (boot / "xen-4.17.3.config").write_text("CONFIG_SCHED_CREDIT=y\nCONFIG_SCHED_CREDIT2=y\n")
+    (boot / "vmlinuz-6.1.0-xen0").write_bytes(b"kernel")
+    (boot / "initrd.img-6.1.0-xen0").write_bytes(b"initrd")
+    (boot / "grub" / "custom.cfg").write_bytes(USER_CUSTOM)
+    (root / "etc" / "grub.d").mkdir(parents=True)
+    (root / "etc" / "default").mkdir()
+    (root / "etc" / "default" / "grub").write_text('GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\n')
+    (root / "etc" / "securetty").write_text("console\ntty1\n")
+    (root / "lib" / "systemd" / "system").mkdir(parents=True)
+    (root / "lib" / "systemd" / "system" / "serial-getty@.service").write_text("[Unit]\n")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            else:
+                out[rel] = ("file", p.read_bytes(), p.stat().st_mode & 0o7777)
+    return out
+
+
+def backups(root: Path) -> list[str]:
+    return sorted(k for k in snapshot(root) if k.endswith(".xen-provision.bak"))
+
+
+# -- merge_block -----------------------------------------------------------------------------
+
+def test_merge_block_keeps_user_bytes():
+    user = b"a\r\nb\n"
+    merged = merge_block(user, "x")
+    assert merged == user + f"{BEGIN}\nx\n{END}\n".encode()
+    assert merge_block(merged, "y") == user + f"{BEGIN}\ny\n{END}\n".encode()
+    assert merge_block(merged, None) == user
+    # Our block in the middle: the lines after it stay where they are.
+    middle = b"top\n" + f"{BEGIN}\nold\n{END}\n".encode() + b"bottom\n"
+    assert merge_block(middle, "new") == b"top\n" + f"{BEGIN}\nnew\n{END}\n".encode() + b"bottom\n"
+    assert merge_block(None, None) is None
+    assert merge_block(merge_block(None, "x"), None) is None
+
+
+@pytest.mark.parametrize("broken", [
+    f"{BEGIN}\nx\n", f"x\n{END}\n", f"{END}\n{BEGIN}\n", f"{BEGIN}\n{END}\n{BEGIN}\n{END}\n",
+])
+def test_merge_block_refuses_broken_markers(broken):
+    with pytest.raises(ProvisionError, match="markers"):
+        merge_block(broken.encode(), "y")
+
+
+# -- install through the command line -------------------------------------------------------------
+
+def test_install_twice_is_identical_and_user_entries_untouched(target, run_cli):
+    first = run_cli("grub", "install", "--root", target, "--format", "custom", "--initrd",
+                    "/boot/initrd.img-6.1.0-xen0", *ARGS)
+    assert first.returncode == 0, first.stderr
+    custom = (target / "boot/grub/custom.cfg").read_bytes()
+    assert custom.startswith(USER_CUSTOM)  # the user's bytes, unchanged, first
+    assert b"multiboot2 /boot/xen-4.17.3.gz dom0_mem=1G com1=115200,8n1 sched=credit2\n" in custom
+    assert b"module2 /boot/vmlinuz-6.1.0-xen0 root=/dev/sda4 ro console=hvc0\n" in custom
+    assert b"module2 --nounzip /boot/initrd.img-6.1.0-xen0\n" in custom
+    assert len(backups(target)) == 2  # custom.cfg and securetty were replaced
+    before = snapshot(target)
+
+    second = run_cli("grub", "install", "--root", target, "--format", "custom", "--initrd",
+                     "/boot/initrd.img-6.1.0-xen0", *ARGS)
+    assert second.returncode == 0, second.stderr
+    assert "already up to date" in second.stderr
+    assert snapshot(target) == before
+
+    # The backup holds exactly what was replaced.
+    bak = [b for b in backups(target) if b.startswith("boot/grub/custom.cfg.")]
+    assert (target / bak[0]).read_bytes() == USER_CUSTOM
+
+
+def test_changed_request_replaces_only_our_block(target, run_cli):
+    assert run_cli("grub", "install", "--root", target, "--format", "custom", *ARGS).returncode == 0
+    args = [a if a != "1G" else "2G" for a in ARGS]
+    assert run_cli("grub", "install", "--root", target, "--format", "custom", *args).returncode == 0
+    custom = (target / "boot/grub/custom.cfg").read_bytes()
+    assert custom.startswith(USER_CUSTOM)
+    assert custom.count(BEGIN.encode()) == 1 and b"dom0_mem=2G" in custom and b"dom0_mem=1G" not in custom
+    assert len([b for b in backups(target) if "custom.cfg" in b]) == 2
+
+
+def test_grubd_install_default_and_remove(target, run_cli):
+    proc = run_cli("grub", "install", "--root", target, "--default", "--menu-lst", "--efi-dir", "/boot/efi/EFI/xen", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    script = target / "etc/grub.d/42_xen_provision"
+    assert script.stat().st_mode & 0o777 == 0o755
+    assert "exec tail -n +5" in script.read_text()
+    dropin = (target / "etc/default/grub.d/xen-provision.cfg").read_text()
+    assert "GRUB_DEFAULT=xen-provision-4.17.3-6.1.0-xen0\n" in dropin
+    assert (target / "etc/default/grub").read_text() == "GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\n"
+    assert (target / "boot/grub/custom.cfg").read_bytes() == USER_CUSTOM
+    menu = (target / "boot/grub/menu.lst").read_text()
+    assert "\tkernel /boot/xen-4.17.3.gz dom0_mem=1G com1=115200,8n1 sched=credit2\n" in menu
+    assert "default=xen-provision-4.17.3-6.1.0-xen0" in (target / "boot/efi/EFI/xen/xen.cfg").read_text()
+    # Offline root: grub.cfg is regenerated inside it, so we print the command, not run it.
+    assert "regenerate grub.cfg" in proc.stderr or "no update-grub" in proc.stderr
+    # getty on hvc0 for systemd, and hvc0 in securetty for root logins.
+    link = target / "etc/systemd/system/getty.target.wants/serial-getty@hvc0.service"
+    assert os.readlink(link) == "/lib/systemd/system/serial-getty@.service"
+    assert (target / "etc/securetty").read_text() == f"console\ntty1\n{BEGIN}\nhvc0\n{END}\n"
+
+    # Switching to custom.cfg leaves no second copy; dropping --default removes the drop-in.
+    assert run_cli("grub", "install", "--root", target, "--format", "custom", *ARGS).returncode == 0
+    assert not script.exists() and not (target / "etc/default/grub.d/xen-provision.cfg").exists()
+    assert not (target / "boot/grub/menu.lst").exists()  # it held only our block
+
+    proc = run_cli("grub", "remove", "--root", target)
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "boot/grub/custom.cfg").read_bytes() == USER_CUSTOM
+    assert (target / "etc/securetty").read_text() == "console\ntty1\n"
+    assert not link.is_symlink()
+
+
+def test_sysvinit_inittab_line(target, run_cli):
+    (target / "lib/systemd/system/serial-getty@.service").unlink()
+    (target / "etc/inittab").write_text("id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1\n")
+    assert run_cli("grub", "install", "--root", target, *ARGS).returncode == 0
+    inittab = (target / "etc/inittab").read_text()
+    assert inittab.startswith("id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1\n")
+    assert "hvc0:2345:respawn:/sbin/getty -L 115200 hvc0 vt102\n" in inittab
+
+
+def test_multiboot_fallback_when_grub_lacks_multiboot2(target, run_cli):
+    (target / "boot/grub/i386-pc/multiboot2.mod").unlink()
+    (target / "boot/grub/i386-pc/multiboot.mod").write_bytes(b"\x7fELF")
+    proc = run_cli("grub", "render", "--root", target, *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "\tmultiboot /boot/xen-4.17.3.gz dom0_mem=1G" in proc.stdout
+    assert "\tmodule /boot/vmlinuz-6.1.0-xen0" in proc.stdout
+
+
+def test_render_formats(target, run_cli):
+    for fmt, needle in (("grub2", "multiboot2 /boot/xen-4.17.3.gz"), ("grubd", "#!/bin/sh"),
+                        ("menu.lst", "\tkernel /boot/xen-4.17.3.gz"), ("xen.cfg", "[global]")):
+        proc = run_cli("grub", "render", "--root", target, "--format", fmt, *ARGS)
+        assert proc.returncode == 0 and needle in proc.stdout, proc.stderr
+
+
+# -- bad input: one line naming the option, non-zero exit, nothing touched -------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dom0-mem", "12X"], "dom0_mem=12X is not valid"),
+    (["--dom0-mem", "min:2G,max:1G"], "min:2G is above max:1G"),
+    (["--dom0-mem", "8G", "--machine-memory", "4G"], "more than the machine's memory"),
+    (["--com1", "115201,8n1"], "com1=115201,8n1 is not valid: baud"),
+    (["--com1", "115200,9z1"], "DPS"),
+    (["--console", "serial"], "console=serial is not valid"),
+    (["--sched", "rtds"], "sched=rtds is not built into this hypervisor (it has: credit, credit2)"),
+    (["--sched", "bvt"], "sched=bvt is a Xen 2.0 scheduler"),
+    (["--kernel", "/boot/vmlinuz-missing"], "--kernel /boot/vmlinuz-missing does not exist"),
+    (["--initrd", "/boot/initrd-missing"], "--initrd /boot/initrd-missing does not exist"),
+    (["--xen", "/boot/xen-9.gz"], "--xen /boot/xen-9.gz does not exist"),
+    (["--root-device", "sda4"], "root=sda4 is not valid"),
+])
+def test_bad_input_changes_nothing(target, run_cli, args, needle):
+    (target / "etc/inittab").write_text("id:2:initdefault:\n")
+    before = snapshot(target)
+    base = {a: b for a, b in zip(ARGS[::2], ARGS[1::2], strict=True)}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    proc = run_cli("grub", "install", "--root", target, "--default", "--menu-lst",
+                   *[x for kv in base.items() for x in kv])
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert snapshot(target) == before
+
+
+def test_failure_midway_restores_everything(target):
+    """A write that fails after others succeeded: the earlier files and their backups are undone."""
+    from provision.grub.install import Change, apply
+    from provision.undo import UndoStack
+
+    (target / "blocker").write_text("a file where a directory is needed")
+    before = snapshot(target)
+    changes = [
+        Change("/boot/grub/custom.cfg", USER_CUSTOM + b"# changed\n", None),
+        Change("/etc/securetty", b"console\n", None),
+        Change("/blocker/inside.cfg", b"cannot be written\n"),
+    ]
+    with pytest.raises(OSError), UndoStack(handle_signals=False) as undo:
+        apply(target, changes, undo)
+    assert snapshot(target) == before
+
+
+def test_securetty_already_listing_the_console_is_left_alone(target, run_cli):
+    (target / "etc/securetty").write_text("console\nhvc0\n")
+    assert run_cli("grub", "install", "--root", target, *ARGS).returncode == 0
+    assert (target / "etc/securetty").read_text() == "console\nhvc0\n"
+    assert not [b for b in backups(target) if "securetty" in b]
