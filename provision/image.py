@@ -159,22 +159,21 @@ def run_image(args) -> int:
     target = _target(args, spec.release)
     settings = _settings(args, target, spec.release, spec.mirror, spec.components)
     if args.save_template:
+        from provision.debootstrap import templates
+
         validate.name(args.save_template, "template name")
         if target.kind != "file":
             raise ProvisionError("only a --file image can be saved as a template")
+        templates.check_new(args.save_template)  # before the image is built, not after
     if args.dry_run:
         for line in plan(spec, settings, target, refresh=args.refresh):
             print(line)
         if args.save_template:
-            from provision.debootstrap import templates
-
             print(f"template: save as {templates.paths(args.save_template)[0]}")
         return 0
     target.check_free()
     info = build(spec, settings, target, refresh=args.refresh, quiet=not sys.stderr.isatty())
     if args.save_template:
-        from provision.debootstrap import templates
-
         templates.save(args.save_template, info)
     _report(info, target)
     return 0

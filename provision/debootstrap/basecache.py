@@ -97,8 +97,9 @@ def _write_tarball(entry: Entry, tree: Path) -> dict:
             while block := f.read(1 << 20):
                 h.update(block)
         size = os.path.getsize(tmp)
-    for stale in entry.tarball.parent.glob(f"{entry.key}.*.img"):
-        stale.unlink()  # filesystems made from the base this one replaces
+    for pattern in (f"{entry.key}.*.img.sha256", f"{entry.key}.*.img"):
+        for stale in entry.tarball.parent.glob(pattern):
+            stale.unlink(missing_ok=True)  # filesystems made from the base this one replaces
     return {"sha256": h.hexdigest(), "size": size}
 
 

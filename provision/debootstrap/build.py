@@ -11,10 +11,13 @@ is mounted. Each image gets a JSON sidecar (``<image>.json``) saying how to boot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import shlex
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,7 +235,7 @@ def plan(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bo
     fs_cached = None
     if target.kind == "file" and not target.preallocate and not refresh:
         cached = fs_cache_path(spec, target, create=False) if hit else None
-        fs_cached = cached if cached is not None and cached.is_file() else None
+        fs_cached = cached if cached is not None and cached.is_file() and _sum_path(cached).is_file() else None
     if fs_cached is not None:
         lines.append(f"clone:    {fs_cached} -> {target.path} (cached {target.fstype} of the base)")
         for line in describe(guest_files(rel, settings, _plan_reader(spec, settings))):
@@ -316,6 +319,60 @@ def fs_cache_path(spec: BaseSpec, target: Target, create: bool = True) -> Path:
     return entry.tarball.with_name(f"{entry.key}.{target.fstype}.{target.size}.img")
 
 
+def _sum_path(cached: Path) -> Path:
+    return cached.with_name(cached.name + ".sha256")
+
+
+def extents_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a sparse image's data extents and where they lie: the holes are not
+    read, so a 2 GiB image holding 250 MB is checked in half a second."""
+    from provision.storage.clone import _data_extents
+
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        h.update(f"size {size}\n".encode())
+        for start, end in _data_extents(fd, size):
+            h.update(f"{start}-{end}\n".encode())
+            offset = start
+            while offset < end:
+                block = os.pread(fd, min(4 << 20, end - offset), offset)
+                if not block:
+                    break
+                h.update(block)
+                offset += len(block)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _store_fs_cache(image: Path, cached: Path) -> threading.Thread:
+    """Keep a pristine copy of the filesystem made from the base; its checksum is
+    written last, by the returned thread (join it): a copy without one is never used."""
+    from provision import storage
+
+    _sum_path(cached).unlink(missing_ok=True)
+    storage.clone_file(image, cached, force=True)
+
+    def write_sum():
+        try:
+            atomic_write(_sum_path(cached), extents_sha256(cached) + "\n")
+        except OSError as e:
+            log.warn(f"could not checksum the cached filesystem {cached.name}: {e}")
+
+    thread = threading.Thread(target=write_sum, name="cache-fs-sum", daemon=True)
+    thread.start()
+    return thread
+
+
+def staging_path(path: str) -> Path:
+    """A fresh temporary name beside ``path``: an image is configured there and renamed
+    into place, so nothing half-configured is ever at the final path."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+
+
 def _configure_image(image: str | os.PathLike, release, settings: GuestSettings) -> None:
     """Configure the guest inside a finished ext image, without mounting it (debugfs)."""
     from provision.debootstrap import ext4edit
@@ -343,19 +400,49 @@ def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo
 
     cached = fs_cache_path(spec, target)
     entry = basecache.entry_for(spec)
-    if not (cached.is_file() and entry.meta.is_file()):
+    try:
+        expected = _sum_path(cached).read_text().strip()
+        meta = entry.info()
+    except (OSError, ValueError):
+        return None  # no pristine filesystem with its checksum (yet)
+    if not cached.is_file():
         return None
-    check_room(target, entry.info())
-    storage.clone_file(cached, target.path)
-    undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
-    _configure_image(target.path, spec.release, settings)
-    if not _fsck_clean(target.path):
-        log.warn(f"cached filesystem {cached.name} is broken; rebuilding it from the base")
+    check_room(target, meta)
+    # The checksum runs beside the clone and debugfs, so checking costs little time.
+    result: dict = {}
+
+    def checksum():
+        try:
+            result["sha256"] = extents_sha256(cached)
+        except OSError as e:
+            result["error"] = e
+
+    hasher = threading.Thread(target=checksum, daemon=True)
+    hasher.start()
+    tmp = staging_path(target.path)
+    undo.rollback(f"remove {tmp}", tmp.unlink, True)
+    problem = None
+    try:
+        storage.clone_file(cached, tmp)
+        _configure_image(tmp, spec.release, settings)
+        if not _fsck_clean(tmp):
+            problem = "e2fsck finds errors in it"
+    except ProvisionError as e:
+        problem = str(e)
+    finally:
+        hasher.join()
+    if problem is None and result.get("sha256") != expected:
+        problem = "it fails its checksum"
+    if problem is not None:
+        log.warn(f"cached filesystem {cached.name} is broken ({problem}); rebuilding it from the base")
+        _sum_path(cached).unlink(missing_ok=True)
         cached.unlink(missing_ok=True)
-        Path(target.path).unlink()
+        tmp.unlink(missing_ok=True)
         return None
+    os.replace(tmp, target.path)
+    undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
     log.info(f"base {spec.suite}/{spec.arch}/{spec.variant} from the cache ({cached.name})")
-    return entry.info()
+    return meta
 
 
 def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False,
@@ -379,7 +466,7 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
     fs_cache = target.kind == "file" and not target.preallocate and after_configure is None
     with UndoStack() as undo:
         meta = None
-        if fs_cache and not refresh:
+        if fs_cache and not refresh and _sum_path(fs_cache_path(spec, target, create=False)).is_file():
             with log.step(f"Cloning the cached {spec.release} filesystem and configuring {settings.hostname}"):
                 meta = _from_fs_cache(spec, settings, target, undo)
                 if meta is not None:
@@ -411,8 +498,11 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
                         storage.make_fs(tmp, target.fstype, populate=root)
                         if storing is not None:
                             storing.wait()  # the tarball first: it removes older cached filesystems
-                        storage.clone_file(tmp, fs_cache_path(spec, target), force=True)
-                        _configure_image(tmp, spec.release, settings)
+                        summing = _store_fs_cache(tmp, fs_cache_path(spec, target))
+                        try:
+                            _configure_image(tmp, spec.release, settings)
+                        finally:
+                            summing.join()
                     _make_swap_beside(target, undo)
             else:
                 with log.step(f"Configuring {settings.hostname}"):

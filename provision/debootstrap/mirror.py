@@ -29,7 +29,7 @@ KEYRINGS = {
     ("ubuntu", "archived"): "/usr/share/keyrings/ubuntu-archive-removed-keys.gpg",
 }
 
-KEYRING_PACKAGES = {"debian": "debian-archive-keyring", "ubuntu": "ubuntu-archive-keyring"}
+KEYRING_PACKAGES = {"debian": "debian-archive-keyring", "ubuntu": "ubuntu-keyring"}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from provision import log, validate
 from provision.cache import cache_dir
 from provision.debootstrap import ext4edit
-from provision.debootstrap.build import Target, sidecar_info
+from provision.debootstrap.build import Target, sidecar_info, staging_path
 from provision.debootstrap.configure import GuestSettings, describe, guest_files
 from provision.debootstrap.suites import Release, lookup
 from provision.errors import ProvisionError
@@ -65,15 +65,23 @@ def load(name: str) -> tuple[Path, dict, Release]:
     return image, info, lookup(info["suite"])
 
 
+def check_new(name: str) -> None:
+    """Refuse a template name that is taken, before an image is built for it."""
+    image, meta = paths(name)
+    if meta.exists() or image.exists():
+        raise ProvisionError(f"template '{name}' already exists",
+                             hint=f"remove {meta} and {image}, or choose another name")
+
+
 def save(name: str, info: dict, *, force: bool = False) -> Path:
     """Save the root image described by sidecar ``info`` as template ``name``."""
     from provision.storage import clone_file
 
     if info.get("target") != "file":
         raise ProvisionError("only a file image can be saved as a template", hint="use --file IMG")
+    if not force:
+        check_new(name)
     image, meta = paths(name, create=True)
-    if meta.exists() and not force:
-        raise ProvisionError(f"template '{name}' already exists", hint=f"remove {meta} and {image}, or choose another name")
     root = next(d for d in info["disks"] if d["role"] == "root")
     with UndoStack() as undo:
         clone_file(root["path"], image, force=force)
@@ -111,13 +119,17 @@ def instantiate(name: str, settings: GuestSettings, target: Target) -> dict:
         raise ProvisionError(f"template '{name}' is {size >> 20} MiB: the new image cannot be smaller",
                              hint=f"use --size {size >> 20}M or more (or leave --size out)")
     with UndoStack() as undo:
-        method = storage.clone_file(image, target.path)
-        undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
+        # Configured under a temporary name: nothing half-configured is ever at target.path.
+        tmp = staging_path(target.path)
+        undo.rollback(f"remove {tmp}", tmp.unlink, True)
+        method = storage.clone_file(image, tmp)
         if target.size and target.size > size:
-            os.truncate(target.path, target.size)
-            run(["resize2fs", "-f", target.path], quiet=True)
-        ops = guest_files(release, settings, ext4edit.reader(target.path))
-        ext4edit.apply(target.path, ops)
+            os.truncate(tmp, target.size)
+            run(["resize2fs", "-f", tmp], quiet=True)
+        ops = guest_files(release, settings, ext4edit.reader(tmp))
+        ext4edit.apply(tmp, ops)
+        os.replace(tmp, target.path)
+        undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
         if target.swap:
             with storage.building_image(target.swap_path, target.swap, undo=undo) as tmp:
                 storage.make_swap(tmp)

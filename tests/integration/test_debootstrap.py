@@ -107,7 +107,11 @@ def test_image_holds_every_configured_file(first_image, workdir):
     assert "Mode:  0640" in debugfs(img, "stat /etc/shadow")
     assert debugfs_cat(img, "/root/.ssh/authorized_keys") == KEY + "\n"
     assert "Mode:  0600" in debugfs(img, "stat /root/.ssh/authorized_keys")
-    assert "deb http://" in debugfs_cat(img, "/etc/apt/sources.list")
+    # The host's own configured mirror, into the image's apt sources too.
+    from provision.debootstrap.mirror import host_mirror
+
+    mirror = host_mirror("debian") or "http://deb.debian.org/debian"
+    assert debugfs_cat(img, "/etc/apt/sources.list").startswith(f"deb {mirror} {host_suite()} main\n")
     assert debugfs_cat(img, "/etc/machine-id") == ""
     assert "ssh_host_" not in debugfs(img, "ls /etc/ssh")
     assert "sshd_config" in debugfs(img, "ls /etc/ssh")
@@ -119,6 +123,7 @@ def test_image_holds_every_configured_file(first_image, workdir):
     assert swap.read_bytes()[4086:4096] == b"SWAPSPACE2"
     info = json.loads(Path(str(img) + ".json").read_text())
     assert info["format"] == "xen-provision-image/1" and info["root"] == "/dev/xvda1"
+    assert info["base"]["mirror"] == mirror and info["base"]["backend"] == "mmdebstrap"
     assert [(d["role"], d["vdev"], d["path"]) for d in info["disks"]] == [
         ("root", "xvda1", str(img)), ("swap", "xvda2", str(swap))]
     assert info["kernel_args"] == [] and info["console"] == "hvc0"
@@ -135,6 +140,63 @@ def test_warm_run_comes_from_the_cache(first_image, workdir, env):
     assert took < 60  # the bench holds the real target (< 5 s); this only catches a re-bootstrap
     assert debugfs_cat(img, "/etc/hostname") == "vm2\n"
     fsck_clean(img)
+
+
+def _cached_filesystem(workdir) -> Path:
+    from provision.debootstrap.bootstrap import resolve
+    from provision.debootstrap.build import Target, fs_cache_path
+
+    spec = resolve(host_suite(), include=["openssh-server"])
+    return fs_cache_path(spec, Target.file(workdir / "x.img", "2G"), create=False)
+
+
+@pytest.mark.parametrize("damage", ["data", "superblock"])
+def test_broken_cached_filesystem_is_rebuilt_never_used(first_image, workdir, env, damage):
+    """One flipped byte in a file's data (only the checksum sees it), or a wiped
+    superblock (debugfs cannot open it): the next image is made from the base instead."""
+    from provision.debootstrap.build import extents_sha256
+    from provision.storage.clone import _data_extents
+
+    warm, _ = cli(*common(workdir), "--file", workdir / f"pre-{damage}.img", "--hostname", "pre", env=env)
+    assert warm.returncode == 0, warm.stderr
+    cached = _cached_filesystem(workdir)
+    assert cached.is_file() and Path(str(cached) + ".sha256").is_file()
+    with open(cached, "r+b") as f:
+        if damage == "superblock":
+            f.seek(1024)
+            f.write(bytes(1024))
+        else:
+            extents = list(_data_extents(f.fileno(), os.fstat(f.fileno()).st_size))
+            start, end = extents[-1]  # file data, far from the metadata e2fsck checks
+            f.seek(start + (end - start) // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    img = workdir / f"after-{damage}.img"
+    p, _ = cli(*common(workdir), "--file", img, "--hostname", "healed", env=env)
+    assert p.returncode == 0, p.stderr
+    assert f"cached filesystem {cached.name} is broken" in p.stderr
+    assert debugfs_cat(img, "/etc/hostname") == "healed\n"
+    fsck_clean(img)
+    assert extents_sha256(cached) == Path(str(cached) + ".sha256").read_text().strip()
+    assert json.loads(Path(str(img) + ".json").read_text())["base"]["cache"] == "hit"  # the base tarball
+
+
+def test_debootstrap_backend_for_real(first_image, workdir, env):
+    """The other backend, run for real (its base is cached under its own key)."""
+    d = workdir / "dbsroot"
+    p, took = cli("--debootstrap", host_suite(), "--backend", "debootstrap", "--dir", d, "--hostname", "dbs",
+                  "--ip", "192.0.2.20/24", env=env)
+    assert p.returncode == 0, p.stderr
+    print(f"debootstrap backend ({json.loads((workdir / 'dbsroot.json').read_text())['base']['cache']}): {took:.1f}s")
+    info = json.loads((workdir / "dbsroot.json").read_text())
+    assert info["base"]["backend"] == "debootstrap" and info["base"]["backend_version"].startswith("debootstrap ")
+    assert (d / "etc/hostname").read_text() == "dbs\n"
+    assert (d / "etc/debian_version").is_file() and (d / "usr/bin/apt-get").is_file()
+    assert "Address=192.0.2.20/24" in (d / "etc/systemd/network/50-xen-vif.network").read_text()
+    assert os.readlink(d / "etc/systemd/system/getty.target.wants/serial-getty@hvc0.service").endswith(
+        "serial-getty@.service")
+    assert (d / "etc/machine-id").read_text() == ""
 
 
 def test_new_image_from_template(first_image, workdir, env):
@@ -154,6 +216,27 @@ def test_new_image_from_template(first_image, workdir, env):
     assert info["base"]["template"] == "itest" and info["disks"][1]["vdev"] == "xvda2"
     # The template itself is untouched.
     assert debugfs_cat(Path(env["XEN_PROVISION_TEMPLATES"]) / "itest.img", "/etc/hostname") == "vm1\n"
+
+
+def test_broken_template_fails_in_one_line_and_leaves_nothing(first_image, workdir, env):
+    tpl = Path(env["XEN_PROVISION_TEMPLATES"])
+    image = tpl / "damaged.img"
+    subprocess.run(["cp", "--sparse=always", tpl / "itest.img", image], check=True)
+    (tpl / "damaged.json").write_text((tpl / "itest.json").read_text())
+    with open(image, "r+b") as f:
+        f.seek(1024)
+        f.write(bytes(1024))  # no superblock: debugfs cannot open it
+    try:
+        img = workdir / "from-damaged.img"
+        p, _ = cli("--from-template", "damaged", "--file", img, "--hostname", "vm9", env=env)
+        assert p.returncode != 0
+        errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "debugfs could not change" in errors[0], p.stderr
+        assert not img.exists() and not Path(str(img) + ".json").exists()
+        assert _leftovers(workdir) == []
+    finally:
+        image.unlink()
+        (tpl / "damaged.json").unlink()
 
 
 def test_directory_target(first_image, workdir, env):

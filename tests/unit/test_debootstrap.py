@@ -47,6 +47,28 @@ def test_every_debian_and_ubuntu_suite_debootstrap_knows_is_in_the_table():
     assert known <= set(suites.names())
 
 
+# Scripts of debootstrap that are not Debian or Ubuntu releases: derivatives (Devuan,
+# Kali, Tanglu, PureOS), ports and build variants of a release we have.
+NOT_DEBIAN_OR_UBUNTU = {"aequorea", "bartholomea", "chromodoris", "dasyatis", "ascii", "beowulf", "ceres",
+                        "chimaera", "daedalus", "excalibur", "freia", "amber", "byzantium", "crimson",
+                        "landing", "octarine", "kali", "kali-dev", "kali-last-snapshot", "kali-rolling",
+                        "debian-common"}
+DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
+
+
+@pytest.mark.skipif(not DEBOOTSTRAP_SCRIPTS.is_dir(), reason="debootstrap is not installed (setup-host installs it)")
+def test_every_suite_of_the_installed_debootstrap_is_in_the_table():
+    """Real data: when a newer debootstrap learns a release, this fails until the table has it."""
+    known = set(suites.names()) | set(suites.ALIASES)
+    missing = sorted(
+        name for name in os.listdir(DEBOOTSTRAP_SCRIPTS)
+        if not any(mark in name for mark in (".", "-m68k", "-kfreebsd"))
+        and name not in NOT_DEBIAN_OR_UBUNTU and name not in known)
+    assert missing == [], f"add these releases to provision/debootstrap/suites.py: {missing}"
+    # And every alias points at a release of the table.
+    assert all(target in suites.names() for target in suites.ALIASES.values())
+
+
 def test_release_facts():
     sarge = suites.lookup("sarge")
     assert (sarge.distro, sarge.status, sarge.arch, sarge.init, sarge.network) == \
@@ -162,6 +184,21 @@ def test_bookworm_mmdebstrap_command():
     spec = resolve("bookworm", exclude=["e2fsprogs"], arch="amd64")
     assert spec.backend == "debootstrap"
     assert "--exclude=e2fsprogs" in command(spec, "/r")[0]
+
+
+@needs_keyrings
+def test_default_variant_and_debootstrap_backend_commands():
+    """"default" is debootstrap's own default set (no --variant); mmdebstrap calls it "debootstrap"."""
+    spec = resolve("bookworm", variant="default", backend="debootstrap", arch="amd64",
+                   mirror="http://deb.debian.org/debian")
+    argv, _ = command(spec, "/r")
+    assert argv == ["debootstrap", "--arch=amd64", "--components=main", "--include=systemd-sysv,udev",
+                    f"--keyring={DEBIAN_KEYRING}", "bookworm", "/r", "http://deb.debian.org/debian"]
+    spec = resolve("bookworm", variant="default", backend="mmdebstrap", arch="amd64")
+    assert "--variant=debootstrap" in command(spec, "/r")[0]
+    spec = resolve("bookworm", backend="debootstrap", arch="i386", include=["less"], boot_packages=False)
+    assert command(spec, "/r")[0][:4] == ["debootstrap", "--arch=i386", "--variant=minbase", "--components=main"]
+    assert "--include=less" in command(spec, "/r")[0]
 
 
 def test_ubuntu_needs_its_keyring(tmp_path):
@@ -289,6 +326,19 @@ def test_configure_sarge_tree_sysvinit_ifupdown(tmp_path):
     assert (etc / "inittab").read_text() == before
 
 
+def test_dhcp_on_networkd_matches_the_xen_nic(tmp_path):
+    rel = suites.lookup("trixie")
+    root = _tree(tmp_path)
+    settings = _settings(rel, network=Network.make(), root_hash=None, ssh_keys=(), swap=False)
+    ops = guest_files(rel, settings, dir_reader(root))
+    net = next(op for op in ops if getattr(op, "path", "") == "/etc/systemd/network/50-xen-vif.network")
+    text = net.data.decode()
+    assert "Name=enX* eth*" in text and "DHCP=yes" in text and "Address=" not in text
+    fstab = next(op for op in ops if getattr(op, "path", "") == "/etc/fstab").data.decode()
+    assert "/dev/xvda1\t/\text4" in fstab and "swap" not in fstab
+    assert not any(getattr(op, "path", "") == "/etc/network/interfaces" for op in ops)
+
+
 def test_same_settings_same_bytes(tmp_path):
     rel = suites.lookup("bookworm")
     a = guest_files(rel, _settings(rel), dir_reader(_tree(tmp_path / "a")))
@@ -409,3 +459,20 @@ def test_truncated_cache_entry(tmp_path, monkeypatch):
     dest = tmp_path / "d"
     dest.mkdir()
     assert basecache.unpack(entry, dest) is None
+
+
+def test_extents_checksum_sees_data_not_holes(tmp_path):
+    from provision.debootstrap.build import extents_sha256
+
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    for p in (a, b):
+        with open(p, "wb") as f:
+            f.truncate(64 << 20)
+            f.seek(8 << 20)
+            f.write(b"filesystem data" * 1000)
+    assert os.stat(a).st_blocks * 512 < 1 << 20  # sparse: the holes are not read
+    assert extents_sha256(a) == extents_sha256(b)
+    with open(b, "r+b") as f:
+        f.seek((8 << 20) + 100)
+        f.write(b"X")
+    assert extents_sha256(a) != extents_sha256(b)

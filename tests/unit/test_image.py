@@ -77,6 +77,13 @@ def test_list_suites(run_cli):
     (["--debootstrap", "sarge", "--arch", "amd64"], "no amd64 packages"),
     (["--debootstrap", "bookworm", "--from-template", "x"], "give --debootstrap SUITE or --from-template NAME"),
     (["--from-template", "nosuch"], "template 'nosuch' does not exist"),
+    (["--debootstrap", "bookworm", "--keyring", "/nonexistent/archive.gpg"],
+     "keyring /nonexistent/archive.gpg for Debian 12 (bookworm) is missing"),
+    (["--debootstrap", "bookworm", "--ip", "10.0.0.5/24", "--gateway", "10.0.0.999"],
+     "gateway '10.0.0.999' is not a valid IP address"),
+    (["--debootstrap", "bookworm", "--dns", "8.8.8"], "DNS server '8.8.8' is not a valid IP address"),
+    (["--debootstrap", "bookworm", "--proxy", "3142"], "proxy '3142' is not a proxy URL"),
+    (["--debootstrap", "bookworm", "--include", "Bad_Name"], "package name 'Bad_Name' is not valid"),
 ])
 def test_bad_input_is_one_line(run_cli, tmp_path, clean_env, args, message):
     p = run_cli("image", *args, "--file", tmp_path / "vm.img", env=clean_env)
@@ -126,3 +133,36 @@ def test_private_key_is_refused(run_cli, tmp_path, clean_env):
     p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "vm.img", "--ssh-key", key,
                 "--dry-run", env=clean_env)
     assert p.returncode != 0 and "is a private key" in p.stderr
+
+
+def test_hostname_taken_from_a_bad_file_name_is_refused(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "vm_1.img", env=clean_env)
+    assert p.returncode != 0 and "error: cannot use 'vm_1' (the target's name) as the hostname" in p.stderr
+    assert "--hostname" in p.stderr
+    _nothing_made(tmp_path)
+
+
+def test_existing_directory_target_is_refused_and_kept(run_cli, tmp_path, clean_env):
+    d = tmp_path / "root"
+    d.mkdir()
+    (d / "keep").write_text("mine")
+    p = run_cli("image", "--debootstrap", "bookworm", "--dir", d, "--no-check-gpg", env=clean_env)
+    assert p.returncode != 0 and f"error: target {d} already exists" in p.stderr
+    assert [x.name for x in d.iterdir()] == ["keep"]
+    _nothing_made(tmp_path, "root")
+
+
+def test_taken_template_name_is_refused_before_anything_is_built(run_cli, tmp_path, clean_env):
+    """Not after a bootstrap: the image would be left behind without its template."""
+    tpl = Path(clean_env["XEN_PROVISION_TEMPLATES"])
+    tpl.mkdir()
+    (tpl / "web.img").write_bytes(b"")
+    (tpl / "web.json").write_text("{}")
+    for extra in ([], ["--dry-run"]):
+        p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "vm.img", "--save-template", "web",
+                    "--no-check-gpg", "--mirror", "http://127.0.0.1:9/debian", *extra, env=clean_env)
+        assert p.returncode != 0
+        errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+        assert errors == ["error: template 'web' already exists"], p.stderr
+        _nothing_made(tmp_path, "tpl")
+    assert sorted(x.name for x in tpl.iterdir()) == ["web.img", "web.json"]
