@@ -63,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # A permission or space problem the command did not foresee: still one line.
+        if log.is_debug():
+            traceback.print_exc()
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        if e.errno in (13, 1):
+            print("hint: run as root, or choose a target you can write", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted; everything this run made has been undone", file=sys.stderr)
         return 130

@@ -119,10 +119,18 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _efi_dir(value: str | None) -> str | None:
+    # Relative or '..' paths would put xen.cfg somewhere other than beside xen.efi.
+    if value is not None and (not value.startswith("/") or ".." in Path(value).parts):
+        raise ProvisionError(f"--efi-dir {value} is not valid: give the absolute directory of xen.efi "
+                             "inside the target, e.g. /boot/efi/EFI/xen")
+    return value
+
+
 def _request(args, entries, dom0, loader) -> install.Request:
     return install.Request(
         root=Path(args.root), entries=entries, format=args.format, loader=loader,
-        make_default=getattr(args, "default", False), menu_lst=args.menu_lst, efi_dir=args.efi_dir,
+        make_default=getattr(args, "default", False), menu_lst=args.menu_lst, efi_dir=_efi_dir(args.efi_dir),
         console_device=dom0.serial_device if dom0 else None, getty=not args.no_getty,
     )
 

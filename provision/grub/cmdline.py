@@ -179,6 +179,8 @@ def parse_dom0_mem(text: str, machine_memory: int | None = None) -> Dom0Mem:
     items: dict[str, MemAmount] = {}
     unitless = []
     for item in text.split(","):
+        if not item:
+            raise _bad("dom0_mem", text, "an item is empty; items are <size>, min:<size> or max:<size>, separated by commas")
         kind, _, value = item.rpartition(":") if ":" in item else ("", "", item)
         if kind not in ("", "min", "max"):
             raise _bad("dom0_mem", text, "items are <size>, min:<size> or max:<size>, separated by commas")

@@ -181,8 +181,15 @@ def plan(req: Request) -> list[Change]:
         req.notes.append("menu.lst: legacy GRUB's 'default' counts entries; set it yourself (our block is after your entries)")
 
     if req.efi_dir:
+        efi_dir = req.efi_dir.rstrip("/")
         content = render_xen_cfg(entries).encode() if entries else None
-        changes.append(Change(f"{req.efi_dir.rstrip('/')}/xen.cfg", content))
+        changes.append(Change(f"{efi_dir}/xen.cfg", content))
+        # xen.efi reads kernel= and ramdisk= from its own directory on the ESP; we do
+        # not copy boot files onto the ESP, so say which ones are not there yet.
+        wanted = sorted({Path(p).name for e in entries for p in (e.kernel, e.initrd) if p})
+        missing = [n for n in wanted if not within(root, f"{efi_dir}/{n}").is_file()]
+        if missing:
+            req.notes.append(f"xen.cfg names {', '.join(missing)}: copy them into {efi_dir} beside xen.efi")
 
     if req.getty:
         changes += _console_changes(req)
@@ -308,8 +315,10 @@ def install(req: Request, *, update: bool = True) -> list[str]:
     changes = plan(req)
     with UndoStack() as undo:
         changed = apply(req.root, changes, undo)
+        # Also when the script or drop-in went away (switching to custom.cfg, removing):
+        # grub.cfg still holds what they printed until it is regenerated.
         grub_changed = any(c in (GRUBD_SCRIPT, DEFAULT_DROPIN) for c in changed)
-        if req.format == "grubd" and grub_changed:
+        if grub_changed:
             cmd = update_command(req.root)
             live = req.root.resolve() == Path("/")
             if cmd is None:
@@ -320,7 +329,7 @@ def install(req: Request, *, update: bool = True) -> list[str]:
             else:
                 mounts = "" if live else " (with /dev, /proc and /sys mounted inside it)"
                 req.notes.append(f"regenerate grub.cfg{mounts}: {shlex.join(cmd)}")
-        elif req.format == "custom" and changed:
+        if req.format == "custom" and any(c.endswith("/custom.cfg") for c in changed):
             req.notes.append(f"GRUB reads {grub_dir(req.root)}/custom.cfg at boot (41_custom); no grub.cfg update needed")
     for note in req.notes:
         log.note(note)

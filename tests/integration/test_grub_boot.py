@@ -10,7 +10,8 @@ Xen must run the scheduler we asked for; dom0 must reach its /init with our line
 Inputs: the hypervisor (xen-<ver>.gz + xen-<ver>.config) and the xen0 kernel that
 `doit world` staged (the session fixture ``world``, the dist/install Path). Where that
 fixture does not exist yet, or with XEN_PROVISION_GRUB_TEST_INPUTS=debian, Debian's
-packaged hypervisor and kernel are used instead (apt-get download, cached).
+packaged hypervisor and kernel are used instead (apt-get download, cached);
+XEN_PROVISION_GRUB_TEST_INPUTS=/abs/dist/install uses what an earlier `doit world` staged.
 """
 
 from __future__ import annotations
@@ -68,8 +69,15 @@ def _debian_boot_files() -> Path:
 
 def _staged(request) -> tuple[Path, Path, Path, str]:
     """(hypervisor, its .config, dom0 kernel, where they came from)."""
-    if os.environ.get("XEN_PROVISION_GRUB_TEST_INPUTS") == "debian":
+    inputs = os.environ.get("XEN_PROVISION_GRUB_TEST_INPUTS", "")
+    if inputs == "debian":
         boot, source = _debian_boot_files(), "Debian packages (XEN_PROVISION_GRUB_TEST_INPUTS=debian)"
+    elif inputs.startswith("/"):
+        # A dist/install that `doit world` already staged, without running doit here.
+        boot, source = Path(inputs) / "boot", f"{inputs} (XEN_PROVISION_GRUB_TEST_INPUTS)"
+        assert boot.is_dir(), f"XEN_PROVISION_GRUB_TEST_INPUTS={inputs} has no boot/"
+    elif inputs:
+        pytest.fail(f"XEN_PROVISION_GRUB_TEST_INPUTS={inputs}: use debian or the absolute path of a staged dist/install")
     else:
         try:
             boot, source = Path(request.getfixturevalue("world")) / "boot", "doit world (dist/install)"

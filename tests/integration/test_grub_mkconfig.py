@@ -134,6 +134,15 @@ def test_live_install_runs_update_grub(test_root, tmp_path):
     assert "regenerate grub.cfg: update-grub" in proc.stderr
     assert (test_root / "boot/grub/grub.cfg").read_text() == cfg
 
+    # Switching to custom.cfg takes the script away, so update-grub must run again:
+    # otherwise grub.cfg would keep a second, stale copy of the entry.
+    proc = live(*provision, "install", "--no-getty", "--format", "custom", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    cfg = (test_root / "boot/grub/grub.cfg").read_text()
+    assert "42_xen_provision" not in cfg and "xen-provision" not in cfg
+    assert "source ${config_directory}/custom.cfg" in cfg  # 41_custom, which reads our block at boot
+    assert "multiboot2 /boot/xen-4.17.3.gz" in (test_root / "boot/grub/custom.cfg").read_text()
+
     proc = live(*provision, "remove", "--no-getty")
     assert proc.returncode == 0, proc.stderr
     assert "xen-provision" not in (test_root / "boot/grub/grub.cfg").read_text()

@@ -114,3 +114,27 @@ def test_cli_help(run_cli):
     proc = run_cli("--help")
     assert proc.returncode == 0
     assert "python -m provision" in proc.stdout
+
+
+def test_unforeseen_oserror_is_one_line(tmp_path, monkeypatch, capsys):
+    from provision import cli
+
+    def fail(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
+
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_with(fail))
+    assert cli.main(["boom"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"error: Permission denied: {tmp_path / 'x'}"
+    assert "Traceback" not in "\n".join(err)
+
+
+def _parser_with(func):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("boom").set_defaults(func=func)
+    return parser

@@ -81,6 +81,8 @@ def test_dom0_mem_grammar(text, expected):
     ("2G,max:1G", "above max:1G"),
     ("512", "too small"),          # 512 KiB: the unit was forgotten
     ("1G+", "is not valid"),
+    ("1G,", "an item is empty"),     # not "given twice": the trailing comma is the mistake
+    (",max:1G", "an item is empty"),
 ])
 def test_dom0_mem_rejected(text, needle):
     with pytest.raises(ProvisionError) as e:

@@ -134,6 +134,12 @@ def test_grubd_install_default_and_remove(target, run_cli):
     assert os.readlink(link) == "/lib/systemd/system/serial-getty@.service"
     assert (target / "etc/securetty").read_text() == f"console\ntty1\n{BEGIN}\nhvc0\n{END}\n"
 
+    # The same request again: every file (script, drop-in, xen.cfg, link, marker) as it was.
+    before = snapshot(target)
+    again = run_cli("grub", "install", "--root", target, "--default", "--menu-lst", "--efi-dir", "/boot/efi/EFI/xen", *ARGS)
+    assert again.returncode == 0 and "already up to date" in again.stderr, again.stderr
+    assert snapshot(target) == before
+
     # Switching to custom.cfg leaves no second copy; dropping --default removes the drop-in.
     assert run_cli("grub", "install", "--root", target, "--format", "custom", *ARGS).returncode == 0
     assert not script.exists() and not (target / "etc/default/grub.d/xen-provision.cfg").exists()
@@ -186,6 +192,9 @@ def test_render_formats(target, run_cli):
     (["--initrd", "/boot/initrd-missing"], "--initrd /boot/initrd-missing does not exist"),
     (["--xen", "/boot/xen-9.gz"], "--xen /boot/xen-9.gz does not exist"),
     (["--root-device", "sda4"], "root=sda4 is not valid"),
+    (["--efi-dir", "boot/efi/EFI/xen"], "--efi-dir boot/efi/EFI/xen is not valid"),
+    (["--efi-dir", "/boot/efi/../../etc"], "--efi-dir /boot/efi/../../etc is not valid"),
+    (["--dom0-mem", "1G,"], "dom0_mem=1G, is not valid: an item is empty"),
 ])
 def test_bad_input_changes_nothing(target, run_cli, args, needle):
     (target / "etc/inittab").write_text("id:2:initdefault:\n")
@@ -224,3 +233,34 @@ def test_securetty_already_listing_the_console_is_left_alone(target, run_cli):
     assert run_cli("grub", "install", "--root", target, *ARGS).returncode == 0
     assert (target / "etc/securetty").read_text() == "console\nhvc0\n"
     assert not [b for b in backups(target) if "securetty" in b]
+
+
+def test_menu_lst_user_stanzas_kept_byte_for_byte(target, run_cli):
+    # A legacy menu.lst as users keep it: CRLF line ends, no newline after the last line.
+    user = b"default 0\r\ntimeout 5\r\n\r\ntitle Linux\r\n\tkernel /boot/vmlinuz root=/dev/sda1 ro"
+    menu = target / "boot/grub/menu.lst"
+    menu.write_bytes(user)
+    assert run_cli("grub", "install", "--root", target, "--menu-lst", *ARGS).returncode == 0
+    text = menu.read_bytes()
+    assert text.startswith(user + b"\n" + BEGIN.encode())
+    assert b"title Xen 4.17.3 / Linux 6.1.0-xen0\n\tkernel /boot/xen-4.17.3.gz dom0_mem=1G" in text
+    bak = [b for b in backups(target) if "menu.lst" in b]
+    assert len(bak) == 1 and (target / bak[0]).read_bytes() == user
+    assert run_cli("grub", "remove", "--root", target).returncode == 0
+    # Only the newline we had to add after the user's last line remains.
+    assert menu.read_bytes() == user + b"\n"
+
+
+def test_xen_cfg_names_files_missing_beside_it(target, run_cli):
+    efi = target / "boot/efi/EFI/xen"
+    args = ["--efi-dir", "/boot/efi/EFI/xen", "--initrd", "/boot/initrd.img-6.1.0-xen0", *ARGS]
+    proc = run_cli("grub", "install", "--root", target, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert ("xen.cfg names initrd.img-6.1.0-xen0, vmlinuz-6.1.0-xen0: copy them into "
+            "/boot/efi/EFI/xen beside xen.efi") in proc.stderr
+    cfg = (efi / "xen.cfg").read_text()
+    assert "kernel=vmlinuz-6.1.0-xen0 root=/dev/sda4 ro console=hvc0\nramdisk=initrd.img-6.1.0-xen0\n" in cfg
+    for name in ("vmlinuz-6.1.0-xen0", "initrd.img-6.1.0-xen0"):
+        (efi / name).write_bytes((target / "boot" / name).read_bytes())
+    proc = run_cli("grub", "install", "--root", target, *args)
+    assert proc.returncode == 0 and "copy them" not in proc.stderr, proc.stderr
