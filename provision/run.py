@@ -24,6 +24,7 @@ PACKAGES: dict[str, str] = {
     "apt-cache": "apt",
     "apt-config": "apt",
     "apt-get": "apt",
+    "autoconf": "autoconf",
     "bison": "bison",
     "blkid": "util-linux",
     "btrfs": "btrfs-progs",

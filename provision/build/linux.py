@@ -1,0 +1,127 @@
+"""Linux kernels from recipes, built out of tree (``O=``) from one shared source tree.
+
+    record = build(recipe, source)   # {"dir": ..., "release": "6.1.176-xen0", ...}
+
+The base config (tinyconfig, defconfig or a file), the recipe's fragments laid over it in
+order, ``LOCALVERSION=-<flavour>`` so ``uname -r`` matches the staged names, olddefconfig,
+then the required-option check: a setting Kconfig dropped is an error naming the
+dependency that is missing, before any time is spent compiling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from provision import log
+from provision.build import builddir, kconfig
+from provision.build.config import BASES, KernelRecipe
+from provision.build.sources import Source
+from provision.errors import ProvisionError
+from provision.run import output
+
+ARCH = "ARCH=x86_64"  # tinyconfig would otherwise make a 32-bit kernel
+# Reproducible version strings: no user or host name of the build machine.
+ENV = {"KBUILD_BUILD_USER": "xen-provision", "KBUILD_BUILD_HOST": "xen-provision"}
+# What staging needs ("?" = only some configs make it).
+OUTPUTS = ["arch/x86/boot/bzImage", ".config", "System.map", "vmlinux",
+           "?modules.builtin", "?modules.builtin.modinfo", "?modules.order"]
+
+
+def tree_name(recipe: KernelRecipe) -> str:
+    return f"linux-{recipe.flavour}"
+
+
+def inputs(recipe: KernelRecipe, source: Source) -> dict:
+    return {"source": source.identity, **recipe.inputs()}
+
+
+def _make(out: Path, tree: Path, *targets: str, quiet: bool = False) -> None:
+    builddir.make(f"O={out}", ARCH, *targets, directory=tree, quiet=quiet, env=ENV)
+
+
+def fragments(recipe: KernelRecipe, tree: Path) -> list[dict[str, str]]:
+    """Every fragment's settings, in order; Linux's own are read from the tree."""
+    result = []
+    for frag in recipe.fragments:
+        if frag.tree_path:
+            path = tree / frag.tree_path
+            if not path.is_file():
+                raise ProvisionError(f"{recipe.name}: {frag.label} is not in the Linux tree {tree}",
+                                     hint="check the path, e.g. linux:kernel/configs/xen.config")
+            result.append(kconfig.parse_file(path, f"{frag.label}"))
+        else:
+            result.append(frag.values)
+    return result
+
+
+def configure(recipe: KernelRecipe, tree: Path, out: Path) -> dict[str, str]:
+    """Write ``out/.config`` for the recipe and verify it; return the final settings."""
+    if recipe.base in BASES:
+        _make(out, tree, recipe.base, quiet=True)
+        base = kconfig.parse((out / ".config").read_text(), f"{recipe.base} output")
+    else:
+        base = kconfig.parse_file(Path(recipe.base))
+    local = {"LOCALVERSION": f'"-{recipe.flavour}"', "LOCALVERSION_AUTO": "n"}
+    merged = kconfig.merge(base, *fragments(recipe, tree), local)
+    kconfig.write_if_changed(out / ".config", merged)
+    _make(out, tree, "olddefconfig", quiet=True)
+    final = kconfig.parse((out / ".config").read_text(), f"{out}/.config")
+    dropped = kconfig.check(final, kconfig.merge(recipe.ours(), local), recipe.require, recipe.forbid)
+    if dropped:
+        why = kconfig.explain(tree, dropped, final)
+        raise ProvisionError(
+            f"{recipe.name}: after olddefconfig {why[0]}"
+            + (f" (and {len(why) - 1} more: {'; '.join(why[1:])})" if len(why) > 1 else ""),
+            hint=f"add the missing dependency to a fragment of {recipe.name}, or drop the option",
+        )
+    return final
+
+
+def build(recipe: KernelRecipe, source: Source) -> dict:
+    """Build (or reuse) one kernel; returns its build record."""
+    if not (source.version == recipe.series or source.version.startswith(recipe.series + ".")):
+        raise ProvisionError(
+            f"{recipe.name} is a recipe for Linux {recipe.series} but the Linux source is {source.version}",
+            hint=f"point [linux] source in world.toml at a {recipe.series}.x tree, or use a matching recipe",
+        )
+    name = tree_name(recipe)
+    with builddir.locked(name):
+        out = builddir.output_dir(name, inputs(recipe, source))
+        if record := builddir.reuse(out):
+            log.info(f"{recipe.name}: reusing the cached build {out.name}")
+            return record
+        work = builddir.work_dir(name)
+        with log.step(f"Building {recipe.name} (Linux {source.version}) in {work}"):
+            final = configure(recipe, source.tree, work)
+            modules = final.get("MODULES") == "y"
+            _make(work, source.tree, "bzImage", *(["modules"] if modules else []))
+        release = output(["make", "-s", "-C", source.tree, f"O={work}", ARCH, "kernelrelease"], env=ENV)
+        trees = {}
+        if modules:
+            staging = work / ".modules-install"
+            shutil.rmtree(staging, ignore_errors=True)
+            # modules_install also writes build/source links back into the work tree: drop them.
+            _make(work, source.tree, f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1",
+                  "DEPMOD=/bin/true", "modules_install", quiet=True)
+            for link in ("build", "source"):
+                (staging / "lib/modules" / release / link).unlink(missing_ok=True)
+            trees["modules"] = staging / "lib/modules" / release
+        builddir.publish(work, out, OUTPUTS, trees)
+        record = {
+            "dir": str(out),
+            "name": recipe.name,
+            "flavour": recipe.flavour,
+            "series": recipe.series,
+            "version": source.version,
+            "release": release,
+            "modules": modules,
+            "source": {"identity": source.identity, "version": source.version,
+                       "spec": source.spec.describe()},
+            "config_sha256": hashlib.sha256((out / ".config").read_bytes()).hexdigest(),
+            "inputs": recipe.inputs(),
+        }
+        record = builddir.finish(out, record)
+        builddir.prune(name)
+        return record

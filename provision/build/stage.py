@@ -1,0 +1,183 @@
+"""Staging into dist/install, laid out like Xen's own install, with a manifest.
+
+    boot/xen-4.17.5.gz            boot/xen-4.17.gz, xen-4.gz, xen.gz -> xen-4.17.5.gz
+    boot/xen-syms-4.17.5          boot/xen-4.17.5.config
+    boot/vmlinuz-6.1.176-xen0     config-, System.map-, vmlinux-syms- (the unstripped vmlinux)
+    lib/modules/6.1.176-xen0/     modules.* (and modules, when a recipe enables them)
+    usr/, etc/, var/              the control tools (make dist-tools)
+    manifest.json                 versions, source identities, config hashes, every file
+
+The uncompressed multiboot image (``xen/xen``, a 32-bit ELF that QEMU's ``-kernel`` can
+boot) is not installed anywhere, so it goes beside the tree: ``dist/xen-<ver>.elf``,
+named in the manifest as ``xen.elf`` (relative to dist/install).
+
+The new tree is assembled beside the old one and swapped in, so dist/install is always
+either the previous complete tree or the new complete one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from provision import log
+from provision.cache import sha256_file
+from provision.fsutil import atomic_write
+from provision.run import run, which
+from provision.undo import UndoStack
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+def xen_names(version: str) -> dict[str, str]:
+    """Staged names of the hypervisor files, as Xen's own ``make install`` names them."""
+    parts = version.split(".")
+    return {
+        "image": f"boot/xen-{version}.gz",
+        "links": [f"boot/xen-{'.'.join(parts[:2])}.gz", f"boot/xen-{parts[0]}.gz", "boot/xen.gz"],
+        "syms": f"boot/xen-syms-{version}",
+        "config": f"boot/xen-{version}.config",
+        "elf": f"../xen-{version}.elf",
+    }
+
+
+def kernel_names(release: str) -> dict[str, str]:
+    """Staged names of one kernel's files; ``release`` is e.g. 6.1.176-xen0."""
+    return {
+        "vmlinuz": f"boot/vmlinuz-{release}",
+        "config": f"boot/config-{release}",
+        "system_map": f"boot/System.map-{release}",
+        "syms": f"boot/vmlinux-syms-{release}",
+        "modules": f"lib/modules/{release}",
+    }
+
+
+def _copy(src: Path, dst: Path, mode: int = 0o644) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    os.chmod(dst, mode)
+    st = src.stat()
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _stage_xen(tmp: Path, record: dict) -> dict:
+    out = Path(record["dir"])
+    names = xen_names(record["version"])
+    _copy(out / "xen.gz", tmp / names["image"])
+    for link in names["links"]:
+        if link != names["image"]:
+            (tmp / link).symlink_to(Path(names["image"]).name)
+    _copy(out / "xen-syms", tmp / names["syms"])
+    _copy(out / ".config", tmp / names["config"])
+    _copy(out / "xen", tmp / names["elf"])
+    return names
+
+
+def _stage_kernel(tmp: Path, record: dict) -> dict:
+    out = Path(record["dir"])
+    names = kernel_names(record["release"])
+    _copy(out / "arch/x86/boot/bzImage", tmp / names["vmlinuz"])
+    _copy(out / ".config", tmp / names["config"])
+    _copy(out / "System.map", tmp / names["system_map"])
+    _copy(out / "vmlinux", tmp / names["syms"])
+    moddir = tmp / names["modules"]
+    moddir.mkdir(parents=True, exist_ok=True)
+    if record.get("modules"):
+        run(["cp", "-a", f"{out / 'modules'}/.", moddir])
+    else:
+        for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+            if (out / name).exists():
+                _copy(out / name, moddir / name)
+    if which("depmod"):
+        # modules.dep and friends, so that modprobe and systemd are content even without modules.
+        run(["depmod", "-b", tmp, "-F", tmp / names["system_map"], record["release"]], quiet=True)
+    return names
+
+
+def _stage_tools(tmp: Path, record: dict) -> None:
+    run(["cp", "-a", f"{record['install']}/.", tmp])
+
+
+def file_table(root: Path) -> dict[str, dict]:
+    """Every file and symlink under ``root``: sha256, size and mode, or the link target."""
+    table: dict[str, dict] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel == MANIFEST:
+            continue
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            table[rel] = {"link": os.readlink(path)}
+        elif stat.S_ISREG(st.st_mode):
+            table[rel] = {"sha256": sha256_file(path), "size": st.st_size,
+                          "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
+    return table
+
+
+def stage(dest: Path, xen: dict, tools: dict | None, kernels: dict[str, dict]) -> dict:
+    """Assemble the install tree for these build records at ``dest``; return the manifest."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.new")
+    old = dest.with_name(f".{dest.name}.old")
+    # Two runs staging into the same place (parallel test sessions) take turns.
+    with open(dest.with_name(f".{dest.name}.lock"), "w") as lock, UndoStack() as undo:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        undo.rollback(f"remove {tmp}", shutil.rmtree, tmp, True)
+        # tmp/install becomes dest; the ELF is made at tmp/xen-<ver>.elf, beside it.
+        root = tmp / "install"
+        root.mkdir()
+        xnames = _stage_xen(root, xen)
+        knames = {name: _stage_kernel(root, rec) for name, rec in kernels.items()}
+        if tools:
+            _stage_tools(root, tools)
+        manifest = {
+            "format": FORMAT,
+            "xen": {
+                "version": xen["version"],
+                "source": xen["source"],
+                "config_sha256": xen["config_sha256"],
+                "fragment_sha256": xen["fragment_sha256"],
+                "debug": xen["debug"],
+                "schedulers": xen["schedulers"],
+                "default_scheduler": xen["default_scheduler"],
+                **xnames,
+            },
+            "tools": None if not tools else {
+                "version": tools["version"],
+                "source": tools["source"],
+                "configure": tools["configure"],
+                "configure_sha256": tools["configure_sha256"],
+            },
+            "kernels": {
+                name: {
+                    "flavour": rec["flavour"], "series": rec["series"], "version": rec["version"],
+                    "release": rec["release"], "source": rec["source"],
+                    "config_sha256": rec["config_sha256"], **knames[name],
+                }
+                for name, rec in kernels.items()
+            },
+            "files": file_table(root),
+        }
+        atomic_write(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        elf = (root / xnames["elf"]).resolve()
+        # Swap the new tree and ELF in.
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(root, dest)
+        for stale in dest.parent.glob("xen-*.elf"):
+            if stale.name != elf.name:
+                stale.unlink()
+        os.replace(elf, dest.parent / elf.name)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info(f"staged {len(manifest['files'])} files into {dest}")
+    return manifest

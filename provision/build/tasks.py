@@ -1,0 +1,271 @@
+"""doit tasks for `doit world`: sources, hypervisor, tools, kernels, staging.
+
+dodo.py re-exports these; ``python -m provision world`` runs the same tasks. Command-line
+variables (``doit world name=value``):
+
+    kernels=mk.linux-6.1-xenU    override the KERNELS list (space or comma separated)
+    buildconfigs=DIR             another buildconfigs directory (default: buildconfigs)
+    dist=DIR                     where to stage (DIR/install; default: dist)
+    jobs=N                       make -j (default: the number of CPUs)
+
+Each build task's target is a small JSON stamp (in DIST/.stamps) holding the build
+record: doit fingerprints that, and the stamp names the build tree in the cache. Inputs
+doit cannot see as files go through ``config_changed``. The build functions themselves
+reuse a finished tree in the cache, so even a fresh clone rebuilds nothing that was
+built before with the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from doit import get_var
+from doit.tools import config_changed
+
+from provision.build import builddir, config, hypervisor, linux, preflight, stage, tools
+from provision.build.sources import Source, SourceSpec, fetch
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_write
+
+DOIT_CONFIG = {
+    "default_tasks": ["world"],
+    "verbosity": 2,
+    "cleandep": True,
+    "dep_file": ".doit.db",  # as in pyproject.toml's [tool.doit]
+    "backend": "sqlite3",
+}
+
+
+def _fail(e: ProvisionError):
+    print(f"error: {e.message}", file=sys.stderr)
+    if e.hint:
+        print(f"hint: {e.hint}", file=sys.stderr)
+    raise SystemExit(e.exit_code)
+
+
+@functools.cache
+def world() -> config.World:
+    try:
+        return config.load(get_var("buildconfigs", "buildconfigs"), kernels=get_var("kernels", None))
+    except ProvisionError as e:
+        _fail(e)
+
+
+def dist() -> Path:
+    return Path(get_var("dist", "dist")).resolve()
+
+
+def install_dir() -> Path:
+    return dist() / "install"
+
+
+def stamps() -> Path:
+    return dist() / ".stamps"
+
+
+def _stamp(name: str) -> Path:
+    return stamps() / f"{name}.json"
+
+
+def _jobs() -> None:
+    value = get_var("jobs", None)
+    if value:
+        os.environ["XEN_PROVISION_JOBS"] = str(value)
+
+
+def _write(path: Path, record: dict) -> None:
+    atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _built(what: str, record: dict, started: float) -> None:
+    """Note in this run's log that ``what`` was really (re)built, for world's summary."""
+    if record.get("finished_at", 0) >= started:
+        with open(stamps() / "rebuilt.log", "a") as f:
+            f.write(f"{os.getpid()} {what}\n")
+
+
+def _tree_ok(stamp_path: Path, key: str = "dir") -> bool:
+    """The stamp's finished build tree (or its source tree) is still in the cache."""
+    try:
+        path = Path(_read(stamp_path)[key])
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return False
+    return (path / builddir.DONE).exists() if key == "dir" else path.is_dir()
+
+
+def _source_of(stamp_path: Path) -> Source:
+    d = _read(stamp_path)
+    return Source(tree=Path(d["tree"]), version=d["version"], identity=d["identity"],
+                  spec=SourceSpec(**d["spec"]))
+
+
+def _guard(fn, *args):
+    """Run a build step; a ProvisionError becomes one line and a failed task."""
+    _jobs()
+    try:
+        fn(*args)
+    except ProvisionError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return False
+    return None
+
+
+def _fetch_source(what: str, spec: SourceSpec) -> None:
+    src = fetch(spec)
+    _write(_stamp(f"source-{what}"), {"tree": str(src.tree), "version": src.version,
+                                      "identity": src.identity, "spec": dataclasses.asdict(spec)})
+
+
+def task_source():
+    """Fetch and verify the Xen and Linux sources (cached by checksum)."""
+    w = world()
+    specs = {"xen": w.xen.source}
+    if w.kernels:
+        specs["linux"] = w.linux_source
+    for what, spec in specs.items():
+        target = _stamp(f"source-{what}")
+        yield {
+            "name": what,
+            "doc": f"fetch the {what} source: {spec.describe()}",
+            "actions": [(_guard, [_fetch_source, what, spec])],
+            "targets": [target],
+            # A local tree can change under us; the others are fixed by their checksums.
+            "uptodate": [config_changed(repr(spec)), lambda t=target: _tree_ok(t, "tree"),
+                         spec.kind != "local"],
+            "clean": True,
+        }
+
+
+def _build_xen() -> None:
+    preflight.check(hypervisor=True)
+    started = time.time()
+    record = hypervisor.build(world().xen, _source_of(_stamp("source-xen")))
+    _write(_stamp("xen"), record)
+    _built("xen", record, started)
+
+
+def task_xen():
+    """Build the Xen hypervisor from the Kconfig fragment (buildconfigs/xen.config)."""
+    w = world()
+    return {
+        "actions": [(_guard, [_build_xen])],
+        "file_dep": [_stamp("source-xen"), w.xen.fragment],
+        "targets": [_stamp("xen")],
+        "uptodate": [lambda: _tree_ok(_stamp("xen"))],
+        "clean": True,
+    }
+
+
+def _build_tools() -> None:
+    preflight.check(xen_tools=True)
+    started = time.time()
+    record = tools.build(world().xen, _source_of(_stamp("source-xen")))
+    _write(_stamp("tools"), record)
+    _built("tools", record, started)
+
+
+def task_tools():
+    """Build Xen's control tools (xl, xenstored, libxl...) with make dist-tools."""
+    w = world()
+    if not w.xen.tools:
+        return {"actions": [], "doc": "control tools: switched off in world.toml", "uptodate": [True]}
+    return {
+        "actions": [(_guard, [_build_tools])],
+        "file_dep": [_stamp("source-xen")],
+        "targets": [_stamp("tools")],
+        "uptodate": [config_changed(" ".join(w.xen.tools_configure)), lambda: _tree_ok(_stamp("tools"))],
+        "clean": True,
+    }
+
+
+def _build_kernel(name: str) -> None:
+    preflight.check(linux=True)
+    recipe = next(r for r in world().kernels if r.name == name)
+    started = time.time()
+    record = linux.build(recipe, _source_of(_stamp("source-linux")))
+    _write(_stamp(f"kernel-{name}"), record)
+    _built(f"kernel:{name}", record, started)
+
+
+def task_kernel():
+    """Build the kernels of the KERNELS list (buildconfigs/mk.linux-*), out of tree."""
+    for recipe in world().kernels:
+        target = _stamp(f"kernel-{recipe.name}")
+        yield {
+            "name": recipe.name,
+            "doc": f"build {recipe.name}: {recipe.base} + {', '.join(f.label for f in recipe.fragments)}",
+            "actions": [(_guard, [_build_kernel, recipe.name])],
+            "file_dep": [_stamp("source-linux"), *recipe.files()],
+            "targets": [target],
+            "uptodate": [lambda t=target: _tree_ok(t)],
+            "clean": True,
+        }
+
+
+def _stage() -> None:
+    w = world()
+    xen = _read(_stamp("xen"))
+    tools_record = _read(_stamp("tools")) if w.xen.tools else None
+    kernels = {r.name: _read(_stamp(f"kernel-{r.name}")) for r in w.kernels}
+    stage.stage(install_dir(), xen, tools_record, kernels)
+
+
+def _unstage() -> None:
+    shutil.rmtree(install_dir(), ignore_errors=True)
+    for elf in dist().glob("xen-*.elf"):
+        elf.unlink()
+
+
+def task_stage():
+    """Stage everything into dist/install with manifest.json (like Xen's make install)."""
+    w = world()
+    deps = [_stamp("xen"), *(_stamp(f"kernel-{r.name}") for r in w.kernels)]
+    if w.xen.tools:
+        deps.append(_stamp("tools"))
+    return {
+        "actions": [(_guard, [_stage])],
+        "file_dep": deps,
+        "targets": [install_dir() / stage.MANIFEST],
+        "uptodate": [config_changed({"kernels": [r.name for r in w.kernels], "tools": w.xen.tools,
+                                     "format": stage.FORMAT})],
+        "clean": [_unstage],
+    }
+
+
+def _report() -> None:
+    log_file = stamps() / "rebuilt.log"
+    mine = []
+    if log_file.exists():
+        pid = str(os.getpid())
+        mine = [line.split(" ", 1)[1] for line in log_file.read_text().splitlines()
+                if line.split(" ", 1)[0] == pid]
+        log_file.unlink()
+    where = install_dir()
+    if mine:
+        print(f"world: rebuilt {', '.join(mine)}; staged in {where}")
+    else:
+        print(f"world: nothing was rebuilt; {where} is up to date")
+
+
+def task_world():
+    """Build the hypervisor, the control tools and the KERNELS into dist/install (default)."""
+    world()
+    return {
+        "actions": [_report],
+        "task_dep": ["stage"],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
