@@ -36,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
-                continue  # that command is not part of this build
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -54,8 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    return run_command(args.func, args)
+
+
+def run_command(func, args) -> int:
+    """Run a command's ``func(args)`` and turn failures into one line and an exit code.
+
+    Also used by ``python -m provision.storage.cli``, which must not import the other
+    commands (a minimal guest has only the standard library).
+    """
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except ProvisionError as e:
         if log.is_debug():
             traceback.print_exc()

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m provision.storage.cli ...``: the storage command alone, importing no other
     command's module, for a minimal guest (the boot test) that has only the standard
     library and lvm2. Same output and exit codes as ``python -m provision storage``."""
-    from provision.undo import Interrupted
+    from provision.cli import run_command
 
     parser = argparse.ArgumentParser(prog="python -m provision.storage.cli")
     parser.add_argument("--debug", action="store_true")
@@ -280,20 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["storage", *(argv if argv is not None else sys.argv[1:])])
     if args.debug:
         log.set_debug(True)
-    try:
-        return int(args.func(args) or 0)
-    except ProvisionError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; everything this run made has been undone", file=sys.stderr)
-        return 130
-    except Interrupted as e:
-        print(f"error: {e}; everything this run made has been undone", file=sys.stderr)
-        return 128 + e.signum
-
+    return run_command(args.func, args)
 
 if __name__ == "__main__":
     raise SystemExit(main())
