@@ -1,0 +1,506 @@
+"""QEMU serial-console harness: boot a machine, read its console, type into it.
+
+    with Machine(disks=[image], memory="2G", log_path=log_file) as vm:
+        vm.wait_for(r"Xen version", 120, what="Xen banner")
+        vm.login()
+        out, status = vm.shell("xl list", timeout=60)
+    print(vm.report())
+
+The console is the guest's first serial port on QEMU's stdio. A reader thread appends
+everything it sees to ``log_path`` (kept as an artifact) and to an in-memory buffer
+that :meth:`Console.wait_for` searches. Every wait is bounded; a wait that times out,
+or a machine that dies while we wait, raises :class:`ConsoleTimeout` naming what was
+expected and showing the last lines of the console. Each wait is recorded as a
+:class:`Check` with the time since power-on, so a run can print a pass/fail report.
+
+:class:`Console` works with any process whose stdin/stdout is a terminal-like stream
+(the unit tests drive a shell script); :class:`Machine` builds the QEMU command line:
+TCG only (``/dev/kvm`` hangs guests on our machines and CI has none), ``-cpu qemu64``
+(``-cpu max`` crashes a PV dom0), no display.
+
+:func:`busybox_initramfs` builds a tiny initramfs around busybox-static that runs a
+given ``/init`` script, for quick "does this kernel reach userspace" tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision import log
+from provision.cache import cache_dir, manifest_key, sha256_file
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_path
+from provision.run import require, run, which
+
+# CSI sequences ("\x1b[0;32m", "\x1b[K") and the few two-byte escapes consoles send;
+# they are kept in the log but removed from the text that waits match against.
+_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_]|\][^\x07]*\x07)")
+_INCOMPLETE_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*|\][^\x07]*)?$")
+
+TAIL_LINES = 40
+
+
+class ConsoleTimeout(ProvisionError):
+    """An expected console line did not appear in time (or the machine stopped)."""
+
+    def __init__(self, message: str, tail: str):
+        super().__init__(message, exit_code=1)
+        self.tail = tail
+
+
+@dataclass
+class Check:
+    """One bounded wait: what we waited for, whether it came, and when (s since power-on)."""
+
+    what: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+    def line(self) -> str:
+        mark = "PASS" if self.ok else "FAIL"
+        extra = f"  ({self.detail})" if self.detail else ""
+        return f"{mark} {self.seconds:7.1f}s  {self.what}{extra}"
+
+
+def clean(text: str) -> str:
+    """Console text as a reader sees it: no escape sequences, no carriage returns."""
+    return _ESCAPE.sub("", text).replace("\r", "")
+
+
+class Console:
+    """Read a process's output as a console: logged, searchable, with bounded waits.
+
+    ``argv`` is started with stdin and stdout (stderr merged) as pipes. The time of
+    the start is "power-on"; :attr:`checks` records every wait relative to it.
+    """
+
+    def __init__(self, argv: Sequence[str | os.PathLike], log_path: str | os.PathLike,
+                 *, name: str = "machine", env: dict[str, str] | None = None):
+        self.argv = [os.fspath(a) for a in argv]
+        self.log_path = Path(log_path)
+        self.name = name
+        self.env = env
+        self.checks: list[Check] = []
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self._text = ""          # cleaned console text, searched by wait_for
+        self._carry = ""         # an escape sequence split across two reads
+        self._pos = 0            # where the next wait_for starts searching
+        self._eof = False
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self._logfile = None
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def start(self) -> Console:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._logfile = open(self.log_path, "ab", buffering=0)
+        log.debug("console: " + " ".join(self.argv))
+        self.started = time.monotonic()
+        env = dict(os.environ, **(self.env or {}))
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, name=f"{self.name}-console", daemon=True)
+        self._reader.start()
+        return self
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """Stop the process (TERM, then KILL after ``grace`` s); idempotent. Returns its code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        with contextlib.suppress(Exception):
+            proc.stdin.close()   # an interactive shell ignores SIGTERM but ends at EOF
+        # The whole process group: children still holding the console pipe go too.
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if self._reader is not None:
+            self._reader.join(5)
+        with contextlib.suppress(Exception):
+            proc.stdout.close()
+        if self._logfile is not None:
+            self._logfile.close()
+            self._logfile = None
+        return proc.returncode
+
+    def __enter__(self) -> Console:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _read(self) -> None:
+        fd = self.proc.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if chunk and self._logfile is not None:
+                self._logfile.write(chunk)
+            with self._cond:
+                if not chunk:
+                    self._eof = True
+                    self._cond.notify_all()
+                    return
+                data = self._carry + chunk.decode("utf-8", errors="replace")
+                m = _INCOMPLETE_ESCAPE.search(data)
+                self._carry = data[m.start():] if m else ""
+                self._text += clean(data[: m.start()] if m else data)
+                self._cond.notify_all()
+
+    # -- reading --------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Seconds since power-on."""
+        return time.monotonic() - self.started
+
+    @property
+    def text(self) -> str:
+        """Everything the console printed so far (cleaned)."""
+        with self._cond:
+            return self._text
+
+    def mark(self) -> int:
+        """The current end of the console text, to search from later (``start=``)."""
+        with self._cond:
+            return len(self._text)
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        return "\n".join(self.text.rstrip("\n").splitlines()[-lines:])
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_for(self, pattern: str | re.Pattern, timeout: float, *, what: str | None = None,
+                 start: int | None = None, record: bool = True, flags: int = 0,
+                 failure: str | None = None) -> re.Match:
+        """Wait until ``pattern`` (a regex, multiline) appears in the console text.
+
+        With ``record`` (the default) the outcome is added to :attr:`checks`.
+
+        Searches from ``start`` (a :meth:`mark`), by default from the end of the previous
+        match, so consecutive waits follow the boot in order. Returns the match and
+        moves the cursor past it. Raises :class:`ConsoleTimeout` naming ``what`` with the
+        console's last lines when ``timeout`` s pass or the process ends first; ``failure``
+        words that message ("dom0 did not reach multi-user" + " within 300 s; last ...").
+        """
+        regex = re.compile(pattern, re.MULTILINE | flags) if isinstance(pattern, str) else pattern
+        what = what or f"/{regex.pattern}/"
+        begin = self._pos if start is None else start
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                m = regex.search(self._text, begin)
+                if m:
+                    self._pos = m.end()
+                    if record:
+                        self.checks.append(Check(what, True, self.elapsed()))
+                    return m
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._eof:
+                    break
+                self._cond.wait(min(remaining, 1.0))
+        if self._eof and time.monotonic() < deadline:
+            code = self.proc.wait() if self.proc else None
+            why = f"{self.name} stopped (exit code {code}) before {what} appeared"
+        else:
+            why = f"{failure or what + ' did not appear'} within {timeout:.0f} s"
+        if record:
+            self.checks.append(Check(what, False, self.elapsed(), why))
+        tail = self.tail()
+        raise ConsoleTimeout(f"{why}; last {TAIL_LINES} lines of {self.log_path}:\n{tail}", tail)
+
+    def expect_absent(self, pattern: str, *, what: str, start: int = 0) -> None:
+        """Record a check that ``pattern`` has NOT appeared (e.g. a kernel panic)."""
+        m = re.compile(pattern, re.MULTILINE).search(self.text, start)
+        self.checks.append(Check(what, m is None, self.elapsed(), m.group(0).strip() if m else ""))
+        if m:
+            raise ConsoleTimeout(f"{what}: found {m.group(0).strip()!r}; last {TAIL_LINES} lines:\n"
+                                 f"{self.tail()}", self.tail())
+
+    def record(self, what: str, ok: bool, detail: str = "") -> Check:
+        """Record a check decided by the caller (e.g. on a command's output)."""
+        check = Check(what, ok, self.elapsed(), detail)
+        self.checks.append(check)
+        return check
+
+    def report(self) -> str:
+        """One line per check: PASS/FAIL, seconds since power-on, what."""
+        return "\n".join(c.line() for c in self.checks)
+
+    # -- typing ---------------------------------------------------------------------
+
+    def send(self, line: str, newline: str = "\n") -> None:
+        """Type ``line`` (and Enter) on the console."""
+        if not self.running():
+            raise ConsoleTimeout(f"{self.name} is not running; cannot type {line!r}; last lines:\n"
+                                 f"{self.tail()}", self.tail())
+        self._type((line + newline).encode())
+
+    # Typing speed: Xen forwards serial input to dom0 through a 128-byte ring, and a busy
+    # dom0 under TCG drains it slowly, so a long line typed at once loses characters.
+    type_chunk: int | None = None
+    type_delay: float = 0.0
+
+    def _type(self, data: bytes) -> None:
+        step = self.type_chunk or len(data)
+        for i in range(0, len(data), step):
+            self.proc.stdin.write(data[i:i + step])
+            self.proc.stdin.flush()
+            if self.type_chunk and i + step < len(data):
+                time.sleep(self.type_delay)
+
+    def login(self, user: str = "root", password: str | None = None, *, timeout: float = 300,
+              prompt: str = r"login: ?$", what: str = "login prompt",
+              poke_every: float = 15.0) -> None:
+        """Log in at a getty and prepare the shell for :meth:`shell`.
+
+        Enter is pressed every ``poke_every`` s until a login prompt shows (a prompt
+        printed earlier may have been buried by kernel messages). No password is ever written to the log.
+        """
+        deadline = time.monotonic() + timeout
+        m = None
+        start = self._pos
+        while m is None:
+            remaining = deadline - time.monotonic()
+            try:
+                m = self.wait_for(prompt, min(max(remaining, 0.1), poke_every), what=what, start=start,
+                                  record=False)
+            except ConsoleTimeout:
+                if not self.running():
+                    raise
+                if remaining <= poke_every:
+                    self.checks.append(Check(what, False, self.elapsed(),
+                                             f"no login prompt within {timeout:.0f} s"))
+                    raise ConsoleTimeout(f"{what} did not appear within {timeout:.0f} s; last "
+                                         f"{TAIL_LINES} lines of {self.log_path}:\n{self.tail()}",
+                                         self.tail()) from None
+                self.send("")
+        self.checks.append(Check(what, True, self.elapsed()))
+        self.send(user)
+        if password is not None:
+            self.wait_for(r"[Pp]assword: ?$", 60, what="password prompt", record=False)
+            self._type((password + "\n").encode())
+        # A plain, quiet shell: no echo (so output is only output), no colours, no pager.
+        token = secrets.token_hex(4)
+        self.send(f"stty -echo 2>/dev/null; export TERM=dumb PAGER=cat SYSTEMD_PAGER= "
+                  f"SYSTEMD_COLORS=0; PS1='# '; PS2=''; printf '\\n%s-%s\\n' READY {token}")
+        self.wait_for(rf"^READY-{token}$", 60, what="shell after login")
+
+    def shell(self, command: str, timeout: float = 60, *, what: str | None = None,
+              check: bool = False) -> tuple[str, int]:
+        """Run ``command`` in the logged-in shell; return (output, exit status).
+
+        The output is framed by markers carrying a random token; they are printed with
+        printf so that an echoed command line never matches them. With ``check`` a
+        non-zero status raises, showing the output.
+        """
+        token = secrets.token_hex(4)
+        what = what or f"`{command}`"
+        self.send(f"printf '\\n%s-%s\\n' BEGIN {token}; {{ {command}\n}} 2>&1; "
+                  f"printf '\\n%s-%s %d\\n' END {token} $?")
+        try:
+            m = self.wait_for(rf"^BEGIN-{token}\n(.*?)\n^END-{token} (\d+)$", timeout, what=what,
+                              record=False, flags=re.DOTALL)
+        except ConsoleTimeout as e:
+            self.checks.append(Check(what, False, self.elapsed(), f"no result within {timeout:.0f} s"))
+            raise ConsoleTimeout(f"{what} did not finish within {timeout:.0f} s; last {TAIL_LINES} "
+                                 f"lines of {self.log_path}:\n{e.tail}", e.tail) from None
+        output, status = m.group(1), int(m.group(2))
+        if check and status != 0:
+            self.checks.append(Check(what, False, self.elapsed(), f"exit status {status}"))
+            raise ProvisionError(f"{what} failed with exit status {status}:\n{output.rstrip()}",
+                                 exit_code=1)
+        if check:
+            self.checks.append(Check(what, True, self.elapsed()))
+        return output, status
+
+
+def _size_mib(memory: str | int) -> int:
+    from provision.sizes import parse_size
+    return memory if isinstance(memory, int) else parse_size(memory) // (1024 * 1024)
+
+
+@dataclass
+class Disk:
+    """A disk image for :class:`Machine`: raw by default, on virtio unless ``interface``."""
+
+    path: Path
+    format: str = "raw"
+    interface: str = "virtio"
+    snapshot: bool = False   # writes go to a temporary overlay, the image is untouched
+
+
+class Machine(Console):
+    """A QEMU x86_64 machine under TCG, its first serial port as the console.
+
+    Input is typed 16 bytes at a time, 50 ms apart (see :attr:`Console.type_chunk`).
+
+    Either boot a kernel directly (``kernel``, ``initrd``, ``append``) or from
+    ``disks`` through the BIOS (the first disk boots). Use as a context manager:
+    QEMU is always killed when the block ends, whatever happened.
+    """
+
+    def __init__(self, *, log_path: str | os.PathLike, disks: Sequence[Disk | str | os.PathLike] = (),
+                 kernel: str | os.PathLike | None = None, initrd: str | os.PathLike | None = None,
+                 append: str | None = None, memory: str | int = "2G", smp: int = 2,
+                 cpu: str = "qemu64", network: bool = False, extra: Sequence[str] = (),
+                 name: str = "qemu"):
+        if cpu in ("max", "host"):
+            raise ProvisionError(f"-cpu {cpu} is not supported here: it crashes a PV dom0 under "
+                                 "TCG", hint="use -cpu qemu64 (the default)")
+        self.disks = [d if isinstance(d, Disk) else Disk(Path(d)) for d in disks]
+        self.kernel, self.initrd, self.append = kernel, initrd, append
+        self.memory_mib = _size_mib(memory)
+        self.smp, self.cpu, self.network, self.extra = smp, cpu, network, list(extra)
+        super().__init__(self.qemu_argv(name), log_path, name=name)
+        self.type_chunk, self.type_delay = 16, 0.05
+
+    def qemu_argv(self, name: str) -> list[str]:
+        require("qemu-system-x86_64")
+        argv = [
+            which("qemu-system-x86_64"),
+            "-name", name,
+            # TCG only: KVM hangs guests on our machines and CI has no /dev/kvm.
+            "-accel", "tcg",
+            "-cpu", self.cpu,
+            "-smp", str(self.smp),
+            "-m", str(self.memory_mib),
+            "-display", "none", "-vga", "none", "-monitor", "none",
+            "-serial", "stdio",
+            # A guest that reboots (panic=N, a triple fault) ends the run instead of looping.
+            "-no-reboot",
+        ]
+        argv += ["-nic", "user,model=virtio-net-pci"] if self.network else ["-nic", "none"]
+        for i, d in enumerate(self.disks):
+            opts = f"file={d.path},format={d.format},if={d.interface},index={i},cache=unsafe"
+            if d.snapshot:
+                opts += ",snapshot=on"
+            argv += ["-drive", opts]
+        if self.kernel:
+            argv += ["-kernel", os.fspath(self.kernel)]
+            if self.initrd:
+                argv += ["-initrd", os.fspath(self.initrd)]
+            if self.append:
+                argv += ["-append", self.append]
+        return argv + self.extra
+
+    def start(self) -> Machine:
+        log.info(f"booting {self.name} (TCG, -cpu {self.cpu}, {self.smp} vCPUs, "
+                 f"{self.memory_mib} MiB); serial log: {self.log_path}")
+        return super().start()
+
+
+# -- a tiny busybox initramfs -----------------------------------------------------------
+
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+
+
+def _busybox() -> Path:
+    for path in BUSYBOX_CANDIDATES:
+        if os.path.exists(path):
+            return Path(path)
+    raise ProvisionError("busybox-static was not found",
+                         hint="install it: apt-get install busybox-static")
+
+
+def busybox_initramfs(init: str, *, files: dict[str, str | bytes | Path] | None = None,
+                      out: str | os.PathLike | None = None) -> Path:
+    """A gzip'd newc initramfs: busybox-static, its applet links, ``/init`` = ``init``.
+
+    ``files`` maps paths inside the initramfs to contents (text, bytes, or a host Path
+    to copy, e.g. kernel modules). Output is deterministic and cached under
+    ``initramfs/<key>.cpio.gz`` keyed by the script, the files and busybox itself;
+    with ``out`` it is also copied there. The script runs as PID 1: end it with
+    ``poweroff -f`` (with ``-no-reboot`` QEMU then exits).
+    """
+    require("cpio")
+    busybox = _busybox()
+    files = dict(files or {})
+    manifest = {"init": init, "busybox": sha256_file(busybox), "files": {}}
+    for name, content in sorted(files.items()):
+        if isinstance(content, Path):
+            manifest["files"][name] = "sha256:" + sha256_file(content)
+        else:
+            data = content.encode() if isinstance(content, str) else content
+            manifest["files"][name] = "sha256:" + hashlib.sha256(data).hexdigest()
+    cached = cache_dir("initramfs") / f"{manifest_key(manifest)}.cpio.gz"
+    if not cached.exists():
+        with tempfile.TemporaryDirectory(prefix="initramfs.") as tmp:
+            root = Path(tmp)
+            _populate(root, busybox, init, files)
+            names = sorted(_walk(root))
+            archive = run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible"],
+                          input=("\n".join(names) + "\n").encode(), capture=True, cwd=root).stdout
+            with atomic_path(cached) as tmp_out:
+                with open(tmp_out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb",
+                                                               mtime=0, filename="") as gz:
+                    gz.write(archive)
+    if out is not None:
+        with atomic_path(out) as tmp_out:
+            shutil.copyfile(cached, tmp_out)
+        return Path(out)
+    return cached
+
+
+def _populate(root: Path, busybox: Path, init: str, files: dict) -> None:
+    epoch = 0
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(busybox, root / "bin/busybox")
+    os.chmod(root / "bin/busybox", 0o755)
+    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:
+        link = root / applet
+        if link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(root / "bin/busybox", link.parent))
+    (root / "init").write_text(init if init.startswith("#!") else "#!/bin/sh\n" + init)
+    os.chmod(root / "init", 0o755)
+    for name, content in files.items():
+        dest = root / name.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            shutil.copyfile(content, dest)
+            os.chmod(dest, content.stat().st_mode & 0o777)
+        else:
+            dest.write_bytes(content.encode() if isinstance(content, str) else content)
+    for path in _walk(root):
+        os.utime(root / path, (epoch, epoch), follow_symlinks=False)
+
+
+def _walk(root: Path) -> Iterable[str]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel != ".":
+            yield rel
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            yield os.path.normpath(os.path.join(rel, name))

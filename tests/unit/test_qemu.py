@@ -1,0 +1,149 @@
+"""The console harness against real processes: shell scripts that print with delays,
+a fake getty that is just `read` + `sh`, and QEMU's own argv. No root needed."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from provision import qemu
+from provision.errors import ProvisionError
+from provision.qemu import Console, ConsoleTimeout, Machine
+
+
+def script(tmp_path: Path, body: str) -> list[str]:
+    path = tmp_path / "guest.sh"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return [str(path)]
+
+
+def test_wait_for_records_time_since_power_on_and_logs_everything(tmp_path):
+    log = tmp_path / "serial.log"
+    argv = script(tmp_path, 'echo "GRUB loading"; sleep 0.5; printf "\\033[0;32mXen version 4.17\\033[0m\\r\\n"; '
+                            'sleep 0.5; echo "Welcome to Debian"; sleep 30\n')
+    with Console(argv, log) as console:
+        m = console.wait_for(r"Xen version (\S+)", 10, what="Xen banner")
+        assert m.group(1) == "4.17"   # escape sequences and \r do not get in the way
+        console.wait_for(r"Welcome to (\w+)", 10, what="multi-user")
+    first, second = console.checks
+    assert (first.what, first.ok, second.what, second.ok) == ("Xen banner", True, "multi-user", True)
+    assert 0.4 < first.seconds < second.seconds < 5
+    raw = log.read_bytes()
+    assert b"GRUB loading" in raw and b"\x1b[0;32mXen version 4.17" in raw   # log is verbatim
+    assert "PASS" in console.report() and "Xen banner" in console.report()
+
+
+def test_timeout_is_loud_with_the_log_tail(tmp_path):
+    argv = script(tmp_path, 'for i in $(seq 1 60); do echo "boot line $i"; done; sleep 30\n')
+    start = time.monotonic()
+    with Console(argv, tmp_path / "serial.log") as console:
+        with pytest.raises(ConsoleTimeout) as err:
+            console.wait_for(r"reached target Multi-User", 1.5, what="dom0 multi-user")
+    assert time.monotonic() - start < 10   # bounded, and the process was killed at exit
+    msg = str(err.value)
+    assert msg.startswith("dom0 multi-user did not appear within 2 s; last 40 lines of ")
+    assert "boot line 60" in msg and "boot line 21" in msg and "boot line 20\n" not in msg
+    assert console.checks[-1].ok is False and "FAIL" in console.report()
+
+
+def test_a_process_that_dies_fails_the_wait_at_once(tmp_path):
+    argv = script(tmp_path, 'echo "Kernel panic - not syncing"; exit 3\n')
+    start = time.monotonic()
+    with Console(argv, tmp_path / "serial.log") as console:
+        with pytest.raises(ConsoleTimeout, match=r"stopped \(exit code 3\) before guest login"):
+            console.wait_for("login:", 60, what="guest login")
+    assert time.monotonic() - start < 10
+    assert "Kernel panic" in console.tail()
+
+
+def test_waits_follow_the_boot_in_order_and_marks_rewind(tmp_path):
+    argv = script(tmp_path, 'echo one; echo two; echo one; sleep 30\n')
+    with Console(argv, tmp_path / "serial.log") as console:
+        first = console.wait_for(r"^one$", 5)
+        console.wait_for(r"^two$", 5)
+        second = console.wait_for(r"^one$", 5)
+        assert second.start() > first.start()
+        with pytest.raises(ConsoleTimeout):
+            console.wait_for(r"^two$", 0.5)      # only once, and already consumed
+        assert console.wait_for(r"^two$", 1, start=0)   # from power-on
+
+
+def test_login_and_shell_return_output_and_status(tmp_path):
+    # A getty stand-in: prompt, read a name, then an interactive shell on the pipe.
+    argv = script(tmp_path, 'sleep 0.3; printf "host login: "; read user; echo "hello $user"; exec sh -i\n')
+    with Console(argv, tmp_path / "serial.log") as console:
+        console.login("root", timeout=20)
+        out, status = console.shell("echo a; echo b >&2; uname -s", timeout=10)
+        assert (out, status) == ("a\nb\nLinux\n", 0)
+        out, status = console.shell("printf 'no newline'; false", timeout=10)
+        assert (out, status) == ("no newline", 1)
+        out, status = console.shell("true", timeout=10)
+        assert (out, status) == ("", 0)
+        with pytest.raises(ProvisionError, match=r"`exit_status_7` failed with exit status 7"):
+            console.shell("(exit 7)", what="`exit_status_7`", check=True)
+        console.send("echo typed-by-send")
+        console.wait_for("typed-by-send$", 10)
+    assert [c.what for c in console.checks][:2] == ["login prompt", "shell after login"]
+
+
+def test_login_presses_enter_until_a_prompt_appears(tmp_path):
+    # The prompt only comes after a key press, like a getty whose banner scrolled away.
+    argv = script(tmp_path, 'read x; printf "login: "; read user; exec sh -i\n')
+    with Console(argv, tmp_path / "serial.log") as console:
+        console.login(timeout=60, prompt=r"login: $", poke_every=1)
+        assert console.shell("echo ok", 10) == ("ok\n", 0)
+
+
+def test_machine_argv_is_tcg_qemu64_and_never_kvm(tmp_path):
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86 is not installed (setup-host installs it)")
+    m = Machine(log_path=tmp_path / "s.log", disks=[tmp_path / "a.img",
+                qemu.Disk(tmp_path / "b.img", interface="ide", snapshot=True)],
+                memory="3G", smp=2)
+    argv = m.argv
+    assert "-enable-kvm" not in argv and argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-cpu") + 1] == "qemu64"
+    assert argv[argv.index("-m") + 1] == "3072" and argv[argv.index("-smp") + 1] == "2"
+    assert f"file={tmp_path}/b.img,format=raw,if=ide,index=1,cache=unsafe,snapshot=on" in argv
+    with pytest.raises(ProvisionError, match="-cpu max"):
+        Machine(log_path=tmp_path / "s.log", cpu="max")
+
+
+def test_busybox_initramfs_is_deterministic_and_holds_init(tmp_path, monkeypatch):
+    if not Path("/bin/busybox").exists() or shutil.which("cpio") is None:
+        pytest.skip("busybox-static and cpio are needed (setup-host installs them)")
+    monkeypatch.setenv("XEN_PROVISION_CACHE", str(tmp_path / "cache"))
+    init = "#!/bin/sh\necho hello from init\npoweroff -f\n"
+    a = qemu.busybox_initramfs(init, files={"etc/motd": "hi\n"}, out=tmp_path / "a.cpio.gz")
+    cached = qemu.busybox_initramfs(init, files={"etc/motd": "hi\n"})
+    assert a.read_bytes() == cached.read_bytes()
+    listing = subprocess.run(["cpio", "-t", "-v", "--quiet"], input=gzip.decompress(a.read_bytes()),
+                             capture_output=True, check=True).stdout.decode()
+    names = {line.split()[-1] if "->" not in line else line.split()[-3] for line in listing.splitlines()}
+    assert {"init", "bin/busybox", "bin/sh", "etc/motd"} <= names
+    other = qemu.busybox_initramfs(init.replace("hello", "bye"))
+    assert other != cached
+    # The initramfs really runs: unpack it and execute /init's shell with busybox.
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["cpio", "-i", "-d", "--quiet"], input=gzip.decompress(a.read_bytes()), cwd=root,
+                   check=True)
+    out = subprocess.run([str(root / "bin/busybox"), "sh", "-c", "echo $(cat etc/motd)"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "hi\n" and (root / "init").read_text() == init
+
+
+def test_slow_typing_delivers_the_whole_line_in_chunks(tmp_path):
+    argv = script(tmp_path, 'read line; echo "got:$line"; sleep 30\n')
+    with Console(argv, tmp_path / "serial.log") as console:
+        console.type_chunk, console.type_delay = 4, 0.02
+        start = time.monotonic()
+        console.send("x" * 37 + "END")
+        assert time.monotonic() - start >= 9 * 0.02    # 10 chunks, 9 pauses
+        console.wait_for(r"^got:x{37}END$", 10)
