@@ -47,6 +47,8 @@ def test_boottest_boots_our_host_and_its_guest(run_cli, dist, tmp_path):
     assert "FAIL" not in report
     log = (out / "serial.log").read_bytes()
     assert b"Xen version" in log and b"Command line:" in log
+    # The LVM script ran from the code disk (this checkout's package), not from the image.
+    assert b"EXT4-fs (vdd): mounted" in log and b"LVM-PATH-OK" in log
     assert report.splitlines()[0].startswith("boot test: PASS (dist/install: xen-")
 
 
@@ -55,3 +57,44 @@ def test_a_scheduler_the_hypervisor_lacks_is_caught_before_booting(run_cli, dist
     assert proc.returncode != 0
     assert "rtds" in proc.stderr and "sched" in proc.stderr
     assert not (tmp_path / "serial.log").exists()   # failed at generation time: nothing booted
+
+
+def test_sigterm_during_the_boot_leaves_no_qemu_behind(dist, tmp_path):
+    """An interrupted boot test kills its QEMU (it runs in its own session, so only our
+    undo handling can end it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "boottest"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "provision", "boottest", *_args(dist),
+                             "--out", str(out)], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    mine = str(out)   # the code disk QEMU gets lives under --out
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, "boottest ended before it booted"
+        if "Booting under QEMU" in line:
+            break
+    time.sleep(3)   # QEMU is up
+
+    def qemus() -> list[str]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "qemu-system" in text and mine in text:
+                found.append(text)
+        return found
+
+    assert qemus(), "QEMU did not start"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    time.sleep(1)
+    assert not qemus(), "QEMU outlived the interrupted boot test"

@@ -139,3 +139,45 @@ def test_install_grub_refuses_a_disk_without_room(tmp_path):
     image.write_bytes(bytes(1 << 20))
     with pytest.raises(ProvisionError, match="no msdos partition table"):
         boottest.install_grub_bios(image)
+
+
+@pytest.mark.skipif(not (shutil.which("mkfs.ext4") or Path("/sbin/mkfs.ext4").exists())
+                    or not (shutil.which("debugfs") or Path("/sbin/debugfs").exists()),
+                    reason="needs e2fsprogs (setup-host)")
+def test_code_disk_holds_this_checkouts_package_for_lvmcheck(tmp_path):
+    disk = boottest.code_disk(tmp_path)
+    assert disk == tmp_path / "code.img" and disk.stat().st_size == 64 << 20
+    debugfs = shutil.which("debugfs") or "/sbin/debugfs"
+    lvmcheck = subprocess.run([debugfs, "-R", "cat /provision/storage/lvmcheck.py", str(disk)],
+                              capture_output=True, check=True).stdout
+    source = Path(boottest.__file__).parent / "storage" / "lvmcheck.py"
+    assert lvmcheck == source.read_bytes()
+    listing = subprocess.run([debugfs, "-R", "ls -p /provision", str(disk)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "/__init__.py/" in listing and "__pycache__" not in listing
+    assert list(tmp_path.iterdir()) == [disk]   # no staging left behind
+    # What dom0 runs: that package, from the disk QEMU gives it after the guest's.
+    command = boottest.lvm_check_command()
+    assert f"mount -o ro {boottest.CODE_DEVICE} {boottest.CODE_MOUNT}" in command
+    assert f"PYTHONPATH={boottest.CODE_MOUNT} " in command
+    assert "python3 -m provision.storage.lvmcheck /dev/vdb;" in command
+    short = subprocess.run([debugfs, "-R", f"cat /{boottest.LVM_PATH}", str(disk)],
+                           capture_output=True, text=True, check=True).stdout
+    assert short == boottest.LVM_SCRIPT
+    assert f"python3 {boottest.CODE_MOUNT}/{boottest.LVM_PATH};" in boottest.lvm_check_command(full=False)
+    # ...with what lvmcheck needs besides the standard library in dom0's package list.
+    assert {"python3", "lvm2", "thin-provisioning-tools", "e2fsprogs"} <= \
+        set(boottest.host_packages(settings(tmp_path)))
+
+
+def test_lvm_check_ends_on_its_verdict_or_a_kernel_failure_not_on_the_echo():
+    import re
+    end = re.compile(boottest.LVM_CHECK_END, re.M)
+    echo = "# " + boottest.lvm_check_command() + "\nlvm-check ok: LV with ext4\n"
+    assert end.search(echo) is None
+    for line, ok in (("LVM-CHECK-OK in 81.3s", True), ("lvm-check FAILED: rollback left the LV", False),
+                     ("BUG: unable to handle page fault for address: ffff88800ea77ff8", False),
+                     ("Traceback (most recent call last):", False)):
+        m = end.search(echo + line + "\n")
+        assert m is not None and m.group(1) == line
+        assert m.group(1).startswith("LVM-CHECK-OK") == ok
