@@ -51,6 +51,8 @@ from provision.run import require, run, which
 _ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_]|\][^\x07]*\x07)")
 _INCOMPLETE_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*|\][^\x07]*)?$")
 
+# How long a match that ends mid-line waits for the rest of that line.
+PARTIAL_LINE_SETTLE = 0.5
 TAIL_LINES = 40
 
 
@@ -217,6 +219,14 @@ class Console:
         with self._cond:
             while True:
                 m = regex.search(self._text, begin)
+                if m and m.end() == len(self._text) and not self._text.endswith("\n") \
+                        and not self._eof:
+                    # The match runs to the end of a line still arriving ("caps=co" of
+                    # "caps=control_d"): give the rest a moment, then search again.
+                    size = len(self._text)
+                    self._cond.wait(PARTIAL_LINE_SETTLE)
+                    if len(self._text) != size:
+                        continue
                 if m:
                     self._pos = m.end()
                     if record:

@@ -62,6 +62,22 @@ def test_a_process_that_dies_fails_the_wait_at_once(tmp_path):
     assert "Kernel panic" in console.tail()
 
 
+def test_a_match_at_the_end_of_a_line_still_arriving_waits_for_the_rest(tmp_path):
+    # CI once read "caps=co" of "caps=control_d": the guest's write was split in two.
+    argv = script(tmp_path, 'printf "caps=co"; sleep 0.2; printf "ntrol_d\\n"; sleep 30\n')
+    with Console(argv, tmp_path / "serial.log") as console:
+        m = console.wait_for(r"caps=(\S+)", 10)
+    assert m.group(1) == "control_d"
+
+
+def test_a_prompt_without_newline_still_matches(tmp_path):
+    argv = script(tmp_path, 'printf "host login: "; sleep 30\n')
+    start = time.monotonic()
+    with Console(argv, tmp_path / "serial.log") as console:
+        console.wait_for(r"login: $", 10)
+        assert time.monotonic() - start < 3
+
+
 def test_waits_follow_the_boot_in_order_and_marks_rewind(tmp_path):
     argv = script(tmp_path, 'echo one; echo two; echo one; sleep 30\n')
     with Console(argv, tmp_path / "serial.log") as console:
