@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     b.add_argument("--no-boot-packages", action="store_true",
                    help="do not add the init and network packages a minimal variant lacks")
     b.add_argument("--refresh", action="store_true", help="bootstrap again even when the base is cached")
+    b.add_argument("--offline", action="store_true",
+                   help="never bootstrap: the base must be in the cache (a miss is an error, not a download)")
 
     g = p.add_argument_group("guest")
     g.add_argument("--hostname", help="default: the target's name")
@@ -66,7 +68,15 @@ def register(subparsers) -> None:
     g.add_argument("--root-password-file", metavar="FILE", help="file holding root's crypt hash (mkpasswd -m yescrypt)")
     g.add_argument("--ssh-key", metavar="FILE", help="public key(s) for root (adds openssh-server)")
 
-    p.add_argument("--save-template", metavar="NAME", help="also save the new image as template NAME")
+    t = p.add_argument_group("templates")
+    t.add_argument("--save-template", metavar="NAME",
+                   help="also save the new image as template NAME: a file, or for an --lv guest an LV "
+                        "VG/template-NAME in its VG")
+    t.add_argument("--template-vg", metavar="VG",
+                   help="with --save-template: keep the template as LV VG/template-NAME (guests made from "
+                        "it with --lv are LVM snapshots)")
+    t.add_argument("--snapshot-size", metavar="SIZE",
+                   help="with --from-template of an LV template: the snapshot's room for the guest's changes")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands and files); change nothing")
     p.set_defaults(func=run_image)
 
@@ -139,13 +149,20 @@ def run_image(args) -> int:
         from provision.debootstrap import templates
 
         for name in templates.names():
-            print(name)
+            print(f"{name:16} {templates.where(name)}")
         return 0
     if bool(args.debootstrap) == bool(args.from_template):
         raise ProvisionError("give --debootstrap SUITE or --from-template NAME",
                              hint="e.g. python -m provision image --debootstrap bookworm --file vm1.img")
+    if args.template_vg and not args.save_template:
+        raise ProvisionError("--template-vg goes with --save-template")
     if args.from_template:
         return _from_template(args)
+    if args.snapshot_size:
+        raise ProvisionError("--snapshot-size goes with --from-template (an LVM template)",
+                             hint="a new LV of its own takes --size")
+    if args.refresh and args.offline:
+        raise ProvisionError("--refresh bootstraps again, which --offline forbids", hint="give one of them")
 
     from provision.debootstrap.bootstrap import resolve
     from provision.debootstrap.build import build, plan
@@ -158,25 +175,50 @@ def run_image(args) -> int:
                    check_gpg=not args.no_check_gpg, proxy=args.proxy, boot_packages=not args.no_boot_packages)
     target = _target(args, spec.release)
     settings = _settings(args, target, spec.release, spec.mirror, spec.components)
+    template_vg = _template_vg(args, target)
+    if args.dry_run:
+        for line in plan(spec, settings, target, refresh=args.refresh, offline=args.offline):
+            print(line)
+        if args.save_template:
+            from provision.debootstrap import templates
+
+            root = f"/dev/{target.path}" if target.kind == "lv" else target.path
+            for line in templates.save_plan(args.save_template, root, target.size, template_vg):
+                print(line)
+        return 0
+    # Before anything is built: a template in the guest's own VG needs room there too.
+    target.check_free(extra=target.size if template_vg and target.path.startswith(template_vg + "/") else 0)
+    info = build(spec, settings, target, refresh=args.refresh, quiet=not sys.stderr.isatty(),
+                 offline=args.offline)
     if args.save_template:
         from provision.debootstrap import templates
 
-        validate.name(args.save_template, "template name")
-        if target.kind != "file":
-            raise ProvisionError("only a --file image can be saved as a template")
-        templates.check_new(args.save_template)  # before the image is built, not after
-    if args.dry_run:
-        for line in plan(spec, settings, target, refresh=args.refresh):
-            print(line)
-        if args.save_template:
-            print(f"template: save as {templates.paths(args.save_template)[0]}")
-        return 0
-    target.check_free()
-    info = build(spec, settings, target, refresh=args.refresh, quiet=not sys.stderr.isatty())
-    if args.save_template:
-        templates.save(args.save_template, info)
+        templates.save(args.save_template, info, vg=template_vg)
     _report(info, target)
     return 0
+
+
+def _template_vg(args, target) -> str | None:
+    """Check --save-template before the image is built, not after; returns the VG of an
+    LV template (None: a file template)."""
+    if not args.save_template:
+        return None
+    from provision.debootstrap import templates
+
+    validate.name(args.save_template, "template name")
+    if target.kind not in ("file", "lv"):
+        raise ProvisionError("only a --file image or an --lv can be saved as a template")
+    vg = args.template_vg or (target.path.split("/", 1)[0] if target.kind == "lv" else None)
+    if vg is not None:
+        from provision.storage import validate_vg_name
+
+        validate_vg_name(vg)
+        templates.template_lv(args.save_template)
+    if args.dry_run:
+        templates.check_new(args.save_template)
+    else:
+        templates.check_new(args.save_template, vg, target.size)
+    return vg
 
 
 def _from_template(args) -> int:
@@ -184,6 +226,9 @@ def _from_template(args) -> int:
 
     if args.save_template:
         raise ProvisionError("--save-template goes with --debootstrap", hint="the template already exists")
+    if args.offline or args.refresh:
+        raise ProvisionError(f"--{'offline' if args.offline else 'refresh'} is about the bootstrapped base; "
+                             "a template needs none")
     image, info, release = templates.load(args.from_template)
     args.fstype = args.fstype or info.get("fstype")
     target = _target(args, release)
@@ -193,10 +238,10 @@ def _from_template(args) -> int:
     if args.size is None:
         target = type(target)(target.kind, target.path, None, target.swap, target.fstype, target.preallocate)
     if args.dry_run:
-        for line in templates.plan(args.from_template, settings, target):
+        for line in templates.plan(args.from_template, settings, target, args.snapshot_size):
             print(line)
         return 0
-    new = templates.instantiate(args.from_template, settings, target)
+    new = templates.instantiate(args.from_template, settings, target, snapshot_size=args.snapshot_size)
     _report(new, target)
     return 0
 

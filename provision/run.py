@@ -33,6 +33,7 @@ PACKAGES: dict[str, str] = {
     "debugfs": "e2fsprogs",
     "dpkg-source": "dpkg-dev",
     "e2fsck": "e2fsprogs",
+    "e2image": "e2fsprogs",
     "fallocate": "util-linux",
     "flex": "flex",
     "gcc": "gcc",

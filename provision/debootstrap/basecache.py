@@ -22,7 +22,7 @@ from pathlib import Path
 
 from provision import log
 from provision.cache import cache_dir, manifest_key
-from provision.debootstrap.bootstrap import BaseSpec, bootstrap
+from provision.debootstrap.bootstrap import BaseSpec, backend_version, bootstrap
 from provision.debootstrap.mirror import probe
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_path, atomic_write
@@ -198,11 +198,27 @@ def _empty(path: Path) -> None:
             child.unlink()
 
 
+def check_can_bootstrap(spec: BaseSpec, offline: bool) -> None:
+    """Refuse a miss where bootstrapping is not allowed (``offline``) or would make a base
+    other than the one asked for (a seeded spec made with another backend version)."""
+    entry = entry_for(spec, create=False)
+    made_here = backend_version(spec.backend)
+    if not offline and spec.made_with in (None, made_here):
+        return
+    why = ("this run may not bootstrap (offline)" if offline else
+           f"it was made with {spec.made_with}, and this machine has {made_here}")
+    raise ProvisionError(
+        f"the {spec.suite}/{spec.arch}/{spec.variant} base is not in the cache ({entry.tarball}) and {why}",
+        hint="run once without --offline where the mirror is reachable, or seed the cache from a "
+             "machine that has the base (basecache.export_entry, import_entry)")
+
+
 def start(spec: BaseSpec, dest: str | os.PathLike, *, refresh: bool = False, quiet: bool = False,
-          check_mirror: bool = True) -> tuple[str, dict, Storing | None]:
+          check_mirror: bool = True, offline: bool = False) -> tuple[str, dict, Storing | None]:
     """Fill the empty directory ``dest`` with the base for ``spec``: from the cache when
     an intact entry exists (``"hit"``), else by bootstrapping it (``"miss"``), in which
-    case the returned :class:`Storing` is caching it in the background."""
+    case the returned :class:`Storing` is caching it in the background. ``offline``: a
+    miss is an error, never a bootstrap."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     entry = entry_for(spec)
@@ -218,6 +234,7 @@ def start(spec: BaseSpec, dest: str | os.PathLike, *, refresh: bool = False, qui
             _empty(dest)
         elif not refresh and entry.tarball.exists():
             _remove(entry)  # a tarball without its JSON was never finished
+        check_can_bootstrap(spec, offline)
         if check_mirror:
             probe(spec.mirror, spec.suite, spec.proxy)
         bootstrap(spec, dest, quiet=quiet)
@@ -234,3 +251,67 @@ def obtain(spec: BaseSpec, dest: str | os.PathLike, **kw) -> tuple[str, dict]:
     if storing is not None:
         storing.wait()
     return status, meta
+
+
+# -- moving a base to a machine without the network (the boot test's dom0) ---------------
+
+def export_entry(spec: BaseSpec, dest: str | os.PathLike) -> list[Path] | None:
+    """Copy the cached base of ``spec`` (``<key>.tar`` and ``<key>.json``) into the
+    directory ``dest``, checking its checksum on the way. None when it is not cached or
+    broken (a broken entry is removed, as :func:`start` would)."""
+    entry = entry_for(spec)
+    try:
+        meta = entry.info()
+    except (OSError, ValueError):
+        return None
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tar, js = dest / entry.tarball.name, dest / entry.meta.name
+    try:
+        with atomic_path(tar) as tmp:
+            h = hashlib.sha256()
+            with open(entry.tarball, "rb") as src, open(tmp, "wb") as out:
+                while block := src.read(4 << 20):
+                    h.update(block)
+                    out.write(block)
+            if h.hexdigest() != meta.get("sha256"):
+                raise _Broken
+    except FileNotFoundError:
+        return None
+    except _Broken:
+        log.warn(f"cached base {entry.tarball.name} fails its checksum; removing it")
+        _remove(entry)
+        return None
+    atomic_write(js, entry.meta.read_bytes())
+    return [tar, js]
+
+
+class _Broken(Exception):
+    """Raised inside atomic_path so that a bad copy is removed, never renamed into place."""
+
+
+def import_entry(seed: str | os.PathLike) -> BaseSpec:
+    """Use the base that :func:`export_entry` put in the directory ``seed`` (which may be
+    read-only) as this machine's cached base; returns its spec. The tarball is linked,
+    not copied; :func:`unpack` checks it as usual."""
+    seed = Path(seed)
+    found = sorted(seed.glob("*.json"))
+    if len(found) != 1:
+        raise ProvisionError(f"{seed} holds {len(found)} base manifests, not one",
+                             hint="fill it with basecache.export_entry (one base)")
+    try:
+        meta = json.loads(found[0].read_text())
+    except (OSError, ValueError) as e:
+        raise ProvisionError(f"cannot read the base manifest {found[0]}: {e}") from None
+    spec = BaseSpec.from_manifest(meta.get("manifest") or {})
+    entry = entry_for(spec)
+    if entry.key != found[0].stem:
+        raise ProvisionError(f"base manifest {found[0].name} is keyed {entry.key} here",
+                             hint="seed the cache again with this checkout")
+    tarball = found[0].with_suffix(".tar")
+    if not tarball.is_file():
+        raise ProvisionError(f"the base tarball {tarball} is missing")
+    _remove(entry)
+    entry.tarball.symlink_to(tarball.resolve())
+    atomic_write(entry.meta, found[0].read_bytes())
+    return spec

@@ -46,6 +46,9 @@ class BaseSpec:
     components: tuple[str, ...] = ("main",)
     keyring: str | None = None  # None: --no-check-gpg
     proxy: str | None = field(default=None, compare=False)
+    # None: the installed backend's version. Set for a base made on another machine
+    # (a seeded cache), whose key must not depend on what is installed here.
+    made_with: str | None = None
 
     @property
     def suite(self) -> str:
@@ -68,8 +71,28 @@ class BaseSpec:
             "include": sorted(self.include),
             "exclude": sorted(self.exclude),
             "backend": self.backend,
-            "backend_version": backend_version(self.backend),
+            "backend_version": self.made_with or backend_version(self.backend),
         }
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> BaseSpec:
+        """The spec of a cached base from its manifest (``<key>.json``), made elsewhere:
+        the same manifest, so the same cache key, whatever is installed here. Only for
+        finding that base in the cache: this machine's backend may differ."""
+        try:
+            if manifest["format"] != 1:
+                raise ProvisionError(f"base manifest format {manifest['format']} is not known")
+            release = lookup(manifest["suite"])
+            spec = cls(release, manifest["arch"], manifest["mirror"], manifest["variant"],
+                       tuple(manifest["include"]), tuple(manifest["exclude"]), manifest["backend"],
+                       tuple(manifest["components"]), mirrors.default_keyring(release),
+                       made_with=manifest["backend_version"])
+        except (KeyError, TypeError) as e:
+            raise ProvisionError(f"base manifest lacks {e}", hint="it is not a xen-provision base manifest") from None
+        if spec.manifest() != manifest:
+            raise ProvisionError("base manifest does not describe a base this version can use",
+                                 hint="seed the cache again with this checkout")
+        return spec
 
 
 @functools.cache

@@ -81,7 +81,8 @@ class Target:
         if fstype not in FSTYPES:
             raise ProvisionError(f"filesystem type '{fstype}' is not supported for a root image",
                                  hint=f"use one of: {', '.join(FSTYPES)}")
-        nbytes = parse_size(size, "image size", minimum=32 * MiB)
+        # No size: a snapshot of a template, which has its origin's size.
+        nbytes = parse_size(size, "image size", minimum=32 * MiB) if size is not None else None
         swap_bytes = parse_size(swap, "swap size", minimum=MiB) if swap else None
         return cls(kind, path, nbytes, swap_bytes, fstype, preallocate)
 
@@ -100,16 +101,23 @@ class Target:
             return str(basecache.cache_root(create=False).parent / "images" / vg / f"{lv}.json")
         return self.path.rstrip("/") + ".json"
 
-    def check_free(self) -> None:
-        """A target that exists is refused before anything is done."""
+    def check_free(self, extra: int = 0) -> None:
+        """A target that exists, or an LV target whose VG is missing or has no room for
+        it (and ``extra`` bytes more: a snapshot's room for changes), is refused before
+        anything is done."""
         if self.kind == "lv":
-            from provision.storage import lv_exists
+            from provision.storage import lv_exists, vg_free
 
             vg, lv = self.path.split("/", 1)
+            free = vg_free(vg)  # one line when the VG does not exist
             for name in filter(None, (lv, self.swap_path and self.swap_path.split("/", 1)[1])):
                 if lv_exists(vg, name):
                     raise ProvisionError(f"logical volume {vg}/{name} already exists",
                                          hint="choose another name, or remove it with lvremove")
+            need = (self.size or 0) + (self.swap or 0) + extra
+            if need > free:
+                raise ProvisionError(f"volume group '{vg}' has no room for {format_size(need)}: "
+                                     f"{format_size(free)} free", hint="choose smaller sizes or add a PV (vgextend)")
             return
         for path in filter(None, (self.path, self.swap_path)):
             if os.path.lexists(path):
@@ -119,9 +127,14 @@ class Target:
             raise ProvisionError(f"directory {parent} does not exist", hint="create it first")
 
 
-def _needed_bytes(meta: dict) -> int:
+def needed_bytes(meta: dict) -> int:
     """Room a filesystem needs for the tree: data, inode tables and journal, with a margin."""
     return int(meta.get("unpacked_bytes", 0) * 1.25) + meta.get("inodes", 0) * 256 + 48 * MiB
+
+
+def smallest_size(meta: dict) -> int:
+    """The smallest root size for the base ``meta`` describes, in whole 64 MiB."""
+    return -(-needed_bytes(meta) // (64 * MiB)) * 64 * MiB
 
 
 def check_room(target: Target, meta: dict) -> None:
@@ -131,7 +144,7 @@ def check_room(target: Target, meta: dict) -> None:
         return
     st = os.statvfs(os.path.dirname(target.path))
     free = st.f_bavail * st.f_frsize
-    need = target.size if target.preallocate else _needed_bytes(meta)
+    need = target.size if target.preallocate else needed_bytes(meta)
     if free < need:
         raise ProvisionError(f"not enough space in {os.path.dirname(target.path)}: {format_size(free)} free, "
                              f"the image needs about {need >> 20} MiB",
@@ -162,7 +175,7 @@ def _mounts_below(path: str) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
-def _remove_tree(path: str) -> None:
+def remove_tree(path: str) -> None:
     """Remove a work tree, first unmounting anything a killed backend left mounted in it."""
     for mnt in _mounts_below(path):
         run(["umount", "--lazy", mnt], check=False, quiet=True)
@@ -216,10 +229,13 @@ def _plan_reader(spec: BaseSpec, settings: GuestSettings) -> TreeReader:
     return TreeReader(files.get, lambda path: [])
 
 
-def plan(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False) -> list[str]:
+def plan(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False,
+         offline: bool = False) -> list[str]:
     """What a build would do: the commands and the files, without doing any of it."""
     entry = basecache.entry_for(spec, create=False)
     hit = basecache.is_cached(spec) and not refresh
+    if not hit:
+        basecache.check_can_bootstrap(spec, offline)
     rel = spec.release
     lines = [
         f"release:  {rel} [{rel.status}], init {rel.init}, network {rel.network}",
@@ -287,7 +303,7 @@ def _make_target(root: Path, target: Target, undo: UndoStack) -> None:
 
     if target.kind == "dir":
         os.rename(root, target.path)
-        undo.rollback(f"remove {target.path}", _remove_tree, target.path)
+        undo.rollback(f"remove {target.path}", remove_tree, target.path)
         return
     if target.kind == "file":
         with storage.building_image(target.path, target.size, preallocate=target.preallocate, undo=undo) as tmp:
@@ -446,8 +462,10 @@ def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo
 
 
 def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False,
-          quiet: bool = False, check_mirror: bool = True, after_configure=None) -> dict:
+          quiet: bool = False, check_mirror: bool = True, after_configure=None,
+          offline: bool = False) -> dict:
     """Make a configured guest at ``target``; returns the sidecar written beside it.
+    ``offline``: the base must come from the cache; a miss is an error, not a bootstrap.
 
     ``after_configure(root)`` may change the configured tree before it is packed (the
     boot test uses it to add the host's own files). Nothing is left behind on failure or
@@ -476,21 +494,21 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
             parent = _work_parent(target, 512 * MiB)
             os.makedirs(parent, exist_ok=True)
             work = tempfile.mkdtemp(prefix=".xen-provision-root.", dir=parent)
-            undo.cleanup(f"remove {work}", _remove_tree, work)
+            undo.cleanup(f"remove {work}", remove_tree, work)
             root = Path(work) / "root"
             with log.step(f"Base system: {spec.release} {spec.arch} {spec.variant}"):
                 status, meta, storing = basecache.start(spec, root, refresh=refresh, quiet=quiet,
-                                                        check_mirror=check_mirror)
+                                                        check_mirror=check_mirror, offline=offline)
             if storing is not None:
                 # Runs before the tree is removed, also when we fail or are interrupted.
                 undo.cleanup("finish caching the base", storing.wait)
                 if not fs_cache:
                     storing.wait()  # the tree is about to be configured
-            if target.size and target.size < _needed_bytes(meta):
+            if target.size and target.size < needed_bytes(meta):
                 raise ProvisionError(
                     f"image size {format_size(target.size)} is too small for this {spec.release} tree "
                     f"({meta['unpacked_bytes'] >> 20} MiB)",
-                    hint=f"use --size {-(-_needed_bytes(meta) // (64 * MiB)) * 64}M or more")
+                    hint=f"use --size {smallest_size(meta) >> 20}M or more")
             check_room(target, meta)
             if fs_cache:
                 with log.step(f"Making the file target {target.path} and configuring {settings.hostname}"):

@@ -1,11 +1,17 @@
 """Named templates: a configured image saved once, cloned for each new guest.
 
 The manual's template paragraph: "copy the image file, then modify the image-specific
-settings". A template is ``<dir>/NAME.img`` (an ext2/3/4 root filesystem) and
-``<dir>/NAME.json`` (its sidecar). A new guest is a reflink or sparse copy of the image,
-grown to the size asked for, with the per-guest settings (hostname, addresses, root
-access, machine-id, SSH host keys, MAC-pinned udev rules) re-applied by debugfs: no
-mount, no loop device.
+settings". A template is ``<dir>/NAME.json`` (its sidecar) and its root filesystem
+(ext2/3/4), kept in one of two stores:
+
+- a file, ``<dir>/NAME.img``: a new guest is a reflink or sparse copy of it, grown to
+  the size asked for;
+- an LV, ``VG/template-NAME`` (``--save-template`` of an ``--lv`` guest, or
+  ``--template-vg VG``): a new guest is a copy-on-write snapshot of it (``lvcreate -s``,
+  the manual's LVM clone), with ``--snapshot-size`` of room for the guest's changes.
+
+Either way the per-guest settings (hostname, addresses, root access, machine-id, SSH
+host keys, MAC-pinned udev rules) are re-applied by debugfs: no mount, no loop device.
 
 The directory is ``$XEN_PROVISION_TEMPLATES``, else ``<cache>/templates``
 (``~/.cache/xen-provision/templates``).
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from provision import log, validate
@@ -26,7 +33,10 @@ from provision.debootstrap.suites import Release, lookup
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.run import run
+from provision.sizes import MiB, format_size, parse_size
 from provision.undo import UndoStack
+
+LV_PREFIX = "template-"  # the LV of template NAME is VG/template-NAME
 
 
 def template_dir(create: bool = True) -> Path:
@@ -49,50 +59,193 @@ def paths(name: str, create: bool = False) -> tuple[Path, Path]:
     return d / f"{name}.img", d / f"{name}.json"
 
 
+def template_lv(name: str) -> str:
+    """The LV name of template ``name`` in an LV store."""
+    from provision.storage import validate_lv_name
+
+    return validate_lv_name(LV_PREFIX + validate.name(name, "template name"))
+
+
+def store(info: dict) -> str:
+    """Where a template's filesystem is kept: ``"file"`` (NAME.img) or ``"lv"``."""
+    return info.get("store", "file")
+
+
 def names() -> list[str]:
     d = template_dir(create=False)
     return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
 
 
+def where(name: str) -> str:
+    """``file /path/NAME.img`` or ``lv VG/template-NAME``, for --list-templates."""
+    try:
+        image, info, _ = load(name)
+    except (ProvisionError, ValueError, KeyError) as e:
+        return f"broken ({e})"
+    return f"lv {info['lv']}" if store(info) == "lv" else f"file {image}"
+
+
 def load(name: str) -> tuple[Path, dict, Release]:
+    """The template's filesystem (an image file or an LV's device), sidecar and release.
+    An LV template's LV is not looked up here (that needs lvm2): see :func:`instantiate`."""
     image, meta = paths(name)
-    if not (image.is_file() and meta.is_file()):
+    info = json.loads(meta.read_text()) if meta.is_file() else None
+    if info is not None and store(info) == "lv":
+        return Path("/dev", info["lv"]), info, lookup(info["suite"])
+    if info is None or not image.is_file():
         known = names()
         raise ProvisionError(f"template '{name}' does not exist",
                              hint=("known templates: " + ", ".join(known)) if known else
                              "make one with: image --debootstrap SUITE --file IMG --save-template NAME")
-    info = json.loads(meta.read_text())
     return image, info, lookup(info["suite"])
 
 
-def check_new(name: str) -> None:
-    """Refuse a template name that is taken, before an image is built for it."""
+def check_new(name: str, vg: str | None = None, size: int | None = None) -> None:
+    """Refuse a template name that is taken, before an image is built for it; with
+    ``vg`` (an LV store) also a missing VG, a taken LV name and a VG without ``size``
+    bytes free."""
     image, meta = paths(name)
     if meta.exists() or image.exists():
         raise ProvisionError(f"template '{name}' already exists",
                              hint=f"remove {meta} and {image}, or choose another name")
+    if vg is None:
+        return
+    from provision.storage import lv_exists, validate_vg_name, vg_free
+
+    lv = template_lv(name)
+    free = vg_free(validate_vg_name(vg))
+    if lv_exists(vg, lv):
+        raise ProvisionError(f"logical volume {vg}/{lv} (template '{name}') already exists",
+                             hint=f"choose another template name, or remove it: lvremove {vg}/{lv}")
+    if size is not None and size > free:
+        raise ProvisionError(f"volume group '{vg}' has no room for template '{name}' ({format_size(size)}): "
+                             f"{format_size(free)} free", hint="choose another --template-vg or free some space")
 
 
-def save(name: str, info: dict, *, force: bool = False) -> Path:
-    """Save the root image described by sidecar ``info`` as template ``name``."""
+def _root(info: dict) -> str:
+    return next(d for d in info["disks"] if d["role"] == "root")["path"]
+
+
+def _size_of(path: str) -> int:
+    """Bytes of an image file or a block device."""
+    with open(path, "rb") as f:
+        return f.seek(0, os.SEEK_END)
+
+
+def save_plan(name: str, root: str, size: int, vg: str | None) -> list[str]:
+    """What :func:`save` does, for --dry-run."""
+    image, meta = paths(name)
+    if vg is None:
+        return [f"template: clone {root} -> {image}", f"template: write {meta}"]
+    lv = f"{vg}/{template_lv(name)}"
+    return [f"template: lvcreate -L {format_size(size)} -n {template_lv(name)} {vg}",
+            f"template: {shlex.join(['e2image', '-ra', root, '/dev/' + lv])}",
+            f"template: write {meta}"]
+
+
+def save(name: str, info: dict, *, vg: str | None = None, force: bool = False) -> Path:
+    """Save the root image described by sidecar ``info`` as template ``name``: a file
+    (the default for a file image) or an LV in ``vg`` (the default for an LV guest: its
+    own VG, where snapshots of it can be made). Returns the image or device."""
+    if info.get("target") == "lv" and vg is None:
+        vg = _root(info).split("/")[2]
+    if vg is not None:
+        return _save_lv(name, info, vg)
     from provision.storage import clone_file
 
     if info.get("target") != "file":
-        raise ProvisionError("only a file image can be saved as a template", hint="use --file IMG")
+        raise ProvisionError("only a file image or an LV can be saved as a template",
+                             hint="use --file IMG or --lv VG/NAME")
     if not force:
         check_new(name)
     image, meta = paths(name, create=True)
-    root = next(d for d in info["disks"] if d["role"] == "root")
     with UndoStack() as undo:
-        clone_file(root["path"], image, force=force)
+        clone_file(_root(info), image, force=force)
         undo.rollback(f"remove {image}", image.unlink, True)
         atomic_write(meta, json.dumps({**info, "template": name}, indent=2, sort_keys=True) + "\n")
     log.info(f"saved template '{name}' as {image}")
     return image
 
 
-def plan(name: str, settings: GuestSettings, target: Target) -> list[str]:
+def _save_lv(name: str, info: dict, vg: str) -> Path:
+    """Copy the guest's root filesystem into a new LV ``vg/template-NAME``: e2image
+    copies only the blocks the filesystem uses."""
+    from provision.storage import create_lv, refuse_in_use
+
+    if info.get("target") not in ("file", "lv"):
+        raise ProvisionError("only a file image or an LV can be saved as a template",
+                             hint="use --file IMG or --lv VG/NAME")
+    root = _root(info)
+    size = _size_of(root)
+    check_new(name, vg, size)
+    refuse_in_use(root)  # a running guest's filesystem would be copied torn
+    _, meta = paths(name, create=True)
+    lv = template_lv(name)
+    with UndoStack() as undo:
+        dev = create_lv(vg, lv, size, undo=undo)
+        run(["e2image", "-ra", root, dev], quiet=True)
+        record = {**info, "template": name, "store": "lv", "lv": f"{vg}/{lv}", "size": size}
+        atomic_write(meta, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        undo.rollback(f"remove {meta}", meta.unlink, True)
+    log.info(f"saved template '{name}' as LV {vg}/{lv} ({format_size(size)})")
+    return Path(dev)
+
+
+# -- a new guest from a template -----------------------------------------------------------
+
+def _snapshot_target(name: str, info: dict, target: Target, snapshot_size) -> tuple[str, str, str, int]:
+    """Check a new guest from LV template ``name`` without lvm2: (vg, origin, lv, room)."""
+    tvg, origin = info["lv"].split("/", 1)
+    if target.kind != "lv":
+        raise ProvisionError(f"template '{name}' is an LVM template ({info['lv']}): a new guest is a snapshot of it",
+                             hint=f"give --lv {tvg}/NAME --snapshot-size SIZE")
+    vg, lv = target.path.split("/", 1)
+    if vg != tvg:
+        raise ProvisionError(f"a snapshot lives in its origin's volume group: template '{name}' is in '{tvg}', "
+                             f"not '{vg}'", hint=f"give --lv {tvg}/{lv}")
+    if lv == origin:
+        raise ProvisionError(f"logical volume {target.path} is template '{name}' itself", hint="choose another name")
+    if target.size is not None:
+        raise ProvisionError(f"a snapshot of template '{name}' has its size ({format_size(info['size'])}): "
+                             "--size does not apply", hint="--snapshot-size sets its room for the guest's changes")
+    if snapshot_size is None:
+        raise ProvisionError(f"a snapshot of template '{name}' needs --snapshot-size (room for the guest's changes)",
+                             hint="e.g. --snapshot-size 512M; watch how full it gets with: storage fill VG NAME")
+    if info.get("fstype") != target.fstype:
+        raise ProvisionError(f"template '{name}' holds {info.get('fstype')}, not {target.fstype}")
+    return vg, origin, lv, parse_size(snapshot_size, "snapshot size", minimum=4 * MiB)
+
+
+def _check_origin(name: str, vg: str, origin: str) -> None:
+    from provision.storage import lv_exists
+
+    if not lv_exists(vg, origin):
+        raise ProvisionError(f"template '{name}' is LV {vg}/{origin}, which does not exist",
+                             hint=f"restore it, or remove the template: rm {paths(name)[1]}")
+
+
+def snapshot_commands(name: str, info: dict, target: Target, snapshot_size) -> list[str]:
+    """The LVM commands a new guest from LV template ``name`` runs (no lvm2 needed)."""
+    from provision.storage.lvm import snapshot_argv
+
+    vg, origin, lv, room = _snapshot_target(name, info, target, snapshot_size)
+    lines = [shlex.join(snapshot_argv(vg, origin, lv, room))]
+    if target.swap:
+        lines += [f"lvcreate -L {format_size(target.swap)} -n {lv}-swap {vg}", f"mkswap /dev/{target.swap_path}"]
+    return lines
+
+
+def plan(name: str, settings: GuestSettings, target: Target, snapshot_size=None) -> list[str]:
     image, info, release = load(name)
+    if store(info) == "lv":
+        commands = snapshot_commands(name, info, target, snapshot_size)
+        vg, origin = info["lv"].split("/", 1)
+        _check_origin(name, vg, origin)
+        ops = guest_files(release, settings, ext4edit.reader(image))
+        return ([f"template: {name} ({release}, LV {info['lv']})", f"run:      {commands[0]}"]
+                + ["debugfs:  " + line for line in describe(ops)]
+                + [f"target:   {c}" for c in commands[1:]] + [f"write:    {target.sidecar}"])
+    _file_target(name, target, snapshot_size)
     ops = guest_files(release, settings, ext4edit.reader(image))
     lines = [f"template: {name} ({release}, {image})", f"clone:    {image} -> {target.path}"]
     if target.size and target.size > os.path.getsize(image):
@@ -104,13 +257,30 @@ def plan(name: str, settings: GuestSettings, target: Target) -> list[str]:
     return lines
 
 
-def instantiate(name: str, settings: GuestSettings, target: Target) -> dict:
-    """A new guest at ``target`` (a file image) from template ``name``; returns its sidecar."""
+def _file_target(name: str, target: Target, snapshot_size) -> None:
+    if target.kind != "file":
+        raise ProvisionError(f"template '{name}' is a file template: it is cloned into a file image",
+                             hint="use --file IMG (an LVM template, saved with --lv or --template-vg, "
+                                  "makes --lv snapshots)")
+    if snapshot_size is not None:
+        raise ProvisionError(f"--snapshot-size is for LVM templates; '{name}' is a file template",
+                             hint="leave --snapshot-size out (a file clone takes --size)")
+
+
+def _write_sidecar(target: Target, new: dict, undo: UndoStack) -> None:
+    atomic_write(target.sidecar, json.dumps(new, indent=2, sort_keys=True) + "\n")
+    undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True)
+
+
+def instantiate(name: str, settings: GuestSettings, target: Target, *, snapshot_size=None) -> dict:
+    """A new guest at ``target`` from template ``name``: a file clone of a file template,
+    an LVM snapshot (``snapshot_size`` of room for changes) of an LV one. Returns its sidecar."""
     from provision import storage
 
-    if target.kind != "file":
-        raise ProvisionError("a template is cloned into a file image", hint="use --file IMG")
     image, info, release = load(name)
+    if store(info) == "lv":
+        return _snapshot(name, info, release, settings, target, snapshot_size)
+    _file_target(name, target, snapshot_size)
     if info.get("fstype") != target.fstype:
         raise ProvisionError(f"template '{name}' holds {info.get('fstype')}, not {target.fstype}")
     target.check_free()
@@ -136,6 +306,27 @@ def instantiate(name: str, settings: GuestSettings, target: Target) -> dict:
         new = sidecar_info({**info.get("base", {}), "template": name, "clone": method},
                            settings, Target(target.kind, target.path, target.size or size, target.swap,
                                             target.fstype), release)
-        atomic_write(target.sidecar, json.dumps(new, indent=2, sort_keys=True) + "\n")
-        undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True)
+        _write_sidecar(target, new, undo)
+    return new
+
+
+def _snapshot(name: str, info: dict, release: Release, settings: GuestSettings, target: Target,
+              snapshot_size) -> dict:
+    """The manual's LVM clone: ``lvcreate -s`` of the template's LV, then the per-guest
+    settings written into the snapshot with debugfs."""
+    from provision import storage
+
+    vg, origin, lv, room = _snapshot_target(name, info, target, snapshot_size)
+    _check_origin(name, vg, origin)
+    target.check_free(extra=room)
+    with UndoStack() as undo:
+        dev = storage.snapshot_lv(vg, origin, lv, room, undo=undo)
+        ext4edit.apply(dev, guest_files(release, settings, ext4edit.reader(dev)))
+        if target.swap:
+            storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo))
+        new = sidecar_info({**info.get("base", {}), "template": name, "clone": "lvm snapshot",
+                            "snapshot_room": room},
+                           settings, Target("lv", target.path, info["size"], target.swap, target.fstype), release)
+        _write_sidecar(target, new, undo)
+    log.info(f"{target.path}: snapshot of template '{name}' ({info['lv']}), {format_size(room)} for changes")
     return new

@@ -244,6 +244,14 @@ def _is_thin(vg: str, name: str) -> bool:
     return bool(rows) and rows[0][0] == "thin"
 
 
+def snapshot_argv(vg: str, origin: str, name: str, nbytes: int | None) -> list[str]:
+    """The lvcreate command of :func:`snapshot_lv` (``--dry-run`` plans print it)."""
+    if nbytes is None:
+        # Thin snapshots are created with "skip activation"; -kn makes it usable at once.
+        return ["lvcreate", "-y", "-s", "-kn", "-n", name, f"{vg}/{origin}"]
+    return ["lvcreate", "-y", "-s", "-L", _size_arg(nbytes), "-n", name, f"{vg}/{origin}"]
+
+
 def snapshot_lv(vg: str, origin: str, name: str, size: int | str | None = None, *,
                 force: bool = False, undo: UndoStack | None = None) -> str:
     """A copy-on-write clone of ``vg/origin`` (a template): the manual's
@@ -260,12 +268,7 @@ def snapshot_lv(vg: str, origin: str, name: str, size: int | str | None = None, 
         raise ProvisionError(f"a snapshot of {vg}/{origin} needs a size (room for the clone's changes)",
                              hint="give --size, e.g. 1G; only snapshots of thin volumes need none")
     _check_new_lv(vg, name, nbytes, force)
-    if nbytes is None:
-        # Thin snapshots are created with "skip activation"; -kn makes it usable at once.
-        argv = ["lvcreate", "-y", "-s", "-kn", "-n", name, f"{vg}/{origin}"]
-    else:
-        argv = ["lvcreate", "-y", "-s", "-L", _size_arg(nbytes), "-n", name, f"{vg}/{origin}"]
-    path = _create(vg, name, argv, force, undo)
+    path = _create(vg, name, snapshot_argv(vg, origin, name, nbytes), force, undo)
     log.info(f"snapshot {path} of {vg}/{origin}" + (f" ({format_size(nbytes)} for changes)" if nbytes else " (thin)"))
     return path
 

@@ -41,11 +41,12 @@ def _ok(what: str) -> None:
     print(f"lvm-check ok: {what}", flush=True)
 
 
-def _expect_error(what: str, fn, *args, **kw) -> None:
+def expect_refused(what: str, fn, *args, report=_ok, **kw) -> None:
+    """``fn(*args, **kw)`` must fail with a ProvisionError: reported, else an AssertionError."""
     try:
         fn(*args, **kw)
     except ProvisionError as e:
-        _ok(f"{what} refused: {e.message}")
+        report(f"{what} refused: {e.message}")
         return
     raise AssertionError(f"{what} was not refused")
 
@@ -85,7 +86,7 @@ def check(disk: str) -> None:
         assert after < usage and _lv_size("clone1") >= 48 * MiB, f"not extended: {after}%"
         _ok(f"fill watch extended the snapshot before it filled: {usage:.1f}% -> {after:.1f}%")
 
-        _expect_error("growing an active snapshot origin", extend_lv, VG, "template", "+8M")
+        expect_refused("growing an active snapshot origin", extend_lv, VG, "template", "+8M")
         data = create_lv(VG, "data", "32M")
         make_fs(data, "ext4")
         with mounted(data) as mnt:
@@ -102,9 +103,9 @@ def check(disk: str) -> None:
         assert os.path.exists(snap), f"{snap} did not appear"
         _ok(f"thin pool, 1 GiB thin volume in 64 MiB, thin snapshot; pool {snapshot_usage(VG, 'pool'):.1f}% used")
 
-        _expect_error("an LV larger than the VG", create_lv, VG, "huge", "100G")
-        _expect_error("an existing LV", create_lv, VG, "template", "8M")
-        _expect_error("a mounted LV as a new PV", _mounted_pvcreate, base)
+        expect_refused("an LV larger than the VG", create_lv, VG, "huge", "100G")
+        expect_refused("an existing LV", create_lv, VG, "template", "8M")
+        expect_refused("a mounted LV as a new PV", _mounted_pvcreate, base)
         try:
             with UndoStack() as failing:
                 create_lv(VG, "half", "8M", undo=failing)

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -419,15 +420,21 @@ def test_ext4edit_applies_guest_files_without_mounting(tmp_path):
 # ------------------------------------------------------------------ the base cache
 
 
-def test_broken_cache_entry_is_detected_and_never_used(tmp_path, monkeypatch):
-    monkeypatch.setenv("XEN_PROVISION_CACHE", str(tmp_path / "cache"))
+def _cached_base(tmp_path, monkeypatch) -> tuple:
+    """A small real cache entry (tar of a tree) in a private cache."""
+    monkeypatch.setenv("XEN_PROVISION_CACHE", str(tmp_path / "host-cache"))
     spec = resolve("bookworm", check_gpg=False, mirror="http://127.0.0.1:9/debian")
     tree = tmp_path / "tree"
     (tree / "etc").mkdir(parents=True)
     (tree / "etc/debian_version").write_text("12.0\n")
     entry = basecache.entry_for(spec)
-    meta = basecache.store(entry, spec, tree)
-    assert json.loads(entry.meta.read_text())["sha256"] == meta["sha256"]
+    basecache.store(entry, spec, tree)
+    return spec, entry
+
+
+def test_broken_cache_entry_is_detected_and_never_used(tmp_path, monkeypatch):
+    spec, entry = _cached_base(tmp_path, monkeypatch)
+    assert len(entry.info()["sha256"]) == 64
     good = tmp_path / "good"
     good.mkdir()
     assert basecache.unpack(entry, good) is not None
@@ -476,3 +483,156 @@ def test_extents_checksum_sees_data_not_holes(tmp_path):
         f.seek((8 << 20) + 100)
         f.write(b"X")
     assert extents_sha256(a) != extents_sha256(b)
+
+
+# ------------------------------------------------------------------ a base seeded on another machine
+
+
+def test_seeded_base_keeps_its_key_where_the_backend_is_missing(tmp_path, monkeypatch):
+    """dom0 has no mmdebstrap: the key must still be the host's, the base must come
+    from the seed, and a base that is not there is an error, never a download."""
+    spec, entry = _cached_base(tmp_path, monkeypatch)
+    seed = tmp_path / "seed"
+    files = basecache.export_entry(spec, seed)
+    assert sorted(p.name for p in files) == [f"{entry.key}.json", f"{entry.key}.tar"]
+    assert (seed / f"{entry.key}.tar").read_bytes() == entry.tarball.read_bytes()
+    seed.chmod(0o555)  # the code disk is mounted read-only
+    script = f"""
+import os, sys
+from provision.debootstrap import basecache
+from provision.debootstrap.bootstrap import BaseSpec, backend_version
+from provision.errors import ProvisionError
+assert backend_version("mmdebstrap") == "missing", backend_version("mmdebstrap")
+spec = basecache.import_entry({str(seed)!r})
+print("key", basecache.entry_for(spec).key)
+print("status", basecache.obtain(spec, {str(tmp_path / 'dest')!r}, offline=True)[0])
+other = BaseSpec.from_manifest({{**spec.manifest(), "mirror": "http://127.0.0.1:9/other"}})
+for kw in ({{"offline": True}}, {{}}):
+    try:
+        basecache.obtain(other, {str(tmp_path / 'dest2')!r}, **kw)
+    except ProvisionError as e:
+        print("refused", e.message)
+"""
+    bin_dir = tmp_path / "bin"  # tar, and no mmdebstrap or dpkg-query to ask its version
+    bin_dir.mkdir()
+    (bin_dir / "tar").symlink_to(shutil.which("tar"))
+    env = {"PATH": str(bin_dir), "XEN_PROVISION_CACHE": str(tmp_path / "dom0-cache"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    seed.chmod(0o755)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[:2] == [f"key {entry.key}", "status hit"], p.stdout
+    assert (tmp_path / "dest/etc/debian_version").read_text() == "12.0\n"
+    # Offline: refused as such. Not offline, but the backend is missing here: a bootstrap
+    # would make another base than the one asked for, so that is refused too.
+    assert "this run may not bootstrap (offline)" in lines[2], p.stdout
+    assert "this machine has missing" in lines[3] and "mmdebstrap 1." in lines[3], p.stdout
+
+
+def test_a_broken_base_is_not_exported(tmp_path, monkeypatch):
+    spec, entry = _cached_base(tmp_path, monkeypatch)
+    data = bytearray(entry.tarball.read_bytes())
+    data[600] ^= 0xFF
+    entry.tarball.write_bytes(bytes(data))
+    seed = tmp_path / "seed"
+    assert basecache.export_entry(spec, seed) is None
+    assert list(seed.iterdir()) == []  # no copy, not even a temporary one
+    assert not entry.tarball.exists() and not entry.meta.exists()
+    assert basecache.export_entry(spec, seed) is None  # not cached at all now
+
+
+def test_bad_seeds_are_one_line(tmp_path, monkeypatch):
+    spec, entry = _cached_base(tmp_path, monkeypatch)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    with pytest.raises(ProvisionError, match="holds 0 base manifests, not one"):
+        basecache.import_entry(seed)
+    basecache.export_entry(spec, seed)
+    meta = json.loads((seed / f"{entry.key}.json").read_text())
+    (seed / f"{entry.key}.tar").unlink()
+    with pytest.raises(ProvisionError, match=r"the base tarball .* is missing"):
+        basecache.import_entry(seed)
+    meta["manifest"]["format"] = 9
+    (seed / f"{entry.key}.json").write_text(json.dumps(meta))
+    with pytest.raises(ProvisionError, match="base manifest format 9 is not known"):
+        basecache.import_entry(seed)
+    del meta["manifest"]["suite"]
+    meta["manifest"]["format"] = 1
+    (seed / f"{entry.key}.json").write_text(json.dumps(meta))
+    with pytest.raises(ProvisionError, match="base manifest lacks 'suite'"):
+        basecache.import_entry(seed)
+
+
+def test_lvcheck_reads_a_configured_guest_back_and_catches_a_wrong_file(tmp_path):
+    """The dom0 check's reader, on an ext4 image instead of an LV."""
+    if not shutil.which("mkfs.ext4", path=os.environ.get("PATH", "") + ":/sbin:/usr/sbin"):
+        pytest.skip("e2fsprogs is not installed")
+    from provision.debootstrap import lvcheck
+    from provision.debootstrap.configure import Write
+
+    rel = suites.lookup("bookworm")
+    root = _tree(tmp_path)
+    settings = _settings(rel)
+    apply_to_dir(root, guest_files(rel, settings, dir_reader(root)))
+    img = tmp_path / "root.img"
+    subprocess.run(["truncate", "-s", "64M", img], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", root, img], check=True,
+                   env={**os.environ, "PATH": "/usr/sbin:/sbin:/usr/bin:/bin"})
+    assert lvcheck.check_guest(str(img), rel, settings) > 15
+    ext4edit.apply(img, [Write("/etc/hosts", b"127.0.0.1 localhost\n")])
+    with pytest.raises(AssertionError, match="/etc/hosts in .* is '127.0.0.1 localhost"):
+        lvcheck.check_guest(str(img), rel, settings)
+
+
+def test_lvcheck_runs_on_what_a_minimal_dom0_has(tmp_path):
+    """python3 -m provision.debootstrap.lvcheck imports the standard library and jinja2
+    (python3-jinja2) only: no requests, doit or pyparted on its path."""
+    script = """
+import importlib.abc, json, runpy, sys
+at_start = set(sys.modules)  # the interpreter's own start-up (site, .pth files)
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("requests", "urllib3", "doit", "parted", "pytest"):
+            raise ImportError(f"{name} is not in dom0")
+sys.meta_path.insert(0, Block())
+sys.argv = ["lvcheck", "--seed", sys.argv[1], sys.argv[2]]
+try:
+    runpy.run_module("provision.debootstrap.lvcheck", run_name="__main__")
+except SystemExit as e:
+    print("exit", e.code)
+print(json.dumps(sorted({m.split(".")[0] for m in set(sys.modules) - at_start})))
+"""
+    p = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(tmp_path / "not-a-disk")],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.splitlines()
+    assert out[0] == f"LV-IMAGE-CHECK-FAIL {tmp_path / 'not-a-disk'}: No such file or directory", p.stdout
+    assert out[1] == "exit 2"
+    outside = set(json.loads(out[2])) - set(sys.stdlib_module_names) - {"provision", "__main__"}
+    assert outside <= {"jinja2", "markupsafe"}, outside
+
+
+def test_lvcheck_command_and_markers():
+    import re
+
+    from provision.debootstrap import lvcheck
+
+    cmd = lvcheck.command("/dev/vde")
+    assert cmd == ("mkdir -p /opt/xen-provision && mount -o ro /dev/vdd /opt/xen-provision && "
+                   "PYTHONPATH=/opt/xen-provision PYTHONDONTWRITEBYTECODE=1 python3 -m "
+                   "provision.debootstrap.lvcheck --seed /opt/xen-provision/lvcheck-seed /dev/vde; "
+                   "s=$?; umount /opt/xen-provision; [ $s -eq 0 ]")
+    end = re.compile(lvcheck.END, re.M)
+    assert end.search("x\nLV-IMAGE-CHECK-OK in 201.5s\n").group(1) == "LV-IMAGE-CHECK-OK in 201.5s"
+    assert end.search("LV-IMAGE-CHECK-FAIL lvcreate failed: no room\n")
+    assert not end.search(cmd)  # the echoed command line does not end the wait
+    assert not end.search("lv-image-check ok: PV and VG xplvcheck on /dev/vde\n")
+
+
+def test_lvcheck_seed_wants_an_empty_directory(tmp_path):
+    from provision.debootstrap import lvcheck
+
+    (tmp_path / "old.json").write_text("{}")
+    with pytest.raises(ProvisionError, match=f"seed directory {tmp_path} is not empty"):
+        lvcheck.seed(tmp_path)

@@ -3,6 +3,7 @@ and bad input: one line, a non-zero exit, nothing left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -166,3 +167,172 @@ def test_taken_template_name_is_refused_before_anything_is_built(run_cli, tmp_pa
         assert errors == ["error: template 'web' already exists"], p.stderr
         _nothing_made(tmp_path, "tpl")
     assert sorted(x.name for x in tpl.iterdir()) == ["web.img", "web.json"]
+
+
+# ------------------------------------------------------------------ offline, and LVM templates
+
+
+def _errors(p) -> list[str]:
+    assert "Traceback" not in p.stderr, p.stderr
+    return [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_offline_refuses_a_base_that_is_not_cached(run_cli, tmp_path, clean_env):
+    """Not the mirror error: --offline never goes near the network."""
+    for extra in ([], ["--dry-run"]):
+        p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "vm.img", "--offline",
+                    "--mirror", "http://127.0.0.1:9/debian", *extra, env=clean_env)
+        assert p.returncode != 0
+        errors = _errors(p)
+        assert len(errors) == 1 and "base is not in the cache" in errors[0], p.stderr
+        assert "this run may not bootstrap (offline)" in errors[0]
+        _nothing_made(tmp_path, "cache")
+    assert not list(Path(clean_env["XEN_PROVISION_CACHE"]).rglob("*.tar"))
+
+
+def _lv_template(clean_env, name="web", vg="xpnovg") -> Path:
+    tpl = Path(clean_env["XEN_PROVISION_TEMPLATES"])
+    tpl.mkdir(exist_ok=True)
+    info = {"format": "xen-provision-image/1", "template": name, "store": "lv", "lv": f"{vg}/template-{name}",
+            "size": 1 << 30, "suite": "bookworm", "distro": "debian", "fstype": "ext4", "target": "lv",
+            "base": {"mirror": "http://deb.debian.org/debian", "components": ["main"]},
+            "disks": [{"role": "root", "path": f"/dev/{vg}/template-{name}"}]}
+    (tpl / f"{name}.json").write_text(json.dumps(info))
+    return tpl
+
+
+needs_lvm = pytest.mark.skipif(not any(os.path.exists(d + "/lvs") for d in ("/sbin", "/usr/sbin")),
+                               reason="lvm2 is not installed (setup-host installs it)")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--file", "IMG"], "template 'web' is an LVM template (xpnovg/template-web): a new guest is a snapshot of it"),
+    (["--lv", "othervg/vm2", "--snapshot-size", "64M"],
+     "a snapshot lives in its origin's volume group: template 'web' is in 'xpnovg', not 'othervg'"),
+    (["--lv", "xpnovg/vm2"], "a snapshot of template 'web' needs --snapshot-size (room for the guest's changes)"),
+    (["--lv", "xpnovg/vm2", "--snapshot-size", "lots"], "snapshot size 'lots' is not a size"),
+    (["--lv", "xpnovg/vm2", "--snapshot-size", "1M"], "snapshot size '1M' is too small"),
+    (["--lv", "xpnovg/vm2", "--snapshot-size", "64M", "--size", "4G"],
+     "a snapshot of template 'web' has its size (1GiB): --size does not apply"),
+    (["--lv", "xpnovg/template-web", "--snapshot-size", "64M"],
+     "logical volume xpnovg/template-web is template 'web' itself"),
+    (["--lv", "xpnovg/snapshot1", "--snapshot-size", "64M"], "logical volume name 'snapshot1' is reserved by LVM"),
+    (["--lv", "xpnovg/vm2", "--snapshot-size", "64M", "--offline"], "--offline is about the bootstrapped base"),
+])
+def test_bad_snapshot_guests_are_refused_before_lvm_runs(run_cli, tmp_path, clean_env, args, message):
+    _lv_template(clean_env)
+    args = [str(tmp_path / "vm2.img") if a == "IMG" else a for a in args]
+    for extra in ([], ["--dry-run"]):
+        p = run_cli("image", "--from-template", "web", *args, *extra, env=clean_env)
+        assert p.returncode != 0
+        errors = _errors(p)
+        assert len(errors) == 1 and message in errors[0], p.stderr
+        _nothing_made(tmp_path, "tpl")
+
+
+@needs_lvm
+def test_snapshot_of_a_template_whose_lv_is_gone(run_cli, tmp_path, clean_env):
+    """lvs, for real: the VG is not there, so neither is the template's LV."""
+    tpl = _lv_template(clean_env)
+    p = run_cli("image", "--from-template", "web", "--lv", "xpnovg/vm2", "--snapshot-size", "64M", env=clean_env)
+    assert p.returncode != 0
+    assert _errors(p) == ["error: template 'web' is LV xpnovg/template-web, which does not exist"], p.stderr
+    assert f"rm {tpl / 'web.json'}" in p.stderr
+    _nothing_made(tmp_path, "tpl")
+
+
+def test_file_templates_are_not_snapshotted(run_cli, tmp_path, clean_env):
+    tpl = Path(clean_env["XEN_PROVISION_TEMPLATES"])
+    tpl.mkdir()
+    (tpl / "plain.img").write_bytes(b"")
+    (tpl / "plain.json").write_text(json.dumps({"suite": "bookworm", "fstype": "ext4", "base": {}}))
+    p = run_cli("image", "--from-template", "plain", "--lv", "vg0/vm2", "--snapshot-size", "64M", env=clean_env)
+    assert _errors(p) == ["error: template 'plain' is a file template: it is cloned into a file image"], p.stderr
+    p = run_cli("image", "--from-template", "plain", "--file", tmp_path / "vm2.img", "--snapshot-size", "64M",
+                env=clean_env)
+    assert _errors(p) == ["error: --snapshot-size is for LVM templates; 'plain' is a file template"], p.stderr
+    _nothing_made(tmp_path, "tpl")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--file", "IMG", "--snapshot-size", "64M"], "--snapshot-size goes with --from-template (an LVM template)"),
+    (["--file", "IMG", "--template-vg", "vg0"], "--template-vg goes with --save-template"),
+    (["--disk", "IMG", "--save-template", "web"], "only a --file image or an --lv can be saved as a template"),
+    (["--file", "IMG", "--save-template", "web", "--template-vg", "bad/vg"], "volume group name 'bad/vg' is not valid"),
+    (["--file", "IMG", "--save-template", "web_tmeta", "--template-vg", "vg0"],
+     "logical volume name 'template-web_tmeta' is reserved by LVM"),
+    (["--file", "IMG", "--refresh", "--offline"], "--refresh bootstraps again, which --offline forbids"),
+])
+def test_bad_template_options_are_one_line(run_cli, tmp_path, clean_env, args, message):
+    args = [str(tmp_path / "vm.img") if a == "IMG" else a for a in args]
+    p = run_cli("image", "--debootstrap", "bookworm", *args, "--mirror", "http://127.0.0.1:9/debian", env=clean_env)
+    assert p.returncode != 0
+    errors = _errors(p)
+    assert len(errors) == 1 and message in errors[0], p.stderr
+    _nothing_made(tmp_path)
+
+
+@needs_lvm
+@pytest.mark.parametrize("target", [["--lv", "xpnovg/vm1"],
+                                    ["--file", "IMG", "--save-template", "web", "--template-vg", "xpnovg"]])
+def test_missing_vg_is_refused_before_the_bootstrap(run_cli, tmp_path, clean_env, target):
+    """Not the mirror's error: the VG is checked (with vgs, for real) before anything is fetched."""
+    target = [str(tmp_path / "vm.img") if a == "IMG" else a for a in target]
+    p = run_cli("image", "--debootstrap", "bookworm", *target, "--mirror", "http://127.0.0.1:9/debian",
+                env=clean_env)
+    assert p.returncode != 0
+    assert _errors(p) == ["error: volume group 'xpnovg' does not exist"], p.stderr
+    _nothing_made(tmp_path, "cache")
+
+
+def test_taken_template_name_is_refused_for_an_lv_guest_too(run_cli, tmp_path, clean_env):
+    _lv_template(clean_env)
+    for extra in ([], ["--dry-run"]):
+        p = run_cli("image", "--debootstrap", "bookworm", "--lv", "vg0/vm1", "--save-template", "web",
+                    "--mirror", "http://127.0.0.1:9/debian", *extra, env=clean_env)
+        assert _errors(p) == ["error: template 'web' already exists"], p.stderr
+    _nothing_made(tmp_path, "tpl")
+
+
+def test_lv_guest_saved_as_an_lv_template_plan(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "bookworm", "--lv", "vg0/vm1", "--size", "1G", "--swap", "64M",
+                "--save-template", "web", "--no-check-gpg", "--dry-run", env=clean_env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-8:] == [
+        "target:   lvcreate -L 1GiB -n vm1 vg0",
+        "target:   mkfs.ext4 -F -q -d ROOT /dev/vg0/vm1",
+        "target:   lvcreate -L 64MiB -n vm1-swap vg0",
+        "target:   mkswap /dev/vg0/vm1-swap",
+        f"write:    {clean_env['XEN_PROVISION_CACHE']}/images/vg0/vm1.json",
+        "template: lvcreate -L 1GiB -n template-web vg0",
+        "template: e2image -ra /dev/vg0/vm1 /dev/vg0/template-web",
+        f"template: write {clean_env['XEN_PROVISION_TEMPLATES']}/web.json",
+    ]
+    p = run_cli("image", "--debootstrap", "bookworm", "--file", tmp_path / "vm1.img", "--save-template", "web",
+                "--template-vg", "vg1", "--no-check-gpg", "--dry-run", env=clean_env)
+    assert p.returncode == 0, p.stderr
+    assert f"template: e2image -ra {tmp_path / 'vm1.img'} /dev/vg1/template-web" in p.stdout
+    _nothing_made(tmp_path)
+
+
+def test_snapshot_commands():
+    from provision.debootstrap import templates
+    from provision.debootstrap.build import Target
+
+    info = {"lv": "vg0/template-web", "size": 2 << 30, "fstype": "ext4"}
+    assert templates.snapshot_commands("web", info, Target.lv("vg0/vm2", None, swap="64M"), "512M") == [
+        "lvcreate -y -s -L 536870912b -n vm2 vg0/template-web",
+        "lvcreate -L 64MiB -n vm2-swap vg0",
+        "mkswap /dev/vg0/vm2-swap",
+    ]
+    assert templates.snapshot_commands("web", info, Target.lv("vg0/vm3", None), 64 << 20) == [
+        "lvcreate -y -s -L 67108864b -n vm3 vg0/template-web"]
+
+
+def test_list_templates_says_where_each_lives(run_cli, tmp_path, clean_env):
+    tpl = _lv_template(clean_env)
+    (tpl / "plain.img").write_bytes(b"")
+    (tpl / "plain.json").write_text(json.dumps({"suite": "bookworm"}))
+    p = run_cli("image", "--list-templates", env=clean_env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [f"plain            file {tpl / 'plain.img'}", "web              lv xpnovg/template-web"]
