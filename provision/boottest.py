@@ -6,8 +6,9 @@ boot it under QEMU (TCG), reading the serial console.
 Stages, each timed, each cached under ``$XEN_PROVISION_CACHE/boottest`` by a key of its
 inputs so that a rerun with nothing changed goes straight to the boot:
 
-1. root filesystems: the host's (dom0's) and a guest's, bootstrapped from the host's
-   own suite and mirror;
+1. root filesystems: the host's (dom0's) and a guest's, made as ``image --debootstrap``
+   makes them (provision.debootstrap: the host's own suite and mirror, the base from
+   that library's cache, configured as a Xen domain), then adapted to their roles;
 2. the host disk image: a partitioned (pyparted) disk with an ext4 root holding that
    root filesystem, ``dist/install`` installed by ``install.sh`` with the root as
    DESTDIR, our GRUB entry as the default (``dom0_mem``, ``com1``, ``console``,
@@ -38,9 +39,9 @@ from pathlib import Path
 from provision import log
 from provision.cache import cache_dir, manifest_key, sha256_file
 from provision.errors import ProvisionError
-from provision.fsutil import atomic_path, atomic_write, within
+from provision.fsutil import atomic_write, within
 from provision.qemu import Disk, Machine
-from provision.run import output, require, run
+from provision.run import require, run
 from provision.undo import UndoStack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,27 +116,39 @@ def _stage(result: Result, name: str, title: str):
 
 # -- stage 1: root filesystems -----------------------------------------------------------
 
-def _mmdebstrap(target: Path, suite: str, mirror: str, packages: list[str], variant: str) -> None:
-    require("mmdebstrap")
-    run(["mmdebstrap", f"--variant={variant}", "--format=tar", "--components=main",
-         "--aptopt=APT::Install-Recommends \"false\"",
-         "--dpkgopt=path-exclude=/usr/share/{doc,man,locale}/*",
-         "--dpkgopt=path-include=/usr/share/locale/locale.alias",
-         f"--include={','.join(sorted(packages))}", suite, str(target), mirror], quiet=True)
+def base_spec(settings: Settings, packages: list[str]):
+    """The base ``image --debootstrap SUITE`` bootstraps (provision.debootstrap's
+    ``resolve``): the suite's minbase from the mirror, with ``packages`` and what the
+    release needs to boot as a domain."""
+    from provision.debootstrap import resolve
+    return resolve(settings.suite, mirror=settings.mirror, include=packages)
 
 
-def rootfs(kind: str, suite: str, mirror: str, packages: list[str], *, refresh: bool = False) -> Path:
-    """A bootstrapped root filesystem as a tarball, cached by its inputs."""
-    manifest = {"kind": kind, "suite": suite, "mirror": mirror, "packages": sorted(packages),
-                "variant": "minbase", "tool": output(["mmdebstrap", "--version"])}
-    path = cache_dir("boottest", "rootfs") / f"{kind}-{suite}-{manifest_key(manifest)}.tar"
-    if path.exists() and not refresh:
-        log.info(f"{kind} root filesystem: cached {path.name}")
-        return path
-    with atomic_path(path, suffix=".tar") as tmp:
-        _mmdebstrap(tmp, suite, mirror, packages, "minbase")
-    atomic_write(path.with_suffix(".json"), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    return path
+def bootstrap_root(spec, hostname: str, dest: Path, *, refresh: bool = False) -> None:
+    """A root tree in the new directory ``dest`` as ``image --debootstrap`` makes one: the
+    base unpacked from provision.debootstrap's cache (bootstrapped into it on a miss),
+    then configured by that library as a Xen domain called ``hostname`` (hostname,
+    hosts, resolver, network, fstab, hvc0 getty, apt sources, empty machine-id)."""
+    from provision.debootstrap import GuestSettings, apt_sources, basecache, configure
+    basecache.obtain(spec, dest, refresh=refresh, quiet=True)
+    configure(dest, spec.release,
+              GuestSettings(hostname, apt_sources=apt_sources(spec.release, spec.mirror)))
+
+
+# What of provision.debootstrap shapes a configured tree; the base itself is keyed by
+# the library's cache (basecache.entry_for).
+DEBOOTSTRAP_FILES = ("bootstrap.py", "basecache.py", "configure.py", "suites.py", "*.j2")
+
+
+def _base_key(spec) -> str:
+    from provision.debootstrap import basecache
+    return basecache.entry_for(spec).key
+
+
+def _library_digest() -> str:
+    lib = REPO / "provision" / "debootstrap"
+    files = sorted({p for pattern in DEBOOTSTRAP_FILES for p in lib.glob(pattern)})
+    return manifest_key({p.name: sha256_file(p) for p in files})
 
 
 def host_packages(settings: Settings) -> list[str]:
@@ -203,15 +216,11 @@ HOSTNAME = "xenhost"
 GUEST = "guest1"
 ROOT_LABEL = "xenroot"
 GUEST_DEVICE = "/dev/vdc"   # the guest image, QEMU's third disk (see guest_image)
+GUEST_VDEV = "xvda1"        # as `image --debootstrap` and its fstab name the root
 GUEST_SIZE = "1G"
 BROKEN = "broken1"
 BROKEN_DISK = "format=raw, vdev=xvda, access=rw, target=/var/lib/xen/images/missing.img"
 DOM0_ROOT = "/dev/vda1"   # no initrd with our xen0, so no LABEL=: the first virtio disk
-
-
-def _unpack(tarball: Path, dest: Path) -> None:
-    dest.mkdir(parents=True)
-    run(["tar", "-x", "-p", "--numeric-owner", "--xattrs", "-f", tarball, "-C", dest], quiet=True)
 
 
 def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
@@ -247,19 +256,24 @@ def enable_unit(root: Path, unit: str) -> None:
         _link(root, f"/etc/systemd/system/{target}.wants/{unit}", f"/{path.relative_to(root)}")
 
 
+# Housekeeping a test boot does not need, each costly under TCG.
 MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "fstrim.timer", "apt-daily.timer",
           "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "getty-static.service",
           "systemd-tmpfiles-clean.timer"] + [f"getty@tty{i}.service" for i in range(1, 7)]
+# dom0 has no NIC here: networkd (which the library enables for a guest) would only cost
+# time, and its wait-online holds network-online.target, which xendomains wants, for 2 min.
+DOM0_MASKED = ["systemd-networkd.service", "systemd-networkd.socket",
+               "systemd-networkd-wait-online.service"]
+
+
+def _mask(root: Path, units: list[str]) -> None:
+    for unit in units:
+        _link(root, f"/etc/systemd/system/{unit}", "/dev/null")
 
 
 def configure_guest(root: Path) -> None:
-    for unit in MASKED:
-        _link(root, f"/etc/systemd/system/{unit}", "/dev/null")
-    _write(root, "/etc/hostname", GUEST + "\n")
-    _write(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {GUEST}\n")
-    _write(root, "/etc/fstab", "/dev/xvda / ext4 errors=remount-ro 0 1\n")
-    _link(root, "/etc/systemd/system/getty.target.wants/serial-getty@hvc0.service",
-          "/lib/systemd/system/serial-getty@.service")
+    """The configured guest tree as a test guest: no housekeeping, root without password."""
+    _mask(root, MASKED)
     _no_root_password(root)
 
 
@@ -268,9 +282,10 @@ def guest_domain(settings: Settings, files: BootFiles, name: str = GUEST,
     """A guest's xl config, rendered by provision/domain."""
     from provision.domain.model import Domain
     from provision.domain.render import domain_config
-    disk = disk or settings.guest_disk or f"format=raw, vdev=xvda, access=rw, target={GUEST_DEVICE}"
+    disk = disk or settings.guest_disk or \
+        f"format=raw, vdev={GUEST_VDEV}, access=rw, target={GUEST_DEVICE}"
     values = {"name": name, "memory": settings.guest_memory, "vcpus": 1,
-              "kernel": files.guest_kernel, "root": "/dev/xvda ro", "extra": "console=hvc0",
+              "kernel": files.guest_kernel, "root": f"/dev/{GUEST_VDEV} ro", "extra": "console=hvc0",
               "disk": [disk], "on_crash": "preserve"}
     if files.guest_initrd:
         values["ramdisk"] = files.guest_initrd
@@ -296,16 +311,12 @@ def grub_config(settings: Settings, root: Path, files: BootFiles) -> tuple[str, 
 
 
 def configure_host(settings: Settings, root: Path, files: BootFiles) -> str:
-    """Everything dom0 needs beyond its packages; returns the Xen command line."""
-    _write(root, "/etc/hostname", HOSTNAME + "\n")
-    _write(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n")
+    """Everything dom0 needs beyond its packages and the library's configuration (see
+    bootstrap_root); returns the Xen command line."""
+    # The root is the host disk's first partition, not a domain's xvda1.
     _write(root, "/etc/fstab", f"LABEL={ROOT_LABEL} / ext4 errors=remount-ro 0 1\n")
     _no_root_password(root)
-    _link(root, "/etc/systemd/system/getty.target.wants/serial-getty@hvc0.service",
-          "/lib/systemd/system/serial-getty@.service")
-    # Housekeeping a test boot does not need, each costly under TCG.
-    for unit in MASKED:
-        _link(root, f"/etc/systemd/system/{unit}", "/dev/null")
+    _mask(root, MASKED + DOM0_MASKED)
     # Guest console output goes to /var/log/xen/console/guest-NAME.log.
     within(root, "/var/log/xen/console").mkdir(parents=True, exist_ok=True)
     # (XENCONSOLED_TRACE for Xen's xencommons, XENCONSOLED_ARGS for Debian's init script.)
@@ -380,12 +391,16 @@ def install_grub_bios(disk: Path, prefix: str = "(hd0,msdos1)/boot/grub") -> Non
         os.fsync(f.fileno())
 
 
+def _image_code() -> str:
+    """This module's text up to the boot stage: what shapes the images."""
+    return Path(__file__).read_text().split("\n# -- stage 3:")[0]
+
+
 def _code_digest() -> str:
     """Our own code that shapes the image is one of its inputs: this module up to the
     boot stage (so changing a check does not rebuild the image), install.sh, and the
     libraries that render and write what goes into the image."""
-    own = Path(__file__).read_text().split("# -- stage 3: boot and check")[0]
-    digest = {"boottest": manifest_key({"text": own})}
+    digest = {"boottest": manifest_key({"text": _image_code()}), "debootstrap": _library_digest()}
     files = [REPO / "install.sh"]
     for sub in ("grub", "domain", "storage"):
         files += sorted((REPO / "provision" / sub).rglob("*"))
@@ -446,52 +461,68 @@ def enable_xen_services(root: Path) -> str:
     return ", ".join(units + ["xendomains: " + "; ".join(done)])
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:   # pruned by a concurrent run
+        return 0.0
+
+
 def _prune(images: Path, keep: Path, newest: int = 2) -> None:
-    """Drop all but the newest few host images: each is gigabytes (sparse)."""
-    old = sorted((p for p in images.glob("host-*.img") if p != keep),
-                 key=lambda p: p.stat().st_mtime, reverse=True)[newest - 1:]
-    for image in old:
+    """Drop all but the ``newest`` most recently used images of ``keep``'s kind (host-*,
+    guest-*), never ``keep`` itself: each is gigabytes (sparse), and a concurrent run may
+    be booting one of the others (a cache hit marks an image used, see _use)."""
+    kind = keep.name.split("-", 1)[0]
+    others = sorted((p for p in images.glob(f"{kind}-*.img") if p != keep), key=_mtime,
+                    reverse=True)
+    for image in others[newest - 1:]:
         image.unlink(missing_ok=True)
         image.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _use(image: Path) -> Path:
+    """A cached image about to be booted: the newest by mtime, so _prune keeps it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(image)
+    return image
 
 
 def guest_image(settings: Settings) -> Path:
     """The guest's root filesystem as a raw ext4 disk image, cached by its inputs.
 
-    QEMU gives it to dom0 as a third disk (/dev/vdc), the guest's xvda: a block device,
+    QEMU gives it to dom0 as a third disk (/dev/vdc), the guest's xvda1: a block device,
     as the manual's phy: guests have, so the hotplug script has no loop device to set up
     (under TCG on a busy machine that alone can outlast libxl's 40 s hotplug timeout).
     """
     import inspect
 
     from provision.storage import building_image, make_fs
-    tar = rootfs("guest", settings.suite, settings.mirror, GUEST_PACKAGES, refresh=settings.refresh)
-    key = manifest_key({"tar": tar.name, "configure": inspect.getsource(configure_guest),
+    spec = base_spec(settings, GUEST_PACKAGES)
+    key = manifest_key({"base": _base_key(spec), "debootstrap": _library_digest(),
+                        "hostname": GUEST, "configure": inspect.getsource(configure_guest),
                         "masked": MASKED, "size": GUEST_SIZE})
     final = cache_dir("boottest", "images") / f"guest-{key}.img"
     if final.exists() and not settings.refresh:
         log.info(f"guest image: cached {final.name}")
-        return final
+        return _use(final)
     work = Path(cache_dir("boottest", "work")) / f"guest-{key}"
     with UndoStack() as undo:
         if work.exists():
             shutil.rmtree(work)
         undo.cleanup(f"remove {work}", shutil.rmtree, work, True)
-        _unpack(tar, work)
-        configure_guest(work)
+        root = work / "root"
+        bootstrap_root(spec, GUEST, root, refresh=settings.refresh)
+        configure_guest(root)
         with building_image(final, GUEST_SIZE, force=settings.refresh) as tmp:
-            make_fs(tmp, "ext4", label="guestroot", populate=work)
-    for old in final.parent.glob("guest-*.img"):
-        if old != final:
-            old.unlink(missing_ok=True)
+            make_fs(tmp, "ext4", label="guestroot", populate=root)
+    _prune(final.parent, keep=final, newest=3)
     return final
 
 
 def host_image(settings: Settings, result: Result) -> tuple[Path, dict]:
     """The bootable host disk image, cached by all of its inputs. Returns it and its facts."""
-    host_tar = rootfs("host", settings.suite, settings.mirror, host_packages(settings),
-                      refresh=settings.refresh)
-    inputs = {"host": host_tar.name, "code": _code_digest(),
+    spec = base_spec(settings, host_packages(settings))
+    inputs = {"host": _base_key(spec), "code": _code_digest(),
               "dist": _dist_digest(settings.dist),
               "settings": {k: v for k, v in asdict(settings).items()
                            if k in ("sched", "dom0_mem", "guest_memory", "guest_disk", "host_size")}}
@@ -500,7 +531,7 @@ def host_image(settings: Settings, result: Result) -> tuple[Path, dict]:
     facts_path = final.with_suffix(".json")
     if final.exists() and facts_path.exists() and not settings.refresh:
         log.info(f"host image: cached {final}")
-        return final, json.loads(facts_path.read_text())
+        return _use(final), json.loads(facts_path.read_text())
 
     from provision.storage import building_image, loop_device, make_fs, partition_image
     from provision.storage.partition import PartSpec
@@ -511,7 +542,7 @@ def host_image(settings: Settings, result: Result) -> tuple[Path, dict]:
             shutil.rmtree(work)
         undo.cleanup(f"remove {work}", shutil.rmtree, work, True)
         root = work / "root"
-        _unpack(host_tar, root)
+        bootstrap_root(spec, HOSTNAME, root, refresh=settings.refresh)
         installed_by = install_dist(settings.dist, root) if settings.dist else "Debian packages"
         if settings.dist:
             run(["ldconfig", "-r", root], quiet=True)
@@ -783,6 +814,8 @@ def settings_from_args(args) -> Settings:
     parse_dom0_mem(args.dom0_mem)
     if args.timeout <= 0:
         raise ProvisionError(f"--timeout {args.timeout} must be positive")
+    from provision.debootstrap import resolve
+    resolve(args.suite, mirror=args.mirror)   # the suite and mirror, as `image` checks them
     return Settings(dist=dist, out=Path(args.out).resolve(), suite=args.suite, mirror=args.mirror,
                     sched=args.sched, dom0_mem=args.dom0_mem, memory=args.memory,
                     guest_disk=args.guest_disk, timeout=args.timeout, refresh=args.refresh,
@@ -819,7 +852,8 @@ def register(subparsers) -> None:
     p.add_argument("--lvmcheck", action=argparse.BooleanOptionalAction, default=True,
                    help="run the full provision.storage.lvmcheck in dom0 (thin, extend, fill "
                         "watch; default); --no-lvmcheck: only PV, VG, LV and a snapshot clone")
-    p.add_argument("--refresh", action="store_true", help="rebuild cached root filesystems and image")
+    p.add_argument("--refresh", action="store_true",
+                   help="bootstrap the bases again and rebuild the guest and host images")
     p.set_defaults(func=_main)
 
 

@@ -2,7 +2,8 @@
 
 The logic lives in :mod:`provision.boottest` so that ``python -m provision boottest``
 is the same code. The task always runs (it is a test, not a build product); its
-stages reuse cached root filesystems and host images whose inputs are unchanged.
+stages reuse provision.debootstrap's cached bases and the guest and host images whose
+inputs are unchanged.
 """
 
 from __future__ import annotations

@@ -13,6 +13,13 @@ or a machine that dies while we wait, raises :class:`ConsoleTimeout` naming what
 expected and showing the last lines of the console. Each wait is recorded as a
 :class:`Check` with the time since power-on, so a run can print a pass/fail report.
 
+Typing: Xen hands serial input to dom0 through a 128-byte ring, and a dom0 stalled under
+TCG lets it overflow, so characters typed blind get lost (once: ``syntax error near
+unexpected token '}'``). After :meth:`Console.login` the shell echoes what it reads and
+each line is typed a chunk at a time, the next chunk only once the echo of the last came
+back, and Enter only once the whole line's echo is intact; a garbled echo makes us press
+Ctrl-C and type the line again.
+
 :class:`Console` works with any process whose stdin/stdout is a terminal-like stream
 (the unit tests drive a shell script); :class:`Machine` builds the QEMU command line:
 TCG only (``/dev/kvm`` hangs guests on our machines and CI has none), ``-cpu qemu64``
@@ -107,6 +114,7 @@ class Console:
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self._logfile = None
+        self._echoing = False    # login() set the shell up for verified typing
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -267,24 +275,146 @@ class Console:
     # -- typing ---------------------------------------------------------------------
 
     def send(self, line: str, newline: str = "\n") -> None:
-        """Type ``line`` (and Enter) on the console."""
+        """Type ``line`` (and Enter) on the console.
+
+        Once :meth:`login` has prepared a shell that echoes (:attr:`verify_echo`), the
+        line is typed echo-paced and verified (:meth:`_type_verified`); before that, and
+        on consoles that do not echo, it is typed blind.
+        """
         if not self.running():
             raise ConsoleTimeout(f"{self.name} is not running; cannot type {line!r}; last lines:\n"
                                  f"{self.tail()}", self.tail())
+        if self._echoing and line:
+            start = self._type_verified(line)
+            if newline:
+                self._press_enter(start, line)
+            return
         self._type((line + newline).encode())
 
-    # Typing speed: Xen forwards serial input to dom0 through a 128-byte ring, and a busy
-    # dom0 under TCG drains it slowly, so a long line typed at once loses characters.
+    # Blind typing speed: Xen forwards serial input to dom0 through a 128-byte ring, and a
+    # busy dom0 under TCG drains it slowly, so a long line typed at once loses characters.
     type_chunk: int | None = None
     type_delay: float = 0.0
+    # Verified typing (after login, with verify_echo): each chunk is typed only once the
+    # echo of the one before came back, so no more than ``echo_chunk`` bytes are ever in
+    # flight, whatever the machine's stalls; a line whose echo comes back garbled is
+    # abandoned with Ctrl-C and typed again, up to ``type_attempts`` times.
+    verify_echo: bool = False
+    echo_chunk: int = 32
+    echo_timeout: float = 20.0     # for one chunk's echo while the echo so far is intact
+    echo_settle: float = 0.5       # the echo stopped, garbled: give up on it after this
+    type_attempts: int = 6
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            raise ConsoleTimeout(f"{self.name} stopped while we typed; last lines:\n{self.tail()}",
+                                 self.tail()) from None
 
     def _type(self, data: bytes) -> None:
         step = self.type_chunk or len(data)
         for i in range(0, len(data), step):
-            self.proc.stdin.write(data[i:i + step])
-            self.proc.stdin.flush()
+            self._write(data[i:i + step])
             if self.type_chunk and i + step < len(data):
                 time.sleep(self.type_delay)
+
+    def _type_verified(self, text: str) -> int:
+        """Type ``text`` (no final Enter) until the console echoes all of it intact;
+        returns the console mark its echo follows.
+
+        A lost character shows as an echo that stops or diverges from what was typed;
+        Ctrl-C then discards the half-typed line in dom0 (the tty flushes its input, the
+        shell its parse) and the text is typed again. Enter is never pressed on a line
+        whose echo was not confirmed, so a garbled command never runs.
+        """
+        bad = [c for c in text if not c.isprintable() and c not in "\n\t"]
+        if bad:
+            raise ProvisionError(f"cannot type control character {bad[0]!r} on {self.name}'s console")
+        start = self.mark()
+        for attempt in range(1, self.type_attempts + 1):
+            typed = ""
+            for i in range(0, len(text), self.echo_chunk):
+                chunk = text[i:i + self.echo_chunk]
+                self._write(chunk.encode())
+                typed += chunk
+                if not self._echoed(start, typed):
+                    break
+            else:
+                return start
+            # Ctrl-C even after the last attempt: no half-typed line is left to run.
+            if not self._interrupt():
+                why = "garbled the echo of a typed line and does not answer Ctrl-C"
+                break
+            if attempt < self.type_attempts:
+                log.info(f"{self.name}: the echo of a typed line came back garbled; typed "
+                         f"it again (attempt {attempt + 1})")
+            start = self._settled_mark()
+        else:
+            why = f"did not echo a typed line intact after {self.type_attempts} attempts"
+        self.checks.append(Check("typing on the console", False, self.elapsed(), why))
+        raise ConsoleTimeout(f"{self.name} {why} ({text[:60]!r}...); last {TAIL_LINES} lines of "
+                             f"{self.log_path}:\n{self.tail()}", self.tail())
+
+    def _echoed(self, start: int, typed: str) -> bool:
+        """Wait until the console text after ``start`` holds ``typed``, verbatim.
+
+        False when it cannot come any more: the echo went quiet (``echo_settle``) on
+        text that diverges from ``typed`` (a character lost, or a kernel message in the
+        middle), or nothing arrived within ``echo_timeout`` (a stalled machine whose
+        echo so far is intact gets the whole of that).
+        """
+        deadline = time.monotonic() + self.echo_timeout
+        size, since = -1, time.monotonic()
+        with self._cond:
+            while True:
+                seg = self._text[start:]
+                if typed in seg:
+                    return True
+                now = time.monotonic()
+                if self._eof or now >= deadline:
+                    return False
+                if len(seg) != size:
+                    size, since = len(seg), now
+                elif now - since >= self.echo_settle and not _may_continue(seg, typed):
+                    return False
+                self._cond.wait(0.1)
+
+    def _press_enter(self, start: int, line: str) -> None:
+        """Enter after a verified line; pressed again if its echo never comes (lost).
+        A second Enter that was not needed is an empty command line."""
+        self._write(b"\n")
+        if not self._echoed(start, line + "\n"):
+            log.info(f"{self.name}: no echo of Enter; pressing it again")
+            self._write(b"\n")
+
+    def _interrupt(self) -> bool:
+        """Ctrl-C until the console echoes ``^C`` (it discards a half-typed line);
+        False if it never does."""
+        for _ in range(3):
+            start = self.mark()
+            self._write(b"\x03")
+            try:
+                self.wait_for(r"\^C", self.echo_timeout, start=start, record=False)
+                return True
+            except ConsoleTimeout:
+                if not self.running():
+                    raise
+        return False
+
+    def _settled_mark(self) -> int:
+        """The end of the console text once it has been quiet for ``echo_settle`` s (the
+        shell's answer to an earlier line or Ctrl-C is out), at most ``echo_timeout``."""
+        deadline = time.monotonic() + self.echo_timeout
+        with self._cond:
+            size = len(self._text)
+            while time.monotonic() < deadline and not self._eof:
+                self._cond.wait(self.echo_settle)
+                if len(self._text) == size:
+                    break
+                size = len(self._text)
+            return size
 
     def login(self, user: str = "root", password: str | None = None, *, timeout: float = 300,
               prompt: str = r"login: ?$", what: str = "login prompt",
@@ -317,10 +447,30 @@ class Console:
         if password is not None:
             self.wait_for(r"[Pp]assword: ?$", 60, what="password prompt", record=False)
             self._type((password + "\n").encode())
-        # A plain, quiet shell: no echo (so output is only output), no colours, no pager.
+        # A plain shell: no colours, no pager, no prompts in the output.
         token = secrets.token_hex(4)
-        self.send(f"stty -echo 2>/dev/null; export TERM=dumb PAGER=cat SYSTEMD_PAGER= "
-                  f"SYSTEMD_COLORS=0; PS1='# '; PS2=''; printf '\\n%s-%s\\n' READY {token}")
+        plain = "export TERM=dumb PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0"
+        ready = f"printf '\\n%s-%s\\n' READY {token}"
+        if not self.verify_echo:
+            # No echo at all (so output is only output); typed blind.
+            self.send(f"stty -echo 2>/dev/null; {plain}; PS1='# '; PS2=''; {ready}")
+        else:
+            # The tty's own echo of every character, which send() then checks: canonical
+            # input without line editing (readline redraws long lines) and, in the end,
+            # no prompts (one printed late would cut into the next command's echo). The
+            # first line is typed at readline's prompt, so it is short of the 80th column;
+            # the second only once the prompt it sets shows that the first has run (typed
+            # earlier, it would reach readline's unechoed input, and a retry's Ctrl-C
+            # would cut the first line short).
+            try:
+                self.wait_for(r"[#$] ?$", 60, what="shell prompt", record=False)
+            except ConsoleTimeout:
+                if not self.running():
+                    raise
+            self._echoing = True
+            self.send(f"stty sane -ixon; set +o emacs +o vi; PS1='<{token}> '")
+            self.wait_for(rf"^<{token}> $", 60, what="shell without line editing", record=False)
+            self.send(f"PS1= PS2=; {plain}; {ready}")
         self.wait_for(rf"^READY-{token}$", 60, what="shell after login")
 
     def shell(self, command: str, timeout: float = 60, *, what: str | None = None,
@@ -352,6 +502,15 @@ class Console:
         return output, status
 
 
+def _may_continue(echo: str, typed: str) -> bool:
+    """Whether ``echo`` (console text since typing began) could still become one that
+    holds ``typed``: it is empty or ends with the beginning of ``typed`` (output before
+    the echo is fine). Otherwise a character was lost or something cut into the echo."""
+    if not echo:
+        return True
+    return any(echo.endswith(typed[:k]) for k in range(min(len(echo), len(typed)), 0, -1))
+
+
 def _size_mib(memory: str | int) -> int:
     from provision.sizes import parse_size
     return memory if isinstance(memory, int) else parse_size(memory) // (1024 * 1024)
@@ -370,7 +529,8 @@ class Disk:
 class Machine(Console):
     """A QEMU x86_64 machine under TCG, its first serial port as the console.
 
-    Input is typed 16 bytes at a time, 50 ms apart (see :attr:`Console.type_chunk`).
+    Before login, input is typed blind, 16 bytes at a time, 50 ms apart (see
+    :attr:`Console.type_chunk`); after it, echo-paced and verified (``verify_echo``).
 
     Either boot a kernel directly (``kernel``, ``initrd``, ``append``) or from
     ``disks`` through the BIOS (the first disk boots). Use as a context manager:
@@ -391,6 +551,7 @@ class Machine(Console):
         self.smp, self.cpu, self.network, self.extra = smp, cpu, network, list(extra)
         super().__init__(self.qemu_argv(name), log_path, name=name)
         self.type_chunk, self.type_delay = 16, 0.05
+        self.verify_echo = True
 
     def qemu_argv(self, name: str) -> list[str]:
         require("qemu-system-x86_64")

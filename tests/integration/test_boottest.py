@@ -29,6 +29,58 @@ def _args(dist: Path) -> list[str]:
     return ["--dist", str(dist)]
 
 
+def test_root_trees_are_the_debootstrap_librarys_adapted_to_their_roles(tmp_path):
+    """What stage 1 makes, without booting: trees as `image --debootstrap` configures
+    them (provision.debootstrap), with the boot test's changes for dom0 and the guest."""
+    from provision import boottest
+    from provision.debootstrap.mirror import host_mirror
+
+    settings = boottest.Settings(dist=None, out=tmp_path / "out",
+                                 mirror=host_mirror("debian") or "http://deb.debian.org/debian")
+    # The guest's base for both trees: the host's packages change nothing checked here.
+    spec = boottest.base_spec(settings, boottest.GUEST_PACKAGES)
+    guest, host = tmp_path / "guest", tmp_path / "host"
+    try:
+        boottest.bootstrap_root(spec, boottest.GUEST, guest)
+        boottest.configure_guest(guest)
+        files = boottest.BootFiles("/boot/xen-4.17.5.gz", None, "/boot/vmlinuz-6.1.0-xen0", None,
+                                   "/boot/vmlinuz-6.1.0-xenU", None, "dist/install")
+        boottest.bootstrap_root(spec, boottest.HOSTNAME, host)
+        xen_cmdline = boottest.configure_host(settings, host, files)
+
+        def link(root: Path, path: str) -> str:
+            return os.readlink(root / path.lstrip("/"))
+
+        # The library's configuration, in both.
+        for root, name in ((guest, "guest1"), (host, "xenhost")):
+            assert (root / "etc/hostname").read_text() == f"{name}\n"
+            assert f"127.0.1.1\t{name}" in (root / "etc/hosts").read_text()
+            assert (root / "etc/machine-id").read_text() == ""
+            assert f"deb {spec.mirror} bookworm main" in (root / "etc/apt/sources.list").read_text()
+            assert link(root, "/etc/systemd/system/getty.target.wants/serial-getty@hvc0.service") \
+                == "/lib/systemd/system/serial-getty@.service"
+            assert "\nroot::" in "\n" + (root / "etc/shadow").read_text()   # the test's login
+            assert link(root, "/etc/systemd/system/apt-daily.timer") == "/dev/null"
+        # The guest: its root is xvda1, as the library's fstab says; networkd as configured.
+        assert (guest / "etc/fstab").read_text().splitlines()[1].split() == \
+            ["/dev/xvda1", "/", "ext4", "errors=remount-ro", "0", "1"]
+        assert link(guest, "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service") \
+            == "/lib/systemd/system/systemd-networkd.service"
+        # dom0: root by label on the host disk; no networkd (no NIC), so no 2-minute wait
+        # for network-online.target, which xendomains wants.
+        assert (host / "etc/fstab").read_text() == "LABEL=xenroot / ext4 errors=remount-ro 0 1\n"
+        for unit in ("systemd-networkd.service", "systemd-networkd.socket",
+                     "systemd-networkd-wait-online.service"):
+            assert link(host, f"/etc/systemd/system/{unit}") == "/dev/null"
+        cfg = (host / "etc/xen/guest1.cfg").read_text()
+        assert "vdev=xvda1, access=rw, target=/dev/vdc" in cfg and 'root = "/dev/xvda1 ro"' in cfg
+        assert (host / "etc/xen/auto/guest1.cfg").is_symlink()
+        assert f"multiboot2 /boot/xen-4.17.5.gz {xen_cmdline}" in (host / "boot/grub/grub.cfg").read_text()
+    finally:
+        for root in (guest, host):
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def test_boottest_boots_our_host_and_its_guest(run_cli, dist, tmp_path):
     out = tmp_path / "boottest"
     proc = run_cli("boottest", *_args(dist), "--out", out, timeout=3600)

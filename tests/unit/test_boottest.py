@@ -74,8 +74,9 @@ def test_guest_config_is_xl_syntax_with_the_xenu_kernel(tmp_path):
     files = boottest.find_boot_files(staged_root(tmp_path), tmp_path)
     text = boottest.guest_domain(settings(tmp_path), files)
     assert 'name = "guest1"' in text and "memory = 256" in text
-    assert 'kernel = "/boot/vmlinuz-6.1.176-xenU"' in text and 'root = "/dev/xvda ro"' in text
-    assert "target=/dev/vdc" in text
+    assert 'kernel = "/boot/vmlinuz-6.1.176-xenU"' in text and 'root = "/dev/xvda1 ro"' in text
+    # xvda1, as `image --debootstrap` names the root in the guest's fstab.
+    assert "vdev=xvda1, access=rw, target=/dev/vdc" in text
 
 
 def test_enable_unit_links_into_its_wanted_by_targets(tmp_path):
@@ -181,3 +182,27 @@ def test_lvm_check_ends_on_its_verdict_or_a_kernel_failure_not_on_the_echo():
         m = end.search(echo + line + "\n")
         assert m is not None and m.group(1) == line
         assert m.group(1).startswith("LVM-CHECK-OK") == ok
+
+
+def test_prune_keeps_the_most_recently_used_images_of_one_kind(tmp_path):
+    import os
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, name in enumerate(["host-a", "host-b", "host-c", "host-d", "guest-a", "guest-b"]):
+        (images / f"{name}.img").write_bytes(b"")
+        (images / f"{name}.json").write_text("{}")
+        os.utime(images / f"{name}.img", (1000 + i, 1000 + i))
+    boottest._use(images / "host-a.img")     # a cache hit: now the most recently used
+    boottest._prune(images, keep=images / "host-b.img")
+    assert sorted(p.name for p in images.glob("host-*")) == \
+        ["host-a.img", "host-a.json", "host-b.img", "host-b.json"]
+    boottest._prune(images, keep=images / "guest-a.img", newest=3)
+    assert len(list(images.glob("guest-*.img"))) == 2   # the other kind was left alone
+
+
+def test_image_key_covers_the_image_code_but_not_the_checks():
+    code = boottest._image_code()
+    for name in ("def configure_host(", "def enable_xen_services(", "def guest_image(",
+                 "def host_image(", "DOM0_MASKED = "):
+        assert name in code
+    assert "def boot_and_check(" not in code and "def extra_checks(" not in code

@@ -1,11 +1,13 @@
 """The console harness against real processes: shell scripts that print with delays,
-a fake getty that is just `read` + `sh`, and QEMU's own argv. No root needed."""
+a fake getty that is just `read` + `sh`, bash on a real pty behind a serial link that
+stalls and loses bytes as Xen's console ring does, and QEMU's own argv. No root needed."""
 
 from __future__ import annotations
 
 import gzip
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,3 +165,126 @@ def test_slow_typing_delivers_the_whole_line_in_chunks(tmp_path):
         console.send("x" * 37 + "END")
         assert time.monotonic() - start >= 9 * 0.02    # 10 chunks, 9 pauses
         console.wait_for(r"^got:x{37}END$", 10)
+
+
+# A serial line the way Xen gives dom0 its console input: a 128-byte ring that the reader
+# drains, stalling for STALL s after every 64 bytes (a busy dom0 under TCG); bytes that
+# arrive with the ring full are lost. Behind it a real getty stand-in and an interactive
+# bash on a real pty, whose line discipline echoes what bash will read. A control file
+# loses more bytes on demand: "byte N" (the N-th byte from now), "newline N" (the N-th
+# newline from now), "every N" (every N-th byte from now on).
+SERIAL_LINK = r'''
+import os, pty, sys, threading, time
+RING, BURST, STALL = 128, 64, float(os.environ["STALL"])
+CTRL = os.environ["CTRL"]
+pid, master = pty.fork()
+if pid == 0:
+    os.environ.update(TERM="vt220", PS1="root@xenhost:~# ")
+    os.execvp("sh", ["sh", "-c", 'printf "xenhost login: "; read user; '
+                     'exec bash --norc --noprofile -i'])
+ring, lock = bytearray(), threading.Lock()
+lose = {"byte": 0, "newline": 0, "every": 0}
+count = 0
+
+def receive():
+    global count
+    while data := os.read(0, 4096):
+        if os.path.exists(CTRL):
+            what, n = open(CTRL).read().split()
+            lose[what] = int(n)
+            os.unlink(CTRL)
+        with lock:
+            for b in data:
+                count += 1
+                drop = bool(lose["every"]) and count % lose["every"] == 0
+                for what in ("byte", "newline"):
+                    if lose[what] and (what == "byte" or b == 10):
+                        lose[what] -= 1
+                        drop = drop or lose[what] == 0
+                if len(ring) < RING and not drop:
+                    ring.append(b)
+
+def drain():
+    delivered = 0
+    while True:
+        with lock:
+            n = BURST - delivered % BURST
+            data, ring[:] = bytes(ring[:n]), ring[n:]
+        if data:
+            os.write(master, data)
+            delivered += len(data)
+            if delivered % BURST == 0:
+                time.sleep(STALL)
+        else:
+            time.sleep(0.005)
+
+for f in (receive, drain):
+    threading.Thread(target=f, daemon=True).start()
+try:
+    while out := os.read(master, 4096):
+        os.write(1, out)
+except OSError:
+    pass
+'''
+
+LONG = "".join(f"{{x{i}}}-" for i in range(40))   # 230 characters, braces: bash-fatal if cut
+
+
+def serial_link(tmp_path: Path, *, verify: bool) -> Console:
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    link = tmp_path / "serial_link.py"
+    link.write_text(SERIAL_LINK)
+    console = Console([sys.executable, str(link)], tmp_path / "serial.log", name="dom0")
+    console.env = {"STALL": "0.8", "CTRL": str(tmp_path / "lose")}
+    console.type_chunk, console.type_delay = 16, 0.05     # Machine's blind typing
+    console.verify_echo, console.echo_timeout = verify, 3.0
+    return console
+
+
+def test_blind_typing_loses_characters_when_the_console_stalls(tmp_path):
+    # The failure verified typing exists for, reproduced: 16 bytes every 50 ms overflow
+    # the ring during a stall, and the command bash gets is not the one typed.
+    with serial_link(tmp_path, verify=False) as console:
+        console.login(timeout=20)
+        try:
+            out, status = console.shell(f"echo '{LONG}' | tr -d x", 5)
+        except ConsoleTimeout:
+            out, status = None, None
+    assert (out, status) != (LONG.replace("x", "") + "\n", 0)
+
+
+def test_verified_typing_survives_stalls_and_retypes_a_garbled_line(tmp_path):
+    runs = tmp_path / "runs"
+    lose = tmp_path / "lose"
+    with serial_link(tmp_path, verify=True) as console:
+        console.login(timeout=20)
+        # Stalls alone: typing waits for the echo, so the ring never overflows.
+        assert console.shell(f"echo '{LONG}' | tr -d x", 30) == (LONG.replace("x", "") + "\n", 0)
+        assert "^C" not in console.text
+        # A character lost mid-line: Ctrl-C, typed again, and the command runs once.
+        lose.write_text("byte 150")
+        out, status = console.shell(f"echo run >> {runs}; echo '{LONG}' | tr -d x", 30)
+        assert (out, status) == (LONG.replace("x", "") + "\n", 0)
+        assert runs.read_text() == "run\n" and console.text.count("^C") == 1
+        # The Enter that ends a command lost (the second newline: shell() types two).
+        lose.write_text("newline 2")
+        start = time.monotonic()
+        assert console.shell(f"echo run >> {runs}; echo again", 30) == ("again\n", 0)
+        assert time.monotonic() - start >= console.echo_timeout   # waited for the echo
+        assert runs.read_text() == "run\nrun\n" and console.text.count("^C") == 1
+    assert not lose.exists()   # both losses happened
+    assert all(c.ok for c in console.checks)
+
+
+def test_a_console_that_never_echoes_a_line_intact_fails_loudly(tmp_path):
+    with serial_link(tmp_path, verify=True) as console:
+        console.login(timeout=20)
+        console.type_attempts = 2
+        (tmp_path / "lose").write_text("every 20")
+        with pytest.raises(ConsoleTimeout, match=r"^dom0 did not echo a typed line intact after 2 "
+                                                 r"attempts \('touch "):
+            console.send(f"touch {tmp_path / 'never'}")
+        assert console.text.count("^C") == 2     # each garbled attempt discarded
+    assert not (tmp_path / "never").exists()
+    assert console.checks[-1].what == "typing on the console" and not console.checks[-1].ok
