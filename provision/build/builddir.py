@@ -7,6 +7,8 @@ not move). A finished build publishes the files staging needs into an immutable 
 directory ``build/<name>-<key>``, the key being a hash of everything that decides them,
 with ``build.json`` written last. The next run with the same inputs, even from a fresh
 clone, takes that directory and runs no make at all.
+
+    record = build_once(NAME, inputs, "hypervisor", compile)   # compile(work, out) -> record
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from provision import log
@@ -134,6 +136,21 @@ def _fill(work: Path, tmp: Path, files: list[str], trees: dict[str, Path]) -> No
         shutil.copy2(src, tmp / rel)
     for name, tree in trees.items():
         run(["cp", "-a", "--reflink=auto", f"{tree}/.", tmp / name])
+
+
+def build_once(name: str, inputs: dict, label: str, build: Callable[[Path, Path], dict]) -> dict:
+    """The build record of ``name`` for ``inputs``: the finished output directory's when
+    there is one, else ``build(work, out)``'s, which compiles in the stable work tree,
+    publishes into ``out`` and returns the record; that is then finished and older output
+    directories pruned. The tree's lock is held throughout."""
+    with locked(name):
+        out = output_dir(name, inputs)
+        if record := reuse(out):
+            log.info(f"{label}: reusing the cached build {out.name}")
+            return record
+        record = finish(out, build(work_dir(name), out))
+        prune(name)
+        return record
 
 
 def prune(name: str, keep: int = 3) -> None:

@@ -9,6 +9,7 @@ untouched (it is shared and read-only).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -62,30 +63,24 @@ def schedulers(config: dict[str, str]) -> tuple[list[str], str | None]:
 
 def build(settings: XenSettings, source: Source) -> dict:
     """Build (or reuse) the hypervisor for these inputs; returns its build record."""
-    ins = inputs(settings, source)
-    with builddir.locked(NAME):
-        out = builddir.output_dir(NAME, ins)
-        if record := builddir.reuse(out):
-            log.info(f"hypervisor: reusing the cached build {out.name}")
-            return record
-        work = builddir.work_dir(NAME)
-        with log.step(f"Building the Xen {source.version} hypervisor in {work}"):
-            final = configure(source.tree, work, settings)
-            builddir.make(f"O={work}", directory=source.tree / "xen")
-        version = output(["make", "-s", "-C", source.tree / "xen", f"O={work}", "xenversion"])
-        built, default = schedulers(final)
-        builddir.publish(work, out, OUTPUTS)
-        record = {
-            "dir": str(out),
-            "version": version,
-            "source": {"identity": source.identity, "version": source.version,
-                       "spec": source.spec.describe()},
-            "config_sha256": hashlib.sha256((out / ".config").read_bytes()).hexdigest(),
-            "fragment_sha256": hashlib.sha256(settings.fragment_text.encode()).hexdigest(),
-            "debug": final.get("DEBUG") == "y",
-            "schedulers": built,
-            "default_scheduler": default,
-        }
-        record = builddir.finish(out, record)
-        builddir.prune(NAME)
-        return record
+    return builddir.build_once(NAME, inputs(settings, source), "hypervisor",
+                               functools.partial(_compile, settings, source))
+
+
+def _compile(settings: XenSettings, source: Source, work: Path, out: Path) -> dict:
+    with log.step(f"Building the Xen {source.version} hypervisor in {work}"):
+        final = configure(source.tree, work, settings)
+        builddir.make(f"O={work}", directory=source.tree / "xen")
+    version = output(["make", "-s", "-C", source.tree / "xen", f"O={work}", "xenversion"])
+    built, default = schedulers(final)
+    builddir.publish(work, out, OUTPUTS)
+    return {
+        "dir": str(out),
+        "version": version,
+        "source": source.summary(),
+        "config_sha256": hashlib.sha256((out / ".config").read_bytes()).hexdigest(),
+        "fragment_sha256": hashlib.sha256(settings.fragment_text.encode()).hexdigest(),
+        "debug": final.get("DEBUG") == "y",
+        "schedulers": built,
+        "default_scheduler": default,
+    }

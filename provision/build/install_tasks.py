@@ -63,7 +63,7 @@ def _make_dist() -> dict:
     return {"tarball": str(tarball), "tree": _tree_digest()}
 
 
-def _clean_dist() -> None:
+def clean_dist() -> None:
     for tarball in _dist().glob("xen-*-install.tgz"):
         tarball.unlink()
         print(f"removed {tarball}")
@@ -75,7 +75,7 @@ def task_dist():
         "actions": [_make_dist],
         "file_dep": [str(_manifest()), *map(str, _CODE)],
         "uptodate": [_tree_unchanged],
-        "clean": [_clean_dist],
+        "clean": [clean_dist],
         "verbosity": 2,
     }
 

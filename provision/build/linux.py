@@ -10,6 +10,7 @@ dependency that is missing, before any time is spent compiling.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 from pathlib import Path
@@ -86,42 +87,36 @@ def build(recipe: KernelRecipe, source: Source) -> dict:
             f"{recipe.name} is a recipe for Linux {recipe.series} but the Linux source is {source.version}",
             hint=f"point [linux] source in world.toml at a {recipe.series}.x tree, or use a matching recipe",
         )
-    name = tree_name(recipe)
-    with builddir.locked(name):
-        out = builddir.output_dir(name, inputs(recipe, source))
-        if record := builddir.reuse(out):
-            log.info(f"{recipe.name}: reusing the cached build {out.name}")
-            return record
-        work = builddir.work_dir(name)
-        with log.step(f"Building {recipe.name} (Linux {source.version}) in {work}"):
-            final = configure(recipe, source.tree, work)
-            modules = final.get("MODULES") == "y"
-            _make(work, source.tree, "bzImage", *(["modules"] if modules else []))
-        release = output(["make", "-s", "-C", source.tree, f"O={work}", ARCH, "kernelrelease"], env=ENV)
-        trees = {}
-        if modules:
-            staging = work / ".modules-install"
-            shutil.rmtree(staging, ignore_errors=True)
-            # modules_install also writes build/source links back into the work tree: drop them.
-            _make(work, source.tree, f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1",
-                  "DEPMOD=/bin/true", "modules_install", quiet=True)
-            for link in ("build", "source"):
-                (staging / "lib/modules" / release / link).unlink(missing_ok=True)
-            trees["modules"] = staging / "lib/modules" / release
-        builddir.publish(work, out, OUTPUTS, trees)
-        record = {
-            "dir": str(out),
-            "name": recipe.name,
-            "flavour": recipe.flavour,
-            "series": recipe.series,
-            "version": source.version,
-            "release": release,
-            "modules": modules,
-            "source": {"identity": source.identity, "version": source.version,
-                       "spec": source.spec.describe()},
-            "config_sha256": hashlib.sha256((out / ".config").read_bytes()).hexdigest(),
-            "inputs": recipe.inputs(),
-        }
-        record = builddir.finish(out, record)
-        builddir.prune(name)
-        return record
+    return builddir.build_once(tree_name(recipe), inputs(recipe, source), recipe.name,
+                               functools.partial(_compile, recipe, source))
+
+
+def _compile(recipe: KernelRecipe, source: Source, work: Path, out: Path) -> dict:
+    with log.step(f"Building {recipe.name} (Linux {source.version}) in {work}"):
+        final = configure(recipe, source.tree, work)
+        modules = final.get("MODULES") == "y"
+        _make(work, source.tree, "bzImage", *(["modules"] if modules else []))
+    release = output(["make", "-s", "-C", source.tree, f"O={work}", ARCH, "kernelrelease"], env=ENV)
+    trees = {}
+    if modules:
+        staging = work / ".modules-install"
+        shutil.rmtree(staging, ignore_errors=True)
+        # modules_install also writes build/source links back into the work tree: drop them.
+        _make(work, source.tree, f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1",
+              "DEPMOD=/bin/true", "modules_install", quiet=True)
+        for link in ("build", "source"):
+            (staging / "lib/modules" / release / link).unlink(missing_ok=True)
+        trees["modules"] = staging / "lib/modules" / release
+    builddir.publish(work, out, OUTPUTS, trees)
+    return {
+        "dir": str(out),
+        "name": recipe.name,
+        "flavour": recipe.flavour,
+        "series": recipe.series,
+        "version": source.version,
+        "release": release,
+        "modules": modules,
+        "source": source.summary(),
+        "config_sha256": hashlib.sha256((out / ".config").read_bytes()).hexdigest(),
+        "inputs": recipe.inputs(),
+    }

@@ -1,6 +1,7 @@
-"""Before a build: are the compilers, tools and headers there? One line if not.
+"""Before a build or staging: are the compilers, tools and headers there? One line if not.
 
-Checked only when something is about to be built, so a no-op ``doit world`` costs nothing.
+Checked only when something is about to be built or staged, so a no-op ``doit world`` costs
+nothing. A build checks staging's tools too: better to stop before compiling than after.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ XEN_TOOLS_HEADERS = {
     "ncurses.h": "libncurses-dev", "libnl3/netlink/netlink.h": "libnl-3-dev",
     "libnl3/netlink/route/link.h": "libnl-route-3-dev",
 }
+# Staging indexes lib/modules/<release> like make modules_install does.
+STAGE_TOOLS = {"depmod": "kmod"}
 INCLUDE_DIRS = (Path("/usr/include"), Path("/usr/include/x86_64-linux-gnu"), Path("/usr/local/include"))
 
 
@@ -44,9 +47,12 @@ def missing(tools: dict[str, str], headers: dict[str, str]) -> dict[str, str]:
     return gone
 
 
-def check(*, hypervisor: bool = False, linux: bool = False, xen_tools: bool = False) -> None:
+def check(*, hypervisor: bool = False, linux: bool = False, xen_tools: bool = False,
+          staging: bool = False) -> None:
     tools: dict[str, str] = {}
     headers: dict[str, str] = {}
+    if staging:
+        tools.update(STAGE_TOOLS)
     if hypervisor:
         tools.update(HYPERVISOR_TOOLS)
     if linux:

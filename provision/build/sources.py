@@ -147,6 +147,10 @@ class Source:
     # trees a hash of the path and the tree's listing with sizes and mtimes
     spec: SourceSpec
 
+    def summary(self) -> dict:
+        """What a build record (and so the manifest) says about the source it was built from."""
+        return {"identity": self.identity, "version": self.version, "spec": self.spec.describe()}
+
 
 def default_spec(package: str) -> SourceSpec:
     """The default source of ``package`` ("xen" or "linux"): Debian's source package on a

@@ -3,7 +3,8 @@
     boot/xen-4.17.5.gz            boot/xen-4.17.gz, xen-4.gz, xen.gz -> xen-4.17.5.gz
     boot/xen-syms-4.17.5          boot/xen-4.17.5.config
     boot/vmlinuz-6.1.176-xen0     config-, System.map-, vmlinux-syms- (the unstripped vmlinux)
-    lib/modules/6.1.176-xen0/     modules.* (and modules, when a recipe enables them)
+    lib/modules/6.1.176-xen0/     modules.builtin* (and the modules, when a recipe enables
+                                  them), indexed by depmod: modules.dep, *.bin, ...
     usr/, etc/, var/              the control tools (make dist-tools)
     manifest.json                 versions, source identities, config hashes, every file
 
@@ -27,11 +28,11 @@ from pathlib import Path
 from provision import log
 from provision.cache import sha256_file
 from provision.fsutil import atomic_write
-from provision.run import run, which
+from provision.run import run
 from provision.undo import UndoStack
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: lib/modules indexed by depmod
 
 
 def xen_names(version: str) -> dict[str, str]:
@@ -88,15 +89,28 @@ def _stage_kernel(tmp: Path, record: dict) -> dict:
     moddir = tmp / names["modules"]
     moddir.mkdir(parents=True, exist_ok=True)
     if record.get("modules"):
-        run(["cp", "-a", f"{out / 'modules'}/.", moddir])
+        run(["cp", "-a", f"{out / 'modules'}/.", moddir])  # what make modules_install wrote
     else:
         for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
             if (out / name).exists():
                 _copy(out / name, moddir / name)
-    if which("depmod"):
-        # modules.dep and friends, so that modprobe and systemd are content even without modules.
-        run(["depmod", "-b", tmp, "-F", tmp / names["system_map"], record["release"]], quiet=True)
+    depmod(tmp, record["release"], tmp / names["system_map"])
     return names
+
+
+def depmod(root: Path, release: str, system_map: Path) -> None:
+    """Index ``root/lib/modules/<release>`` with depmod, as ``make modules_install`` and
+    the distributions' kernel packages do. Without modules.dep and modules.builtin.bin
+    modprobe fails even for a built-in driver ("Module xen-blkback not found"), which is
+    what xencommons and systemd ask it for. The new files get the System.map's time, so
+    restaging the same build makes the same tree."""
+    moddir = root / "lib/modules" / release
+    before = {p.name for p in moddir.iterdir()}
+    run(["depmod", "-b", root, "-F", system_map, release], quiet=True)
+    when = system_map.stat().st_mtime_ns
+    for path in moddir.iterdir():
+        if path.name not in before and path.is_file():
+            os.utime(path, ns=(when, when))
 
 
 def _stage_tools(tmp: Path, record: dict) -> None:

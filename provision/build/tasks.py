@@ -17,6 +17,7 @@ built before with the same inputs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -27,12 +28,15 @@ import time
 from pathlib import Path
 
 from doit import get_var
+from doit.task import clean_targets
 from doit.tools import config_changed
 
 from provision.build import builddir, config, hypervisor, linux, preflight, stage, tools
+from provision.build.install_tasks import clean_dist
 from provision.build.sources import Source, SourceSpec, fetch
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
+from provision.grub.tasks import OUTPUTS as GRUB_OUTPUTS
 
 DOIT_CONFIG = {
     "default_tasks": ["world"],
@@ -43,10 +47,14 @@ DOIT_CONFIG = {
 }
 
 
-def _fail(e: ProvisionError):
+def _say(e: ProvisionError) -> None:
     print(f"error: {e.message}", file=sys.stderr)
     if e.hint:
         print(f"hint: {e.hint}", file=sys.stderr)
+
+
+def _fail(e: ProvisionError):
+    _say(e)
     raise SystemExit(e.exit_code)
 
 
@@ -116,9 +124,7 @@ def _guard(fn, *args):
     try:
         fn(*args)
     except ProvisionError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        _say(e)
         return False
     return None
 
@@ -145,36 +151,37 @@ def task_source():
             # A local tree can change under us; the others are fixed by their checksums.
             "uptodate": [config_changed(repr(spec)), lambda t=target: _tree_ok(t, "tree"),
                          spec.kind != "local"],
-            "clean": True,
+            "clean": [clean_targets, _remove_stamps_dir],
         }
 
 
-def _build_xen() -> None:
-    preflight.check(hypervisor=True)
+def _remove_stamps_dir() -> None:
+    """The sources are cleaned last: the last one takes the emptied stamps directory."""
+    with contextlib.suppress(OSError):
+        stamps().rmdir()
+
+
+def _build(task: str, build, settings, source: str, needs: str) -> None:
+    """The action of the build task ``task`` ("xen", "tools", "kernel:<recipe>"): check the
+    build dependencies (``needs``: a switch of preflight.check), build or reuse ``settings``
+    with ``build`` from the tree of the ``source`` stamp, and write the task's stamp."""
+    preflight.check(**{needs: True}, staging=True)
     started = time.time()
-    record = hypervisor.build(world().xen, _source_of(_stamp("source-xen")))
-    _write(_stamp("xen"), record)
-    _built("xen", record, started)
+    record = build(settings, _source_of(_stamp(f"source-{source}")))
+    _write(_stamp(task.replace(":", "-")), record)
+    _built(task, record, started)
 
 
 def task_xen():
     """Build the Xen hypervisor from the Kconfig fragment (buildconfigs/xen.config)."""
     w = world()
     return {
-        "actions": [(_guard, [_build_xen])],
+        "actions": [(_guard, [_build, "xen", hypervisor.build, w.xen, "xen", "hypervisor"])],
         "file_dep": [_stamp("source-xen"), w.xen.fragment],
         "targets": [_stamp("xen")],
         "uptodate": [lambda: _tree_ok(_stamp("xen"))],
         "clean": True,
     }
-
-
-def _build_tools() -> None:
-    preflight.check(xen_tools=True)
-    started = time.time()
-    record = tools.build(world().xen, _source_of(_stamp("source-xen")))
-    _write(_stamp("tools"), record)
-    _built("tools", record, started)
 
 
 def task_tools():
@@ -183,21 +190,12 @@ def task_tools():
     if not w.xen.tools:
         return {"actions": [], "doc": "control tools: switched off in world.toml", "uptodate": [True]}
     return {
-        "actions": [(_guard, [_build_tools])],
+        "actions": [(_guard, [_build, "tools", tools.build, w.xen, "xen", "xen_tools"])],
         "file_dep": [_stamp("source-xen")],
         "targets": [_stamp("tools")],
         "uptodate": [config_changed(" ".join(w.xen.tools_configure)), lambda: _tree_ok(_stamp("tools"))],
         "clean": True,
     }
-
-
-def _build_kernel(name: str) -> None:
-    preflight.check(linux=True)
-    recipe = next(r for r in world().kernels if r.name == name)
-    started = time.time()
-    record = linux.build(recipe, _source_of(_stamp("source-linux")))
-    _write(_stamp(f"kernel-{name}"), record)
-    _built(f"kernel:{name}", record, started)
 
 
 def task_kernel():
@@ -207,7 +205,7 @@ def task_kernel():
         yield {
             "name": recipe.name,
             "doc": f"build {recipe.name}: {recipe.base} + {', '.join(f.label for f in recipe.fragments)}",
-            "actions": [(_guard, [_build_kernel, recipe.name])],
+            "actions": [(_guard, [_build, f"kernel:{recipe.name}", linux.build, recipe, "linux", "linux"])],
             "file_dep": [_stamp("source-linux"), *recipe.files()],
             "targets": [target],
             "uptodate": [lambda t=target: _tree_ok(t)],
@@ -216,6 +214,7 @@ def task_kernel():
 
 
 def _stage() -> None:
+    preflight.check(staging=True)
     w = world()
     xen = _read(_stamp("xen"))
     tools_record = _read(_stamp("tools")) if w.xen.tools else None
@@ -227,6 +226,7 @@ def _unstage() -> None:
     shutil.rmtree(install_dir(), ignore_errors=True)
     for elf in dist().glob("xen-*.elf"):
         elf.unlink()
+    install_dir().with_name(f".{install_dir().name}.lock").unlink(missing_ok=True)
 
 
 def task_stage():
@@ -267,5 +267,19 @@ def task_world():
         "actions": [_report],
         "task_dep": ["stage"],
         "uptodate": [False],
+        "clean": [_clean_products],
         "verbosity": 2,
     }
+
+
+def _clean_products() -> None:
+    """A plain ``doit clean`` cleans world and what it depends on; what ``doit dist`` and
+    ``doit grub`` made from dist/install goes with it."""
+    clean_dist()
+    grub = dist() / "grub"
+    for name in GRUB_OUTPUTS:
+        if (grub / name).exists():
+            (grub / name).unlink()
+            print(f"removed {grub / name}")
+    with contextlib.suppress(OSError):
+        grub.rmdir()

@@ -11,6 +11,7 @@ into ``<dir>/dist/install`` for staging.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 from pathlib import Path
@@ -55,41 +56,36 @@ def _autoconf(src: Path) -> None:
 
 
 def build(settings: XenSettings, source: Source) -> dict:
-    ins = inputs(settings, source)
-    with builddir.locked(NAME):
-        out = builddir.output_dir(NAME, ins)
-        if record := builddir.reuse(out):
-            log.info(f"tools: reusing the cached build {out.name}")
-            return record
-        work = builddir.work_dir(NAME)
-        src = work / "src"
-        flags = list(settings.tools_configure)
-        with log.step(f"Building the Xen {source.version} control tools in {work}"):
-            _copy_tree(source.tree, src)
-            _autoconf(src)
-            stamp = src / ".xen-provision-configure"
-            wanted = "\n".join(flags) + "\n"
-            if not stamp.exists() or stamp.read_text() != wanted:
-                env = builddir.build_env()
-                if Path(SYSTEM_PYTHON).exists():  # build for the system's python3, not a venv's
-                    env["PYTHON"] = SYSTEM_PYTHON
-                run(["./configure", *flags], cwd=src, quiet=True, env=env)
-                stamp.write_text(wanted)
-            dist = work / "dist"
-            shutil.rmtree(dist, ignore_errors=True)  # a stale file must not be staged
-            builddir.make("dist-tools", f"DISTDIR={dist}", directory=src)
-        builddir.publish(work, out, [], {"install": dist / "install"})
-        files = [p for p in (out / "install").rglob("*") if p.is_file() or p.is_symlink()]
-        record = {
-            "dir": str(out),
-            "install": str(out / "install"),
-            "version": source.version,
-            "source": {"identity": source.identity, "version": source.version,
-                       "spec": source.spec.describe()},
-            "configure": flags,
-            "configure_sha256": hashlib.sha256("\n".join(flags).encode()).hexdigest(),
-            "files": len(files),
-        }
-        record = builddir.finish(out, record)
-        builddir.prune(NAME)
-        return record
+    """Build (or reuse) the control tools for these inputs; returns their build record."""
+    return builddir.build_once(NAME, inputs(settings, source), "tools",
+                               functools.partial(_compile, settings, source))
+
+
+def _compile(settings: XenSettings, source: Source, work: Path, out: Path) -> dict:
+    src = work / "src"
+    flags = list(settings.tools_configure)
+    with log.step(f"Building the Xen {source.version} control tools in {work}"):
+        _copy_tree(source.tree, src)
+        _autoconf(src)
+        stamp = src / ".xen-provision-configure"
+        wanted = "\n".join(flags) + "\n"
+        if not stamp.exists() or stamp.read_text() != wanted:
+            env = builddir.build_env()
+            if Path(SYSTEM_PYTHON).exists():  # build for the system's python3, not a venv's
+                env["PYTHON"] = SYSTEM_PYTHON
+            run(["./configure", *flags], cwd=src, quiet=True, env=env)
+            stamp.write_text(wanted)
+        dist = work / "dist"
+        shutil.rmtree(dist, ignore_errors=True)  # a stale file must not be staged
+        builddir.make("dist-tools", f"DISTDIR={dist}", directory=src)
+    builddir.publish(work, out, [], {"install": dist / "install"})
+    files = [p for p in (out / "install").rglob("*") if p.is_file() or p.is_symlink()]
+    return {
+        "dir": str(out),
+        "install": str(out / "install"),
+        "version": source.version,
+        "source": source.summary(),
+        "configure": flags,
+        "configure_sha256": hashlib.sha256("\n".join(flags).encode()).hexdigest(),
+        "files": len(files),
+    }

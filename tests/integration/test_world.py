@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -81,6 +82,75 @@ def test_staged_layout_and_manifest(world):
             assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], rel
 
 
+def _modprobe(root: Path, release: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["modprobe", "--dirname", root, "--set-version", release, "--dry-run", *args],
+                          capture_output=True, text=True)
+
+
+def test_lib_modules_is_what_modprobe_and_xencommons_need(world, tmp_path):
+    """The kernels are monolithic (MODULES is forbidden), yet dom0's userland asks modprobe
+    for drivers by name: xencommons loads its BACKEND_MODULES. depmod's index makes those
+    built-in drivers succeed, as on a kernel installed by make modules_install."""
+    kernels = _manifest(world)["kernels"]
+    xen0 = kernels["mk.linux-6.1-xen0"]["release"]
+    xenu = kernels["mk.linux-6.1-xenU"]["release"]
+    for release in (xen0, xenu):
+        moddir = world / "lib/modules" / release
+        for name in ("modules.builtin", "modules.builtin.modinfo", "modules.dep", "modules.dep.bin",
+                     "modules.builtin.bin", "modules.alias.bin", "modules.symbols.bin"):
+            assert (moddir / name).is_file(), f"{release}: {name} missing"
+        assert not list(moddir.rglob("*.ko")), f"{release}: modules in a MODULES=n kernel"
+    for module in ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-blkback", "xen-netback", "xen-pciback"):
+        proc = _modprobe(world, xen0, module)
+        assert proc.returncode == 0, f"{xen0}: modprobe {module}: {proc.stderr}"
+    info = subprocess.run(["modinfo", "--basedir", world, "--set-version", xen0, "xen-blkback"],
+                          capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^filename:\s+\(builtin\)$", info, re.M) and "xen-backend:vbd" in info
+    proc = _modprobe(world, xenu, "xen-blkback")  # a guest kernel has no backends
+    assert proc.returncode != 0 and "not found" in proc.stderr
+    assert _modprobe(world, xenu, "xen-blkfront").returncode == 0
+    # The index is current: depmod run again on a copy of the tree writes the same bytes.
+    copy = tmp_path / "lib/modules" / xen0
+    shutil.copytree(world / "lib/modules" / xen0, copy)
+    subprocess.run(["depmod", "--basedir", tmp_path, "--filesyms", world / f"boot/System.map-{xen0}", xen0],
+                   capture_output=True, check=True)
+    for staged in (world / "lib/modules" / xen0).iterdir():
+        assert (copy / staged.name).read_bytes() == staged.read_bytes(), staged.name
+
+
+def test_a_kernel_with_modules_is_staged_like_make_modules_install(world, tmp_path):
+    """Our recipes are monolithic, but a user's (a distribution config, say) may build
+    modules: they go through modules_install and are indexed by depmod. A small guest
+    kernel with its network frontend as a module proves that path (cached after one build)."""
+    shutil.copytree(ROOT / "buildconfigs", tmp_path / "buildconfigs")
+    (tmp_path / "buildconfigs/modules.config").write_text(
+        "CONFIG_MODULES=y\nCONFIG_MODULE_UNLOAD=y\nCONFIG_XEN_NETDEV_FRONTEND=m\n")
+    (tmp_path / "buildconfigs/mk.linux-6.1-xenmod").write_text(
+        'base = "tinyconfig"\nfragments = ["linux-common.config", "linux-xenU.config", "modules.config"]\n'
+        'require = ["XEN_PV", "MODULES"]\n')
+    proc, seconds = _world_in(tmp_path, "kernels=mk.linux-6.1-xenmod")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    print(f"doit world with a modular kernel: {seconds:.1f}s")
+    install = tmp_path / "dist/install"
+    kernel = _manifest(install)["kernels"]["mk.linux-6.1-xenmod"]
+    release = kernel["release"]
+    assert "CONFIG_XEN_NETDEV_FRONTEND=m" in (install / kernel["config"]).read_text()
+    moddir = install / "lib/modules" / release
+    ko = moddir / "kernel/drivers/net/xen-netfront.ko"
+    assert ko.read_bytes()[:4] == b"\x7fELF"
+    assert not (moddir / "build").exists() and not (moddir / "source").exists()  # no links into the cache
+    assert "kernel/drivers/net/xen-netfront.ko:" in (moddir / "modules.dep").read_text().splitlines()
+    assert "kernel/drivers/net/xen-netfront.ko" in (moddir / "modules.order").read_text()
+    info = subprocess.run(["modinfo", "--basedir", install, "--set-version", release, "xen-netfront"],
+                          capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"^filename:\s+{re.escape(str(ko))}$", info, re.M)
+    assert re.search(rf"^vermagic:\s+{re.escape(release)} ", info, re.M)
+    assert "xen:vif" in info  # its alias: udev loads it when a vif appears
+    proc = _modprobe(install, release, "--show-depends", "xen-netfront")
+    assert proc.returncode == 0 and f"insmod {ko}" in proc.stdout, proc.stderr
+    assert _modprobe(install, release, "xen-blkfront").returncode == 0  # still built in
+
+
 def test_xenU_is_at_least_30_percent_smaller(world):
     m = _manifest(world)["kernels"]
     xen0 = (world / m["mk.linux-6.1-xen0"]["vmlinuz"]).stat().st_size
@@ -145,16 +215,41 @@ def test_dropped_required_option_names_the_missing_dependency(world, tmp_path):
     assert not (tmp_path / "dist/install").exists()
 
 
-def test_clean_removes_what_the_tasks_made(world, tmp_path):
+def test_missing_build_tool_is_one_line_naming_the_package(world, tmp_path, monkeypatch):
+    """A host without gcc (the rest of /usr/bin on PATH): the first build task stops with one
+    line naming the Debian package, before any build or staging."""
     shutil.copytree(ROOT / "buildconfigs", tmp_path / "buildconfigs")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name not in ("gcc", "cc") and not re.match(r"(x86_64-linux-gnu-)?gcc-", tool.name):
+            (bin_dir / tool.name).symlink_to(tool)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    proc, _ = _world_in(tmp_path)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert errors == ["error: missing build dependencies: gcc; install the Debian packages: gcc"], proc.stdout[-3000:]
+    assert "hint: apt-get install gcc" in proc.stdout
+    assert "Traceback" not in proc.stdout
+    assert not (tmp_path / "dist/install").exists()
+    assert not list((tmp_path / "dist/.stamps").glob("xen.json"))
+
+
+def test_clean_removes_what_the_tasks_made(world, tmp_path):
+    """A plain ``doit clean`` after world, dist and grub leaves dist/ as empty as it found
+    it (and the build cache as it was)."""
+    shutil.copytree(ROOT / "buildconfigs", tmp_path / "buildconfigs")
+    db = ["--db-file", str(tmp_path / ".doit.db")]
+    variables = [f"buildconfigs={tmp_path / 'buildconfigs'}", f"dist={tmp_path / 'dist'}"]
     proc, _ = _world_in(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    stamps = tmp_path / "dist/.stamps"
-    xen_tree = Path(json.loads((stamps / "xen.json").read_text())["dir"])
-    proc, _ = doit("clean", "--db-file", str(tmp_path / ".doit.db"), f"buildconfigs={tmp_path / 'buildconfigs'}",
-                   f"dist={tmp_path / 'dist'}")
+    for task in ("dist", "grub"):
+        proc, _ = doit(*db, task, *variables)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+    made = {p.name for p in (tmp_path / "dist").iterdir()}
+    assert {"install", ".stamps", "grub"} <= made and any(n.endswith("-install.tgz") for n in made)
+    xen_tree = Path(json.loads((tmp_path / "dist/.stamps/xen.json").read_text())["dir"])
+    proc, _ = doit("clean", *db, *variables)
     assert proc.returncode == 0, proc.stdout
-    assert not (tmp_path / "dist/install").exists()
-    assert not list((tmp_path / "dist").glob("xen-*.elf"))
-    assert not list(stamps.glob("*.json"))
+    assert list((tmp_path / "dist").rglob("*")) == [], proc.stdout
     assert (xen_tree / "build.json").exists()  # the cache stays: the next world restages from it

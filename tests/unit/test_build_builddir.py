@@ -42,6 +42,40 @@ def test_work_tree_is_stable_and_publish_is_all_or_nothing(cache):
     assert not builddir.output_dir("linux-xenU", {"recipe": "r2"}).exists()
 
 
+def test_build_once_builds_then_reuses_and_prunes(cache):
+    calls = []
+
+    def build(work, out):
+        calls.append((work, out))
+        out.mkdir()
+        (out / "xen.gz").write_text("image")
+        return {"dir": str(out), "version": "4.17.5"}
+
+    old = builddir.output_dir("xen-hypervisor", {"fragment": "old"})
+    for i, t in enumerate([old, *(builddir.output_dir("xen-hypervisor", {"n": n}) for n in range(3))]):
+        t.mkdir(parents=True)
+        builddir.finish(t, {})
+        os.utime(t / builddir.DONE, (1000 + i, 1000 + i))
+    first = builddir.build_once("xen-hypervisor", {"fragment": "f"}, "hypervisor", build)
+    out = builddir.output_dir("xen-hypervisor", {"fragment": "f"})
+    assert calls == [(builddir.work_dir("xen-hypervisor"), out)]
+    assert first["dir"] == str(out) and first["finished_at"] > 0 and builddir.done(out) == first
+    assert not old.exists()  # the oldest of four earlier trees went: three are kept
+    again = builddir.build_once("xen-hypervisor", {"fragment": "f"}, "hypervisor", build)
+    assert again == first and len(calls) == 1  # reused: not built again
+
+
+def test_build_once_keeps_nothing_of_a_failed_build():
+    def build(work, out):
+        (work / "half.o").write_text("")
+        raise RuntimeError("make failed")
+
+    with pytest.raises(RuntimeError):
+        builddir.build_once("linux-xenU", {"recipe": "r"}, "xenU", build)
+    assert not builddir.output_dir("linux-xenU", {"recipe": "r"}).exists()
+    assert (builddir.work_dir("linux-xenU") / "half.o").exists()  # make resumes from the work tree
+
+
 def test_prune_keeps_the_newest_finished_trees():
     trees = []
     for i in range(5):

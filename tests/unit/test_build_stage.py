@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,30 @@ def test_stage_layout_and_manifest(tmp_path, records):
     assert staged - {"manifest.json"} == set(files)
 
 
+def test_lib_modules_is_indexed_by_depmod(tmp_path, records):
+    """As make modules_install leaves it: modprobe finds a built-in driver (xencommons asks
+    for the backends by name) and fails for one the kernel does not have."""
+    dest = tmp_path / "dist" / "install"
+    manifest = stage.stage(dest, records["xen"], None, records["kernels"])
+    moddir = dest / "lib/modules/6.1.176-xenU"
+    for name in ("modules.dep", "modules.dep.bin", "modules.alias.bin", "modules.symbols.bin",
+                 "modules.builtin", "modules.builtin.bin"):
+        assert (moddir / name).is_file(), name
+        assert f"lib/modules/6.1.176-xenU/{name}" in manifest["files"]
+
+    def modprobe(module):
+        return subprocess.run(["modprobe", "--dirname", dest, "--set-version", "6.1.176-xenU", "--dry-run",
+                               "--verbose", module], capture_output=True, text=True)
+
+    for name in ("xen-blkfront", "xen_blkfront"):
+        assert modprobe(name).returncode == 0, modprobe(name).stderr
+    missing = modprobe("xen-blkback")
+    assert missing.returncode != 0 and "not found" in missing.stderr
+    # depmod's files carry the kernel build's time: restaging the same build changes nothing.
+    when = (dest / "boot/System.map-6.1.176-xenU").stat().st_mtime_ns
+    assert {p.stat().st_mtime_ns for p in moddir.glob("*.bin")} == {when}
+
+
 def test_restage_replaces_the_tree_and_is_deterministic(tmp_path, records):
     dest = tmp_path / "dist" / "install"
     first = stage.stage(dest, records["xen"], records["tools"], records["kernels"])
@@ -105,8 +130,8 @@ def test_restage_replaces_the_tree_and_is_deterministic(tmp_path, records):
     assert second["tools"] is None
     third = stage.stage(dest, records["xen"], None, records["kernels"])
     assert third == second
-    assert {k: v for k, v in first["files"].items() if k.startswith("boot/")} == \
-        {k: v for k, v in third["files"].items() if k.startswith("boot/")}
+    assert {k: v for k, v in first["files"].items() if k.startswith(("boot/", "lib/"))} == \
+        {k: v for k, v in third["files"].items() if k.startswith(("boot/", "lib/"))}
     assert not list(dest.parent.glob(".install.new")) + list(dest.parent.glob(".install.old"))
 
 
@@ -132,4 +157,4 @@ def test_preflight_names_the_packages(monkeypatch):
 
 
 def test_preflight_passes_on_a_set_up_host():
-    preflight.check(hypervisor=True, linux=True, xen_tools=True)
+    preflight.check(hypervisor=True, linux=True, xen_tools=True, staging=True)
