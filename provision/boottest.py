@@ -42,6 +42,7 @@ from provision.errors import ProvisionError
 from provision.fsutil import atomic_write, within
 from provision.qemu import Disk, Machine
 from provision.run import require, run
+from provision.sizes import parse_size
 from provision.undo import UndoStack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 HOST_PACKAGES = [
     "systemd-sysv", "udev", "kmod", "procps", "iproute2", "bridge-utils", "lvm2",
     "e2fsprogs", "python3",
+    # provision.debootstrap.lvcheck: image --debootstrap renders the guest's files with jinja2.
+    "python3-jinja2",
     # provision.storage.lvmcheck's thin pool: lvm2 runs thin_check when it activates one.
     "thin-provisioning-tools",
     # What our own xl, xenstored and libxl link against (readelf -d dist/install/usr/...).
@@ -84,6 +87,8 @@ class Settings:
     keep: bool = False                # leave QEMU's disk image cached even on failure
     extra_checks: bool = True         # xl save/restore, mem-set, LVM after the boot checks
     lvmcheck: bool = True             # the full provision.storage.lvmcheck (see extra_checks)
+                                      # and image --debootstrap into LVM (debootstrap.lvcheck)
+    lvimage_size: str = "2G"          # the scratch disk of debootstrap.lvcheck
 
 
 @dataclass
@@ -584,9 +589,11 @@ print("LVM-PATH-OK")
 """
 
 
-def code_disk(out: Path) -> Path:
+def code_disk(out: Path, seed_from: Settings | None = None) -> Path:
     """This checkout's ``provision`` package as a small ext4 disk image, for dom0 to
     mount at /opt/xen-provision and run the storage library's own LVM check from.
+    With ``seed_from``, also the host suite's cached base (lvcheck.SEED_DIR), so that
+    dom0, which has no network, can run ``image --debootstrap`` into an LV.
 
     Made for every boot (about a second) rather than copied into the cached host image,
     so that an edit to the storage library is tested without rebuilding that image.
@@ -601,7 +608,12 @@ def code_disk(out: Path) -> Path:
         shutil.copytree(REPO / "provision", Path(stage) / "provision",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (Path(stage) / LVM_PATH).write_text(LVM_SCRIPT)
-        with building_image(disk, CODE_SIZE) as tmp:
+        size = parse_size(CODE_SIZE)
+        if seed_from is not None:
+            from provision.debootstrap import lvcheck
+            seed = lvcheck.seed(Path(stage) / lvcheck.SEED_DIR, seed_from.suite, seed_from.mirror)
+            size += sum(f.stat().st_size for f in seed) * 11 // 10
+        with building_image(disk, size) as tmp:
             make_fs(tmp, "ext4", label="xpcode", populate=stage)
     return disk
 
@@ -635,14 +647,18 @@ def boot_and_check(settings: Settings, image: Path, guest: Path, facts: dict, re
         lvm_disk.unlink()
     from provision.storage import create_image
     create_image(lvm_disk, settings.lvm_size)
+    lvimage_disk = settings.out / "lvimage.img"
+    lvimage_disk.unlink(missing_ok=True)
+    create_image(lvimage_disk, settings.lvimage_size)
     log_path = result.log_path
     if log_path.exists():
         log_path.unlink()
     t = settings.timeout
     # The cached image is booted with snapshot=on: the boot never changes it.
-    # vda the host, vdb empty for lvmcheck, vdc the guest's xvda, vdd CODE_DEVICE.
+    # vda the host, vdb empty for lvmcheck, vdc the guest's xvda, vdd CODE_DEVICE,
+    # vde empty for debootstrap.lvcheck (its own disk: --no-lvmcheck leaves a VG on vdb).
     disks = [Disk(image, snapshot=True), Disk(lvm_disk), Disk(guest, snapshot=True),
-             Disk(code, snapshot=True)]
+             Disk(code, snapshot=True), Disk(lvimage_disk)]
     vm = Machine(log_path=log_path, disks=disks,
                  memory=settings.memory, smp=settings.smp, name="xen-host")
     try:
@@ -720,24 +736,44 @@ def lvm_check_command(disk: str = "/dev/vdb", full: bool = True) -> str:
             f"python3 {what}; s=$?; umount {CODE_MOUNT}; [ $s -eq 0 ]")
 
 
-def lvm_check(vm: Machine) -> None:
-    """provision.storage.lvmcheck in dom0 on its empty second disk; fails at once, with
-    the console's last lines, when lvmcheck or the kernel under it reports a failure."""
-    vm.send(lvm_check_command())
-    m = vm.wait_for(LVM_CHECK_END, LVM_CHECK_TIMEOUT, what=LVM_CHECK, record=False)
+LV_IMAGE_CHECK = ("image --debootstrap into LVM in dom0 (lvcheck: LV and swap LV from the "
+                  "cached base, read back, e2fsck, LV template, snapshot guest)")
+LV_IMAGE_DEVICE = "/dev/vde"
+
+
+def _dom0_check(vm: Machine, what: str, command: str, end: str, ok_prefix: str, timeout: float) -> None:
+    """Run one of our check modules in dom0 and wait for its verdict line; fails at once,
+    with the console's last lines, when it or the kernel under it reports a failure."""
+    vm.send(command)
+    m = vm.wait_for(end, timeout, what=what, record=False)
     verdict = m.group(1)
-    ok = verdict.startswith("LVM-CHECK-OK")
-    vm.record(LVM_CHECK, ok, "" if ok else verdict)
+    ok = verdict.startswith(ok_prefix)
+    vm.record(what, ok, "" if ok else verdict)
     if not ok:
         time.sleep(5)   # the rest of a traceback or an oops
-        raise ProvisionError(f"{LVM_CHECK} failed: {verdict}; last lines of {vm.log_path}:\n"
+        raise ProvisionError(f"{what} failed: {verdict}; last lines of {vm.log_path}:\n"
                              f"{vm.tail()}", exit_code=1)
+
+
+def lvm_check(vm: Machine) -> None:
+    """provision.storage.lvmcheck in dom0 on its empty second disk."""
+    _dom0_check(vm, LVM_CHECK, lvm_check_command(), LVM_CHECK_END, "LVM-CHECK-OK", LVM_CHECK_TIMEOUT)
+
+
+def lv_image_check(vm: Machine) -> None:
+    """provision.debootstrap.lvcheck in dom0 on its empty fifth disk, from the seeded base."""
+    from provision.debootstrap import lvcheck
+    _dom0_check(vm, LV_IMAGE_CHECK, lvcheck.command(LV_IMAGE_DEVICE, code_device=CODE_DEVICE,
+                                                    code_mount=CODE_MOUNT),
+                lvcheck.END, lvcheck.OK, lvcheck.TIMEOUT)
 
 
 def extra_checks(vm: Machine, full_lvm: bool = False) -> None:
     """The LVM path in dom0, and the manual's xl operations on the running guest.
 
-    The full lvmcheck by default; ``--no-lvmcheck`` runs the short check instead, which
+    The full lvmcheck, then image --debootstrap into LVM (debootstrap.lvcheck: an LV
+    guest with a swap LV from the seeded base, an LV template, a snapshot guest), by
+    default; ``--no-lvmcheck`` runs the short check instead, which
     never tears a snapshot down. A xen0 kernel on tinyconfig's CONFIG_SLOB faulted there:
     SLOB's __ksize() reads the 8 bytes before an object, mempool_exit() calls it when
     device-mapper tears a snapshot or thin table down (lvremove), and a PV dom0 faults when
@@ -747,6 +783,7 @@ def extra_checks(vm: Machine, full_lvm: bool = False) -> None:
     """
     if full_lvm:
         lvm_check(vm)
+        lv_image_check(vm)
     else:
         _shell_check(vm, LVM_PATH_CHECK, f"{lvm_check_command(full=False)} && "
                      "lvs --noheadings -o lv_name,origin boottest", 180,
@@ -777,7 +814,8 @@ def run_boottest(settings: Settings) -> Result:
         with _stage(result, "image", "Host image (root filesystems, install, GRUB, guest)"):
             image, facts = host_image(settings, result)
             guest = guest_image(settings)
-            code = code_disk(settings.out)
+            code = code_disk(settings.out, settings if settings.extra_checks and settings.lvmcheck
+                             else None)
         result.booted = (f"{facts['files']['origin']}: {Path(facts['files']['xen']).name}, "
                          f"{Path(facts['files']['dom0_kernel']).name}; installed by "
                          f"{facts['installed_by']}")
@@ -851,7 +889,9 @@ def register(subparsers) -> None:
     p.add_argument("--boot-only", action="store_true", help="skip xl save/restore, mem-set, LVM")
     p.add_argument("--lvmcheck", action=argparse.BooleanOptionalAction, default=True,
                    help="run the full provision.storage.lvmcheck in dom0 (thin, extend, fill "
-                        "watch; default); --no-lvmcheck: only PV, VG, LV and a snapshot clone")
+                        "watch) and provision.debootstrap.lvcheck (image --debootstrap into an "
+                        "LV, LV template, snapshot guest; default); --no-lvmcheck: only PV, VG, "
+                        "LV and a snapshot clone")
     p.add_argument("--refresh", action="store_true",
                    help="bootstrap the bases again and rebuild the guest and host images")
     p.set_defaults(func=_main)
