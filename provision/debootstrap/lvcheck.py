@@ -46,7 +46,8 @@ from provision.debootstrap.configure import (
 from provision.errors import ProvisionError
 from provision.run import require, run
 from provision.sizes import MiB, format_size
-from provision.undo import Interrupted, UndoStack
+from provision.storage.lvmcheck import verdict
+from provision.undo import UndoStack
 
 VG = "xplvcheck"
 TEMPLATE = "lvcheck"
@@ -259,17 +260,7 @@ def main(argv: list[str]) -> int:
     except ProvisionError as e:
         print(f"{FAIL} {e.message}", flush=True)
         return 2
-    start = time.monotonic()
-    try:
-        check(args.disk, args.seed, args.work)
-    except (ProvisionError, AssertionError) as e:
-        print(f"{FAIL} {e}", flush=True)
-        return 1
-    except (KeyboardInterrupt, Interrupted) as e:
-        print(f"{FAIL} interrupted ({e or 'SIGINT'}); what it made has been removed", flush=True)
-        return 130
-    print(f"{OK} in {time.monotonic() - start:.1f}s", flush=True)
-    return 0
+    return verdict(lambda: check(args.disk, args.seed, args.work), OK, FAIL)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from provision.storage.lvm import (
     watch_snapshot,
 )
 from provision.storage.mount import mounted
-from provision.undo import UndoStack
+from provision.undo import Interrupted, UndoStack
 
 VG = "xpcheck"
 
@@ -128,13 +128,22 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].startswith("/dev/"):
         print("usage: python3 -m provision.storage.lvmcheck /dev/DISK  (an empty scratch disk)", file=sys.stderr)
         return 2
+    return verdict(lambda: check(argv[0]), "LVM-CHECK-OK", "lvm-check FAILED:")
+
+
+def verdict(check, ok: str, fail: str) -> int:
+    """Run ``check()`` and print its one verdict line, which the boot test waits for:
+    ``<ok> in <s>s``, else ``<fail> <why>``; returns the exit status."""
     start = time.monotonic()
     try:
-        check(argv[0])
+        check()
     except (ProvisionError, AssertionError) as e:
-        print(f"lvm-check FAILED: {e}", flush=True)
+        print(f"{fail} {e}", flush=True)
         return 1
-    print(f"LVM-CHECK-OK in {time.monotonic() - start:.1f}s", flush=True)
+    except (KeyboardInterrupt, Interrupted) as e:
+        print(f"{fail} interrupted ({e or 'SIGINT'}); what it made has been removed", flush=True)
+        return 130
+    print(f"{ok} in {time.monotonic() - start:.1f}s", flush=True)
     return 0
 
 
