@@ -29,7 +29,7 @@ XEN_TOOLS_HEADERS = {
     "uuid/uuid.h": "uuid-dev", "yajl/yajl_version.h": "libyajl-dev", "zlib.h": "zlib1g-dev",
     "lzma.h": "liblzma-dev", "bzlib.h": "libbz2-dev", "zstd.h": "libzstd-dev",
     "ncurses.h": "libncurses-dev", "libnl3/netlink/netlink.h": "libnl-3-dev",
-    "libnl3/netlink/route/link.h": "libnl-route-3-dev",
+    "libnl3/netlink/route/link.h": "libnl-route-3-dev", "systemd/sd-daemon.h": "libsystemd-dev",
 }
 # Staging indexes lib/modules/<release> like make modules_install does.
 STAGE_TOOLS = {"depmod": "kmod"}

@@ -70,6 +70,10 @@ def test_staged_layout_and_manifest(world):
         assert (world / "usr/sbin/xl").is_file()
         assert (world / "usr/sbin/xenstored").exists()
         assert (world / "etc/xen").is_dir()
+        # systemd units (--enable-systemd), so a systemd dom0 need not run the LSB
+        # xencommons, which ends by starting a QEMU disk backend and fails without one.
+        for unit in ("proc-xen.mount", "xenstored.service", "xenconsoled.service", "xen-init-dom0.service"):
+            assert (world / "usr/lib/systemd/system" / unit).is_file(), unit
 
     # The manifest lists every staged file with its real checksum.
     staged = {str(p.relative_to(world)) for p in world.rglob("*") if p.is_file() or p.is_symlink()}
