@@ -691,6 +691,9 @@ def boot_and_check(settings: Settings, image: Path, guest: Path, facts: dict, re
                          "systemctl list-jobs --no-pager | tail -8; "
                          "systemctl show -P ActiveState multi-user.target",
                          t + 60, expect=r"^active$", failure="dom0 did not reach multi-user")
+            _shell_check(vm, "dom0 has no failed units",
+                         "f=$(systemctl --failed --plain --no-legend); [ -z \"$f\" ] || "
+                         "{ echo \"$f\"; false; }", 60)
             _shell_check(vm, f"xendomains started {GUEST}",
                          f"{_until(t)} xl list {GUEST} >/dev/null 2>&1 && break; "
                          "systemctl -q is-active xendomains || systemctl -q is-failed xendomains "

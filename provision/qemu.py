@@ -469,7 +469,9 @@ class Console:
                     raise
             self._echoing = True
             self.send(f"stty sane -ixon; set +o emacs +o vi; PS1='<{token}> '")
-            self.wait_for(rf"^<{token}> $", 60, what="shell without line editing", record=False)
+            # Not anchored at the line's end: a kernel message (xen-blkback's, say) may be
+            # printed right after the prompt, on the same line.
+            self.wait_for(rf"^<{token}> ", 60, what="shell without line editing", record=False)
             self.send(f"PS1= PS2=; {plain}; {ready}")
         self.wait_for(rf"^READY-{token}$", 60, what="shell after login")
 
