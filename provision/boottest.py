@@ -492,6 +492,16 @@ def _use(image: Path) -> Path:
     return image
 
 
+def _work_root(name: str, undo: UndoStack) -> Path:
+    """``<cache>/boottest/work/NAME/root`` for a tree being built: the work directory
+    emptied of what an interrupted run left, and removed again when ``undo`` closes."""
+    work = Path(cache_dir("boottest", "work")) / name
+    if work.exists():
+        shutil.rmtree(work)
+    undo.cleanup(f"remove {work}", shutil.rmtree, work, True)
+    return work / "root"
+
+
 def guest_image(settings: Settings) -> Path:
     """The guest's root filesystem as a raw ext4 disk image, cached by its inputs.
 
@@ -510,12 +520,8 @@ def guest_image(settings: Settings) -> Path:
     if final.exists() and not settings.refresh:
         log.info(f"guest image: cached {final.name}")
         return _use(final)
-    work = Path(cache_dir("boottest", "work")) / f"guest-{key}"
     with UndoStack() as undo:
-        if work.exists():
-            shutil.rmtree(work)
-        undo.cleanup(f"remove {work}", shutil.rmtree, work, True)
-        root = work / "root"
+        root = _work_root(f"guest-{key}", undo)
         bootstrap_root(spec, GUEST, root, refresh=settings.refresh)
         configure_guest(root)
         with building_image(final, GUEST_SIZE, force=settings.refresh) as tmp:
@@ -541,12 +547,8 @@ def host_image(settings: Settings, result: Result) -> tuple[Path, dict]:
     from provision.storage import building_image, loop_device, make_fs, partition_image
     from provision.storage.partition import PartSpec
     require("grub-mkimage", "tar")
-    work = Path(cache_dir("boottest", "work")) / f"host-{key}"
     with UndoStack() as undo:
-        if work.exists():
-            shutil.rmtree(work)
-        undo.cleanup(f"remove {work}", shutil.rmtree, work, True)
-        root = work / "root"
+        root = _work_root(f"host-{key}", undo)
         bootstrap_root(spec, HOSTNAME, root, refresh=settings.refresh)
         installed_by = install_dist(settings.dist, root) if settings.dist else "Debian packages"
         if settings.dist:
