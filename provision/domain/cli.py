@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     c.add_argument("--name")
     c.add_argument("--memory", help="MiB, or a size such as 512M")
     c.add_argument("--maxmem")
-    c.add_argument("--vcpus", type=int)
+    c.add_argument("--vcpus", help="a number (checked with the other settings)")
     c.add_argument("--type", choices=("pv", "pvh", "hvm"))
     c.add_argument("--kernel")
     c.add_argument("--ramdisk")
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     c.add_argument("--hostname")
     c.add_argument("--exports", action="store_true", help="add the NFS export line to ROOT/etc/exports")
     c.add_argument("--autostart", action="store_true", help="link it into /etc/xen/auto")
-    c.add_argument("--mac-prefix", default=macs.XEN_PREFIX, help="for generated MACs (default 00:16:3e)")
+    c.add_argument("--mac-prefix", default=macs.XEN_PREFIX, help="for generated MACs: Xen's 00:16:3e (default) or a locally administered one such as 02:00:00")
     c.add_argument("--force", action="store_true", help="replace an existing config of that name")
     c.add_argument("--no-kernel-check", action="store_true", help="do not require the kernel file to exist")
     c.add_argument("-n", "--dry-run", action="store_true", help="print the config, write nothing")
@@ -88,8 +88,8 @@ def register(subparsers) -> None:
     i.add_argument("--flavour", choices=("debian", "redhat"), help="settings in /etc/default or /etc/sysconfig (default: from the root)")
     i.add_argument("--save-dir", default="", metavar="DIR", help="save domains here on stop (default: shut them down)")
     i.add_argument("--no-restore", action="store_true", help="do not restore saved domains on start")
-    i.add_argument("--parallel", type=int, default=4, help="domains started/stopped at once (default 4)")
-    i.add_argument("--stop-timeout", type=int, default=300, help="seconds to wait for shutdowns (default 300)")
+    i.add_argument("--parallel", default="4", help="domains started/stopped at once (default 4)")
+    i.add_argument("--stop-timeout", default="300", help="seconds to wait for shutdowns (default 300)")
     i.add_argument("--destroy-on-timeout", action="store_true")
     i.add_argument("--only-auto", action="store_true", help="on stop, only the domains in /etc/xen/auto")
     i.add_argument("--xen-service", help="LSB name of the Xen daemons' script (default: found in the root)")
@@ -224,21 +224,30 @@ def cmd_xd_install(args) -> int:
     paths = from_args(args)
     s = xendomains.Settings(
         flavour=args.flavour or xendomains.flavour_of(paths), save_dir=args.save_dir,
-        restore=not args.no_restore, parallel=args.parallel, stop_timeout=args.stop_timeout,
+        restore=not args.no_restore, parallel=_count(args.parallel, "--parallel"),
+        stop_timeout=_count(args.stop_timeout, "--stop-timeout"),
         destroy_on_timeout=args.destroy_on_timeout, stop_all=not args.only_auto,
         xen_service=args.xen_service,
     )
     with UndoStack() as undo:  # a refused enable takes back the files we just made
         xendomains.install(paths, s, undo)
         if args.enable:
-            for line in xendomains.enable(paths, args.method):
+            for line in xendomains.enable(paths, args.method, undo):
                 log.info(line)
     return 0
 
 
+def _count(value: str, option: str) -> int:
+    # A string option, not type=int: a bad value is one line, not argparse's usage.
+    if not value.strip().isdigit():
+        raise ProvisionError(f"{option} '{value}' is not a whole number")
+    return int(value)
+
+
 def cmd_xd_enable(args) -> int:
-    for line in xendomains.enable(from_args(args), args.method):
-        log.info(line)
+    with UndoStack() as undo:  # a refused insserv takes back the directories made for it
+        for line in xendomains.enable(from_args(args), args.method, undo):
+            log.info(line)
     return 0
 
 

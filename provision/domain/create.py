@@ -238,6 +238,7 @@ def build(req: Request, paths: Paths) -> Domain:
 
 def create(req: Request, paths: Paths) -> tuple[Domain, Path | None, str]:
     """Check, fill in MACs and write. Returns the domain, its path (None on dry run), the text."""
+    prefix = macs.parse_prefix(req.mac_prefix)  # refused before anything is made
     dom = build(req, paths)
     target = paths.config(dom.name)
     live = paths.root.resolve() == Path("/")
@@ -260,7 +261,7 @@ def create(req: Request, paths: Paths) -> tuple[Domain, Path | None, str]:
         missing = [v for v in dom.vifs if not v.mac]
         if missing:
             used = {m for o in others for m in o.macs} | set(dom.macs())
-            for vif, mac in zip(missing, macs.generate(paths, used, req.mac_prefix, len(missing)), strict=True):
+            for vif, mac in zip(missing, macs.generate(paths, used, prefix, len(missing)), strict=True):
                 vif.settings["mac"] = mac
         shown = Path("/") / target.relative_to(paths.root) if target.is_relative_to(paths.root) else target
         text = render.domain_config(dom, str(shown))  # the path as the host will see it

@@ -1,7 +1,7 @@
 """MAC addresses: a free one generated under a lock, so that two runs never pick the same.
 
-Generated MACs use Xen's OUI 00:16:3e (or another three-octet unicast prefix such as the
-locally administered 02:xx:xx). The search starts at a point derived from this host's
+Generated MACs use Xen's OUI 00:16:3e or a locally administered three-octet prefix such
+as 02:00:00; never another vendor's OUI, whose cards may share the LAN. The search starts at a point derived from this host's
 machine-id, so that two hosts on one LAN start far apart, and walks up to the first
 address no config uses: deterministic for the same host and configs.
 
@@ -28,9 +28,16 @@ def parse_prefix(prefix: str) -> str:
     if len(parts) != 3 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
         raise ProvisionError(f"MAC prefix '{prefix}' is not three hex octets",
                              hint="use Xen's 00:16:3e or a locally administered prefix such as 02:00:00")
-    if int(parts[0], 16) & 1:
+    first = int(parts[0], 16)
+    if first & 1:
         raise ProvisionError(f"MAC prefix '{prefix}' is a multicast prefix", hint="the first octet must be even")
-    return ":".join(parts)
+    prefix = ":".join(parts)
+    if prefix != XEN_PREFIX and not first & 2:
+        # A universally administered OUI belongs to a vendor: its cards may be on this LAN.
+        raise ProvisionError(f"MAC prefix '{prefix}' is a vendor's OUI, not Xen's nor a locally administered one",
+                             hint="use Xen's 00:16:3e or a locally administered prefix (first octet x2, x6, xa "
+                                  "or xe), such as 02:00:00")
+    return prefix
 
 
 def _host_seed(paths: Paths) -> int:

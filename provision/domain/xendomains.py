@@ -14,6 +14,7 @@ or, for the chkconfig layout, the S99/K00 links chkconfig --add writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +89,31 @@ def render_files(paths: Paths, s: Settings) -> dict[str, tuple[str, int]]:
     }
 
 
+def _rmdir_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):  # gone, or someone else put a file in it
+        path.rmdir()
+
+
+def makedirs(path: Path, undo: UndoStack | None) -> None:
+    """``path`` and its missing parents; each one made is removed again (when empty)
+    if ``undo`` rolls back, so that refused input leaves no empty directories."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        if undo:
+            undo.rollback(f"remove {d}", _rmdir_if_empty, d)
+
+
 def install(paths: Paths, s: Settings, undo: UndoStack | None = None) -> list[Path]:
     """Write the script, settings and unit; unchanged files are left alone.
-    Files this call creates are registered for rollback on ``undo``."""
+    Files and directories this call creates are registered for rollback on ``undo``."""
     written = []
     for path, (text, mode) in render_files(paths, s).items():
         dest = paths.inside(path)
+        makedirs(dest.parent, undo)
         if path in SETTINGS.values() and dest.exists():
             # The administrator's edits (or the distribution's file) win over our options.
             if dest.read_text() != text:
@@ -172,8 +192,9 @@ def _systemd_offline(paths: Paths) -> str:
     return f"linked {link} -> {UNIT}"
 
 
-def enable(paths: Paths, method: str = "auto") -> list[str]:
-    """Enable xendomains at boot; returns what was done, one line per action."""
+def enable(paths: Paths, method: str = "auto", undo: UndoStack | None = None) -> list[str]:
+    """Enable xendomains at boot; returns what was done, one line per action.
+    Directories made for an offline root are registered for rollback on ``undo``."""
     if method not in METHODS:
         raise ProvisionError(f"method '{method}' is not one of {', '.join(METHODS)}")
     if not paths.inside(SCRIPT).exists():
@@ -212,6 +233,9 @@ def enable(paths: Paths, method: str = "auto") -> list[str]:
         if method == "auto" and (paths.inside("/etc/rc.d/init.d").is_dir() or not which("insserv")):
             method = "chkconfig"
         else:
+            # insserv makes the rc?.d directories before it refuses: make them ours.
+            for level in "0123456S":
+                makedirs(_rc_dir(paths, level), undo)
             _insserv_offline(paths)
             done.append(f"insserv -p {paths.inside('/etc/init.d')} xendomains")
     if method in ("chkconfig", "links"):

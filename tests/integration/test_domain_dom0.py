@@ -21,14 +21,15 @@ def sh(*argv, check=True):
     return subprocess.run(list(map(str, argv)), check=check, capture_output=True, text=True)
 
 
-@pytest.fixture
-def root(tmp_path):
-    return tmp_path / "root"
-
-
 @pytest.fixture(scope="module")
 def checker():
     return xlcheck.build()
+
+
+@pytest.fixture
+def root(tmp_path, checker):
+    yield tmp_path / "root"
+    xlcheck.accept_all(checker, tmp_path / "root/etc/xen")  # every config made, Xen accepts
 
 
 @pytest.fixture
@@ -124,7 +125,7 @@ def test_read_only_mount_allows_read_only_guests(run_cli, root, mounted, checker
     assert f"disk 0: vdev=xvda target={loop} format=raw access=ro\n" in seen
 
 
-def test_offline_root_skips_dom0_checks(run_cli, tmp_path, mounted):
+def test_offline_root_skips_dom0_checks(run_cli, tmp_path, mounted, checker):
     img, loop, mnt = mounted
     image_root = tmp_path / "image"
     (image_root / "boot").mkdir(parents=True)
@@ -132,6 +133,8 @@ def test_offline_root_skips_dom0_checks(run_cli, tmp_path, mounted):
     proc = run_cli("domain", "create", "--root", image_root, "--name", "g", "--memory", "64",
                    "--kernel", KERNEL, "--disk", f"vdev=xvda, access=rw, target={loop}")
     assert proc.returncode == 0, proc.stderr
+    assert f"disk 0: vdev=xvda target={loop} format=raw access=rw\n" in xlcheck.accept(
+        checker, image_root / "etc/xen/g.cfg")
 
 
 def test_unmounted_device_is_fine(run_cli, root, tmp_path, root_required):

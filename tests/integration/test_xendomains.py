@@ -94,12 +94,23 @@ def test_insserv_accepts_the_header_and_orders_it_after_xen(run_cli, image):
 
 
 def test_insserv_refuses_without_the_xen_daemons(run_cli, tmp_path):
+    need("insserv")
     root = tmp_path / "bare"
     root.mkdir()
     proc = run_cli("xendomains", "install", "--root", root, "--enable", "--method", "insserv")
     assert proc.returncode != 0
-    assert "service xencommons has to be enabled" in proc.stderr
-    assert not (root / "etc/init.d/xendomains").exists()  # install rolled back
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "service xencommons has to be enabled" in errors[0]
+    # Rolled back: not the files, nor the directories made for them or for insserv.
+    assert list(root.iterdir()) == []
+    proc = run_cli("xendomains", "install", "--root", tmp_path / "new", "--enable", "--method", "insserv")
+    assert proc.returncode != 0 and not (tmp_path / "new").exists()
+    # enable on its own, after a successful install: the refusal leaves no rc?.d behind.
+    run_cli("xendomains", "install", "--root", root, check=True)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    proc = run_cli("xendomains", "enable", "--root", root, "--method", "insserv")
+    assert proc.returncode != 0 and "service xencommons has to be enabled" in proc.stderr
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
 def test_chkconfig_links(run_cli, image):

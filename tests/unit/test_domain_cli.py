@@ -1,6 +1,8 @@
 """``python -m provision domain ...`` as a user runs it, in a throw-away root.
 
-Every config written here is also read by Xen's own parser (tests/xlcheck).
+Every config written here is also read by Xen's own parser (tests/xlcheck): the tests
+check what they expect in its reading, and the ``root`` fixture passes whatever else a
+test left in ROOT/etc/xen through it afterwards.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ def checker():
 
 
 @pytest.fixture
-def root(tmp_path):
+def root(tmp_path, checker):
     r = tmp_path / "root"
     (r / "boot").mkdir(parents=True)
     (r / "boot" / "vmlinuz-xenU").write_bytes(b"\x7fELF kernel stand-in: only its existence is checked")
-    return r
+    yield r
+    xlcheck.accept_all(checker, r / "etc/xen")  # whatever the test wrote, Xen must accept
 
 
 @pytest.fixture
@@ -67,7 +70,7 @@ def test_create_writes_a_config_xen_accepts(domain, root, checker):
     assert not list((root / "etc/xen").glob(".*.tmp"))
 
 
-def test_same_input_same_bytes(run_cli, tmp_path):
+def test_same_input_same_bytes(run_cli, tmp_path, checker):
     texts = []
     for n in (1, 2):
         r = tmp_path / f"r{n}"
@@ -76,6 +79,7 @@ def test_same_input_same_bytes(run_cli, tmp_path):
         run_cli("domain", "create", "--root", r, *basic()[1:], check=True)
         texts.append((r / "etc/xen/web1.cfg").read_bytes())
     assert texts[0] == texts[1]
+    xlcheck.accept(checker, tmp_path / "r1/etc/xen/web1.cfg")
 
 
 TEMPLATE = """\
@@ -143,6 +147,9 @@ BAD = [
     (("nics=1",), "'nics' is an xm setting", "domain convert"),
     (("on_crash=reboot",), "on_crash 'reboot' is not an action", None),
     (("--name", "../evil"), "domain name '../evil' is not valid", None),
+    (("--vcpus", "two"), "vcpus 'two' is not a number", None),
+    (("--vif", "bridge=xenbr0", "--mac-prefix", "00:11:22"), "MAC prefix '00:11:22' is a vendor's OUI", "02:00:00"),
+    (("--vif", "bridge=xenbr0", "--mac-prefix", "03:00:00"), "multicast prefix", None),
 ]
 
 
@@ -156,6 +163,12 @@ def test_bad_input_is_one_line_and_writes_nothing(domain, root, extra, message, 
     if more:
         assert more in proc.stderr
     assert not (root / "etc").exists()  # nothing at all was written
+
+
+def test_locally_administered_mac_prefix(domain, root, checker):
+    domain(*basic("web1", "--vif", "bridge=xenbr0", "--mac-prefix", "0A-00-00"))
+    seen = xlcheck.accept(checker, root / "etc/xen/web1.cfg")
+    assert " mac=0a:00:00:" in seen, seen
 
 
 def test_duplicate_name(domain, root):

@@ -101,7 +101,8 @@ def test_mac_generation(tmp_path):
     two = macs.generate(paths, set(first), count=2)
     assert first[0] not in two and len(set(two)) == 2
     assert macs.generate(paths, set(), prefix="02:00:00")[0].startswith("02:00:00:")
-    for bad in ("01:00:00", "00:16", "zz:00:00"):
+    assert macs.parse_prefix("02-AB-CD") == "02:ab:cd"
+    for bad in ("01:00:00", "00:16", "zz:00:00", "00:11:22", "00:16:3f"):  # multicast, short, vendors' OUIs
         with pytest.raises(ProvisionError):
             macs.parse_prefix(bad)
 

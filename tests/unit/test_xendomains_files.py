@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "xlcheck"))
+import xlcheck  # noqa: E402
 
 
 def test_install_writes_files_once_and_keeps_admin_settings(run_cli, tmp_path):
@@ -41,12 +47,16 @@ def test_redhat_flavour_uses_sysconfig(run_cli, tmp_path):
         (("--stop-timeout", "0"), "must be at least 1 second"),
         (("--save-dir", "relative/dir"), "must be an absolute path"),
         (("--save-dir", "/var/lib/xen save"), "must be an absolute path without spaces"),
+        (("--parallel", "x"), "--parallel 'x' is not a whole number"),
+        (("--stop-timeout", "5m"), "--stop-timeout '5m' is not a whole number"),
     ],
 )
 def test_bad_settings_write_nothing(run_cli, tmp_path, args, message):
     root = tmp_path / "r"
     proc = run_cli("xendomains", "install", "--root", root, *args)
-    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "usage:" not in proc.stderr, proc.stderr
     assert not root.exists()
 
 
@@ -64,6 +74,7 @@ def test_status_lists_links_and_boot_domains(run_cli, tmp_path):
             "--autostart", check=True)
     run_cli("domain", "create", "--root", root, "--name", "idle", "--memory", "64", "--kernel", "/boot/vmlinuz",
             check=True)
+    assert [p.name for p in xlcheck.accept_all(xlcheck.build(), root / "etc/xen")] == ["idle.cfg", "web.cfg"]
     run_cli("xendomains", "install", "--root", root, "--enable", "--method", "chkconfig", check=True)
     out = run_cli("xendomains", "status", "--root", root, check=True).stdout.splitlines()
     assert [line for line in out if line.startswith("rc")] == [

@@ -45,3 +45,12 @@ def accept(binary: Path, config: Path) -> str:
     proc = run(binary, config)
     assert proc.returncode == 0, f"libxlutil refused {config}:\n{proc.stderr}\n{config.read_text()}"
     return proc.stdout
+
+
+def accept_all(binary: Path, config_dir: Path) -> list[Path]:
+    """Every domain config in ``config_dir`` (``*.cfg``) through libxlutil: the configs a
+    test made, checked after it whatever it asserted itself. Returns the files checked."""
+    found = sorted(config_dir.glob("*.cfg")) if config_dir.is_dir() else []
+    for config in found:
+        accept(binary, config)
+    return found
