@@ -91,8 +91,8 @@ def test_boottest_boots_our_host_and_its_guest(run_cli, dist, tmp_path):
     for check in ("GRUB started our entry", "Xen version is our build",
                   "Xen command line is the one we generated", "scheduler is credit",
                   "dom0 runs our kernel", "dom0 reached multi-user", "xendomains started guest1",
-                  "console shows the guest kernel booting to userspace", "xl save guest1",
-                  "xl restore guest1", "xl mem-set guest1", "LVM path of the storage library",
+                  "console shows the guest kernel booting to userspace", "xendomains stop saves guest1",
+                  "xendomains start restores guest1", "xl mem-set guest1", "LVM path of the storage library",
                   "xendomains reports a guest with a bad disk path"):
         assert any(line.strip().startswith("PASS") and check in line for line in report.splitlines()), \
             f"no PASS for {check!r} in:\n{report}"
