@@ -32,7 +32,8 @@ def newest(root: Path, pattern: str) -> str | None:
 
 
 def _existing(root: Path, path: str, option: str) -> str:
-    if not path.startswith("/"):
+    # '..' would name a file outside the target that GRUB, booting the target, cannot see.
+    if not path.startswith("/") or ".." in Path(path).parts:
         raise ProvisionError(f"{option} {path} is not valid: give the absolute path inside the target, e.g. /boot/{Path(path).name}")
     if not within(root, path).is_file():
         where = "" if root.resolve() == Path("/") else f" under {root}"
@@ -77,9 +78,10 @@ def build(args) -> tuple[Path, list[render.BootEntry], cmdline.Dom0Options, str]
     if not kernel:
         raise ProvisionError(f"no dom0 kernel found: {within(root, '/boot')} has no vmlinuz-*-xen0", hint="give --kernel /boot/vmlinuz-<version>")
     initrd = _existing(root, args.initrd, "--initrd") if args.initrd else None
-    config = within(root, args.xen_config) if args.xen_config else cmdline.config_beside(within(root, xen))
-    if args.xen_config and not config.is_file():
-        raise ProvisionError(f"--xen-config {args.xen_config} does not exist", hint="give the xen-<version>.config staged beside the hypervisor")
+    if args.xen_config:
+        config = within(root, _existing(root, args.xen_config, "--xen-config"))
+    else:
+        config = cmdline.config_beside(within(root, xen))
     schedulers = cmdline.schedulers_from_config(config) if config.is_file() else None
     xen_opts = cmdline.parse_xen_options(xen_words(args), machine_memory=machine_memory(args, root), schedulers=schedulers)
     if xen_opts.sched and schedulers is None:
@@ -94,6 +96,10 @@ def build(args) -> tuple[Path, list[render.BootEntry], cmdline.Dom0Options, str]
         log.debug(f"loader {loader}: {why}")
     else:
         loader = args.loader
+    if dom0.root is None:
+        # Not an error: an initrd may find the root itself (the boot test's does).
+        log.warn("dom0's command line has no root=: its kernel finds no root filesystem unless "
+                 "the initrd mounts one; give --root-device, e.g. /dev/sda4")
     entry = render.make_entry(
         install.boot_path(root, xen), install.boot_path(root, kernel), xen_opts, dom0,
         initrd=install.boot_path(root, initrd) if initrd else None, title=args.title, id=entry_id,

@@ -96,11 +96,19 @@ _XEN_SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([TtGgMmKkBb]?)$")
 _FACTORS = {"t": TiB, "g": GiB, "m": MiB, "k": KiB, "b": 1, "": KiB}
 
 
+def _not_octal(option: str, text: str, number: str) -> None:
+    """Xen reads numbers with strtoul(base 0): a leading 0 means octal (0512 is 330)."""
+    if len(number) > 1 and number.startswith("0") and number.isdigit():
+        raise _bad(option, text, f"'{number}' starts with 0, which Xen reads as octal; "
+                                 f"write {number.lstrip('0') or '0'} (or 0x... for hex)")
+
+
 def parse_xen_size(text: str, option: str) -> tuple[int, bool]:
     """Bytes for a Xen ``<size>`` and whether it had no unit (Xen then reads KiB)."""
     m = _XEN_SIZE.match(text)
     if not m:
         raise _bad(option, text, "a size is a whole number with K, M, G, T or B (no unit means KiB), e.g. 512M")
+    _not_octal(option, text, m.group(1))
     return int(m.group(1), 0) * _FACTORS[m.group(2).lower()], m.group(2) == ""
 
 
@@ -146,6 +154,7 @@ def parse_mem_amount(text: str, option: str = "dom0_mem") -> tuple[MemAmount, bo
             "each optionally negative, e.g. 1G, -512M, 25%, 1G+25%",
         )
     minus, size_text, plus_pct, pct_only = m.groups()
+    _not_octal(option, text, plus_pct or pct_only or "")
     size, unitless = parse_xen_size(size_text, option) if size_text else (0, False)
     pct = int(plus_pct or pct_only or 0)
     if pct >= 100:
@@ -320,6 +329,8 @@ def parse_vcpus(text: str) -> str:
     if not m or not (m.group(1) or m.group(3)) or (not m.group(2) and m.group(3)):
         raise _bad("dom0_max_vcpus", text, "use <n> or <min>-<max> (either end may be left out), e.g. 2 or 1-4")
     lo, hi = m.group(1), m.group(3)
+    for number in (lo, hi):
+        _not_octal("dom0_max_vcpus", text, number)
     if (lo and int(lo) < 1) or (hi and int(hi) < 1):
         raise _bad("dom0_max_vcpus", text, "vCPU counts start at 1")
     if lo and hi and int(lo) > int(hi):

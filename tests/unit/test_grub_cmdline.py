@@ -65,6 +65,7 @@ def test_other_xen2_schedulers(old):
     ("-10%", "-10%"),
     ("min:-512M", "min:-512M"),
     ("0x80000K", "512M"),
+    ("10M+5%", "10M+5%"),
     ("1T", "1T"),
 ])
 def test_dom0_mem_grammar(text, expected):
@@ -83,6 +84,11 @@ def test_dom0_mem_grammar(text, expected):
     ("1G+", "is not valid"),
     ("1G,", "an item is empty"),     # not "given twice": the trailing comma is the mistake
     (",max:1G", "an item is empty"),
+    # Xen reads numbers with strtoul(base 0): 0512M would be 330M, 025% would be 21%.
+    ("0512M", "'0512' starts with 0, which Xen reads as octal; write 512"),
+    ("1G,max:02G", "'02' starts with 0"),
+    ("1G+025%", "'025' starts with 0"),
+    ("-010%", "'010' starts with 0"),
 ])
 def test_dom0_mem_rejected(text, needle):
     with pytest.raises(ProvisionError) as e:
@@ -163,6 +169,7 @@ def test_full_line_renders_in_a_fixed_order():
     ("dom0_max_vcpus=0", "start at 1"),
     ("dom0_max_vcpus=4-2", "above max"),
     ("dom0_max_vcpus=two", "dom0_max_vcpus=two"),
+    ("dom0_max_vcpus=1-010", "'010' starts with 0, which Xen reads as octal"),
     ("loglvl=loud", "levels: none"),
     ("guest_loglvl=info/", "guest_loglvl"),
     ("noreboot=maybe", "a boolean"),

@@ -161,6 +161,16 @@ def test_sysvinit_inittab_line(target, run_cli):
     assert "hvc0:2345:respawn:/sbin/getty -L 115200 hvc0 vt102\n" in inittab
 
 
+def test_missing_root_device_warns(target, run_cli):
+    args = [a for a in ARGS if a not in ("--root-device", "/dev/sda4")]
+    proc = run_cli("grub", "render", "--root", target, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "\tmodule2 /boot/vmlinuz-6.1.0-xen0 console=hvc0\n" in proc.stdout
+    assert "warning: dom0's command line has no root=" in proc.stderr and "--root-device" in proc.stderr
+    proc = run_cli("grub", "render", "--root", target, *ARGS)
+    assert proc.returncode == 0 and "no root=" not in proc.stderr, proc.stderr
+
+
 def test_multiboot_fallback_when_grub_lacks_multiboot2(target, run_cli):
     (target / "boot/grub/i386-pc/multiboot2.mod").unlink()
     (target / "boot/grub/i386-pc/multiboot.mod").write_bytes(b"\x7fELF")
@@ -191,10 +201,15 @@ def test_render_formats(target, run_cli):
     (["--kernel", "/boot/vmlinuz-missing"], "--kernel /boot/vmlinuz-missing does not exist"),
     (["--initrd", "/boot/initrd-missing"], "--initrd /boot/initrd-missing does not exist"),
     (["--xen", "/boot/xen-9.gz"], "--xen /boot/xen-9.gz does not exist"),
+    (["--xen-config", "/boot/xen-9.config", "--sched", "credit"], "--xen-config /boot/xen-9.config does not exist"),
+    # A file outside the target: GRUB booting the target could never load it.
+    (["--kernel", "/../../../../../../../../../../../../../../bin/sh"], "--kernel /../../"),
+    (["--initrd", "/boot/../../initrd"], "--initrd /boot/../../initrd is not valid: give the absolute path inside"),
     (["--root-device", "sda4"], "root=sda4 is not valid"),
     (["--efi-dir", "boot/efi/EFI/xen"], "--efi-dir boot/efi/EFI/xen is not valid"),
     (["--efi-dir", "/boot/efi/../../etc"], "--efi-dir /boot/efi/../../etc is not valid"),
     (["--dom0-mem", "1G,"], "dom0_mem=1G, is not valid: an item is empty"),
+    (["--dom0-mem", "0512M"], "dom0_mem=0512M is not valid: '0512' starts with 0, which Xen reads as octal"),
 ])
 def test_bad_input_changes_nothing(target, run_cli, args, needle):
     (target / "etc/inittab").write_text("id:2:initdefault:\n")
@@ -264,3 +279,18 @@ def test_xen_cfg_names_files_missing_beside_it(target, run_cli):
         (efi / name).write_bytes((target / "boot" / name).read_bytes())
     proc = run_cli("grub", "install", "--root", target, *args)
     assert proc.returncode == 0 and "copy them" not in proc.stderr, proc.stderr
+
+
+def test_machine_memory_read_on_a_live_host_only(target):
+    """--root / reads MemTotal (the dom0_mem bound); an offline root's machine is unknown."""
+    from argparse import Namespace
+
+    from provision.grub.cli import machine_memory
+
+    if Path("/proc/xen").exists():
+        pytest.skip("this host is a Xen domain: its MemTotal is not the machine's memory")
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    live = machine_memory(Namespace(machine_memory=None), Path("/"))
+    assert live is not None and abs(live - total) < 4096
+    assert machine_memory(Namespace(machine_memory=None), target) is None
+    assert machine_memory(Namespace(machine_memory="4G"), Path("/")) == 4 * 1024**3
