@@ -291,6 +291,12 @@ def apply(root: Path, changes: list[Change], undo: UndoStack) -> list[str]:
     return changed
 
 
+# An offline root regenerates grub.cfg with its own GRUB, in a chroot that sees the
+# host's /dev, /proc and /sys. The bind mounts live in a private mount namespace: they
+# vanish with it, however the command ends, and the host's mount table never sees them.
+_IN_CHROOT = 'for d in dev proc sys; do mount --bind "/$d" "$0/$d" || exit 1; done; exec chroot "$0" "$@"'
+
+
 def update_command(root: Path) -> list[str] | None:
     """The command that regenerates grub.cfg for this target, or None without GRUB tools."""
     cfg = f"{grub_dir(root)}/grub.cfg"
@@ -306,7 +312,9 @@ def update_command(root: Path) -> list[str] | None:
     for tool in ("update-grub", "grub-mkconfig"):
         for d in ("/usr/sbin", "/sbin", "/usr/bin"):
             if within(root, f"{d}/{tool}").exists():
-                return ["chroot", str(root), tool] + ([] if tool == "update-grub" else ["-o", cfg])
+                tool_argv = [f"{d}/{tool}"] + ([] if tool == "update-grub" else ["-o", cfg])
+                return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _IN_CHROOT,
+                        str(root.resolve()), *tool_argv]
     return None
 
 
@@ -323,12 +331,16 @@ def install(req: Request, *, update: bool = True) -> list[str]:
             live = req.root.resolve() == Path("/")
             if cmd is None:
                 req.notes.append("no update-grub/grub-mkconfig for this target: regenerate grub.cfg with the target's GRUB")
-            elif update and live:
+            elif update:
                 # A failed grub-mkconfig leaves grub.cfg alone; undo our files too.
+                if not live:
+                    for d in ("dev", "proc", "sys"):
+                        if not within(req.root, f"/{d}").is_dir():
+                            raise ProvisionError(f"{req.root} has no /{d} to run its update-grub in a chroot",
+                                                 hint="give the root of a whole system, or use --no-update")
                 run(cmd)
             else:
-                mounts = "" if live else " (with /dev, /proc and /sys mounted inside it)"
-                req.notes.append(f"regenerate grub.cfg{mounts}: {shlex.join(cmd)}")
+                req.notes.append(f"regenerate grub.cfg: {shlex.join(cmd)}")
         if req.format == "custom" and any(c.endswith("/custom.cfg") for c in changed):
             req.notes.append(f"GRUB reads {grub_dir(req.root)}/custom.cfg at boot (41_custom); no grub.cfg update needed")
     for note in req.notes:

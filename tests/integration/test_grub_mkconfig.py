@@ -147,3 +147,68 @@ def test_live_install_runs_update_grub(test_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "xen-provision" not in (test_root / "boot/grub/grub.cfg").read_text()
     assert host_state() == before
+
+
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/mounts") as f:
+        return [ln.split()[1] for ln in f if ln.split()[1].startswith(str(path))]
+
+
+@pytest.fixture(scope="module")
+def system_root(tmp_path_factory):
+    """A real Debian root (the host's suite, from the host's mirror, via image --debootstrap)
+    with its own GRUB: grub2-common's update-grub and grub-mkconfig."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (debootstrap, chroot, bind mounts); CI runs as root")
+    from tests.integration.test_debootstrap import cli, host_suite
+    root = tmp_path_factory.mktemp("grubsys") / "root"
+    p, _ = cli("--debootstrap", host_suite(), "--dir", root, "--hostname", "grubsys",
+               "--include", "grub2-common,grub-pc-bin", "--no-boot-packages")
+    assert p.returncode == 0, p.stderr
+    assert (root / "usr/sbin/update-grub").exists()
+    (root / "boot/grub").mkdir(parents=True, exist_ok=True)
+    (root / "boot/xen-4.17.3.gz").write_bytes(gzip.compress(b"xen"))
+    (root / "boot/xen-4.17.3.config").write_text("CONFIG_SCHED_CREDIT=y\nCONFIG_SCHED_CREDIT2=y\n")
+    (root / "boot/vmlinuz-6.1.0-xen0").write_bytes(b"kernel")
+    return root
+
+
+def test_offline_root_runs_its_own_update_grub(system_root, run_cli):
+    """--root DIR of a whole system: its own update-grub runs in a chroot (with /dev,
+    /proc and /sys bind-mounted in a private namespace), so grub.cfg holds our entry;
+    no mount is left behind and the host's GRUB files are untouched."""
+    root = system_root
+    before = host_state()
+    proc = run_cli("grub", "install", "--root", root, "--default", "--no-getty", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    cfg = (root / "boot/grub/grub.cfg").read_text()   # written by the root's update-grub
+    assert "### BEGIN /etc/grub.d/42_xen_provision ###" in cfg
+    assert "\tmultiboot2 /boot/xen-4.17.3.gz dom0_mem=1G,max:1G com1=115200,8n1 console=com1,vga " in cfg
+    assert 'set default="xen-provision-4.17.3-6.1.0-xen0"' in cfg
+    assert _mounts_under(root) == []
+    assert host_state() == before
+    check = subprocess.run(["grub-script-check", str(root / "boot/grub/grub.cfg")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+    # --no-update prints the exact command (runnable as shown) and leaves grub.cfg alone.
+    proc = run_cli("grub", "install", "--root", root, "--no-getty", "--no-update", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stderr.splitlines() if "regenerate grub.cfg: " in ln)
+    assert "unshare --mount --propagation private sh -c " in line and line.endswith(f"{root} /usr/sbin/update-grub")
+    assert (root / "boot/grub/grub.cfg").read_text() == cfg
+    # Running the printed command does what install would have done.
+    cmd = line.split("regenerate grub.cfg: ", 1)[1]
+    assert subprocess.run(cmd, shell=True, capture_output=True).returncode == 0
+    assert 'set default="0"' in (root / "boot/grub/grub.cfg").read_text()
+    assert _mounts_under(root) == []
+
+    # The root's update-grub failing (here: no /proc to mount over) is one line, and our
+    # files are taken back.
+    snapshot = {p: p.read_bytes() for p in (root / "etc").rglob("*") if p.is_file() and not p.is_symlink()}
+    (root / "proc").rename(root / "proc.away")
+    try:
+        proc = run_cli("grub", "install", "--root", root, "--default", "--no-getty", *ARGS)
+    finally:
+        (root / "proc.away").rename(root / "proc")
+    assert proc.returncode != 0 and "/proc" in proc.stderr
+    assert {p: p.read_bytes() for p in (root / "etc").rglob("*") if p.is_file() and not p.is_symlink()} == snapshot

@@ -127,8 +127,8 @@ def test_grubd_install_default_and_remove(target, run_cli):
     menu = (target / "boot/grub/menu.lst").read_text()
     assert "\tkernel /boot/xen-4.17.3.gz dom0_mem=1G com1=115200,8n1 sched=credit2\n" in menu
     assert "default=xen-provision-4.17.3-6.1.0-xen0" in (target / "boot/efi/EFI/xen/xen.cfg").read_text()
-    # Offline root: grub.cfg is regenerated inside it, so we print the command, not run it.
-    assert "regenerate grub.cfg" in proc.stderr or "no update-grub" in proc.stderr
+    # This offline root has no GRUB tools of its own to regenerate grub.cfg: we say so.
+    assert "no update-grub/grub-mkconfig for this target" in proc.stderr
     # getty on hvc0 for systemd, and hvc0 in securetty for root logins.
     link = target / "etc/systemd/system/getty.target.wants/serial-getty@hvc0.service"
     assert os.readlink(link) == "/lib/systemd/system/serial-getty@.service"
