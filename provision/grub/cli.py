@@ -211,7 +211,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("install", help="install the entry beside the user's own, with backups")
     _model_options(p)
     _target_options(p)
-    p.add_argument("--default", action="store_true", help="make the Xen entry GRUB's default (GRUB_DEFAULT drop-in)")
+    p.add_argument("--default", action="store_true", help="make the Xen entry the default: a GRUB_DEFAULT drop-in (GRUB 2), our stanza first behind our own 'default 0' (menu.lst), default= (xen.cfg)")
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("remove", help="remove what install wrote (with backups)")

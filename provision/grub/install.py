@@ -16,6 +16,7 @@ written whole. A second run with the same request changes nothing.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -99,6 +100,47 @@ def merge_block(existing: bytes | None, block: str | None) -> bytes | None:
     return out.encode("utf-8", errors="surrogateescape")
 
 
+_TITLE = re.compile(r"^[ \t]*title[ \t=]", re.I)
+MENU_DEFAULT = "default 0"
+
+
+def menu_lst(existing: bytes | None, block: str | None, make_default: bool, notes: list[str]) -> bytes | None:
+    """menu.lst with our stanzas: after the user's own, or, with ``make_default``, before
+    them behind a ``default 0`` of our own.
+
+    Legacy GRUB's ``default`` counts stanzas, and the last ``default`` of the global
+    section (everything before the first ``title``) wins. So ``--default`` puts our block
+    right before the first title: our ``default 0`` comes after the user's own line, our
+    entry is stanza 0 whatever the user adds later, and the user's lines stay as they
+    are. Without ``--default`` the block goes back after the user's stanzas, so their own
+    ``default N`` counts as before.
+    """
+    if block is None:
+        return merge_block(existing, None)
+    if not make_default:
+        if MENU_DEFAULT + "\n" not in _our_block(existing):
+            return merge_block(existing, block)
+        return merge_block(merge_block(existing, None), block)  # from the top to the end
+    block = f"{MENU_DEFAULT}\n\n{block.rstrip(chr(10))}\n"
+    rest = merge_block(existing, None) or b""
+    lines = rest.decode("utf-8", errors="surrogateescape").splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if _TITLE.match(line)), len(lines))
+    if any(re.match(r"^[ \t]*fallback[ \t=]", line, re.I) for line in lines[:first]):
+        notes.append("menu.lst: our stanzas now come first, so 'fallback' counts them too: check it")
+    head = "".join(lines[:first])
+    if head and not head.endswith("\n"):
+        head += "\n"
+    ours = merge_block(None, block).decode()
+    out = head + ours + "".join(lines[first:])
+    return out.encode("utf-8", errors="surrogateescape")
+
+
+def _our_block(content: bytes | None) -> str:
+    text = (content or b"").decode("utf-8", errors="surrogateescape")
+    start, end = text.find(BEGIN + "\n"), text.find(END + "\n")
+    return text[start:end] if 0 <= start < end else ""
+
+
 # -- where things go -----------------------------------------------------------------------
 
 def grub_dir(root: Path) -> str:
@@ -176,9 +218,7 @@ def plan(req: Request) -> list[Change]:
 
     path = f"{grub_dir(root)}/menu.lst"
     block = render_menu_lst(entries) if (entries and req.menu_lst) else None
-    changes.append(Change(path, merge_block(_read(root, path), block), None))
-    if req.menu_lst and req.make_default:
-        req.notes.append("menu.lst: legacy GRUB's 'default' counts entries; set it yourself (our block is after your entries)")
+    changes.append(Change(path, menu_lst(_read(root, path), block, req.make_default, req.notes), None))
 
     if req.efi_dir:
         efi_dir = req.efi_dir.rstrip("/")

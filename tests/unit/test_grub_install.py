@@ -294,3 +294,49 @@ def test_machine_memory_read_on_a_live_host_only(target):
     assert live is not None and abs(live - total) < 4096
     assert machine_memory(Namespace(machine_memory=None), target) is None
     assert machine_memory(Namespace(machine_memory="4G"), Path("/")) == 4 * 1024**3
+
+
+def test_menu_lst_default_puts_our_stanza_first_behind_our_own_default(target, run_cli):
+    """Legacy GRUB counts stanzas and the last 'default' before the first title wins:
+    --default puts our block (with 'default 0') right before the user's first title."""
+    user = (b"# menu.lst by hand\ndefault 1\ntimeout 5\nfallback 0\n\n"
+            b"title Debian\n\tkernel /boot/vmlinuz root=/dev/sda1 ro\n\n"
+            b"title Debian (single)\n\tkernel /boot/vmlinuz root=/dev/sda1 ro single\n")
+    menu = target / "boot/grub/menu.lst"
+    menu.write_bytes(user)
+    proc = run_cli("grub", "install", "--root", target, "--menu-lst", "--default", "--no-getty", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "'fallback' counts them too" in proc.stderr
+    text = menu.read_text()
+    head, _, rest = text.partition(BEGIN + "\n")
+    ours, _, tail = rest.partition(END + "\n")
+    assert head == "# menu.lst by hand\ndefault 1\ntimeout 5\nfallback 0\n\n"
+    assert tail == "title Debian\n\tkernel /boot/vmlinuz root=/dev/sda1 ro\n\ntitle Debian (single)\n" \
+                   "\tkernel /boot/vmlinuz root=/dev/sda1 ro single\n"
+    assert ours.startswith("default 0\n\ntitle Xen 4.17.3 / Linux 6.1.0-xen0\n\tkernel /boot/xen-4.17.3.gz")
+    # Stanza 0 as legacy GRUB counts them (titles in file order) is ours.
+    titles = [ln for ln in text.splitlines() if ln.startswith("title ")]
+    assert titles[0] == "title Xen 4.17.3 / Linux 6.1.0-xen0"
+    # Globals as GRUB reads them: everything before the first title; the last default wins.
+    defaults = [ln for ln in text[: text.index("\ntitle ")].splitlines() if ln.startswith("default")]
+    assert defaults[-1] == "default 0"
+
+    before = snapshot(target)
+    again = run_cli("grub", "install", "--root", target, "--menu-lst", "--default", "--no-getty", *ARGS)
+    assert again.returncode == 0 and "already up to date" in again.stderr, again.stderr
+    assert snapshot(target) == before
+
+    # Without --default our stanzas go back after the user's: their 'default 1' counts as before.
+    assert run_cli("grub", "install", "--root", target, "--menu-lst", "--no-getty", *ARGS).returncode == 0
+    text = menu.read_bytes()
+    assert text.startswith(user + BEGIN.encode()) and b"default 0" not in text
+    assert run_cli("grub", "remove", "--root", target).returncode == 0
+    assert menu.read_bytes() == user
+
+
+def test_menu_lst_default_without_user_stanzas(target, run_cli):
+    assert run_cli("grub", "install", "--root", target, "--menu-lst", "--default", "--no-getty", *ARGS).returncode == 0
+    text = (target / "boot/grub/menu.lst").read_text()
+    assert text.startswith(f"{BEGIN}\ndefault 0\n\ntitle Xen 4.17.3") and text.endswith(f"{END}\n")
+    assert run_cli("grub", "remove", "--root", target).returncode == 0
+    assert not (target / "boot/grub/menu.lst").exists()
