@@ -61,6 +61,39 @@ def write_if_changed(path: str | os.PathLike, data: str | bytes, mode: int = 0o6
     return True
 
 
-def within(root: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """``path`` (absolute, as seen inside an image) re-rooted under ``root``."""
-    return Path(root) / str(path).lstrip("/")
+MAX_SYMLINKS = 40   # as the kernel's path walk
+
+
+def within(root: str | os.PathLike, path: str | os.PathLike, *, follow: bool = False) -> Path:
+    """``path`` (absolute, as seen inside an image) re-rooted under ``root``.
+
+    Symlinks on the way are followed as a chroot would see them: an absolute target starts
+    again at ``root`` and ``..`` stops there, so a link in an offline image (``/lib ->
+    /usr/lib``, ``/boot/vmlinuz -> /boot/vmlinuz-6.1``) never leads to the host's files.
+    The last component is followed only with ``follow`` (to read what it names); without
+    it a write replaces the link itself, as rename does.
+    """
+    root = Path(root)
+    parts = [p for p in str(path).split("/") if p not in ("", ".")]
+    if root.resolve() == Path("/"):
+        return Path("/", *parts)
+    done: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = root.joinpath(*done, part)
+        if (parts or follow) and here.is_symlink():
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise OSError(f"too many levels of symbolic links under {root}: {path}")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    return root.joinpath(*done)

@@ -27,7 +27,7 @@ def _natural(path: Path):
 
 def newest(root: Path, pattern: str) -> str | None:
     """The newest-versioned real file matching ``pattern`` under root/boot, as a target path."""
-    found = [p for p in within(root, "/boot").glob(pattern) if p.is_file() and not p.is_symlink()]
+    found = [p for p in within(root, "/boot", follow=True).glob(pattern) if p.is_file() and not p.is_symlink()]
     return f"/boot/{max(found, key=_natural).name}" if found else None
 
 
@@ -35,7 +35,7 @@ def _existing(root: Path, path: str, option: str) -> str:
     # '..' would name a file outside the target that GRUB, booting the target, cannot see.
     if not path.startswith("/") or ".." in Path(path).parts:
         raise ProvisionError(f"{option} {path} is not valid: give the absolute path inside the target, e.g. /boot/{Path(path).name}")
-    if not within(root, path).is_file():
+    if not within(root, path, follow=True).is_file():
         where = "" if root.resolve() == Path("/") else f" under {root}"
         raise ProvisionError(f"{option} {path} does not exist{where}", hint="give a file that is in the target's /boot")
     return path

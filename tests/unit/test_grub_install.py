@@ -340,3 +340,14 @@ def test_menu_lst_default_without_user_stanzas(target, run_cli):
     assert text.startswith(f"{BEGIN}\ndefault 0\n\ntitle Xen 4.17.3") and text.endswith(f"{END}\n")
     assert run_cli("grub", "remove", "--root", target).returncode == 0
     assert not (target / "boot/grub/menu.lst").exists()
+
+
+def test_an_absolute_kernel_link_in_an_offline_root_is_read_there(target, run_cli):
+    """/boot/vmlinuz -> /boot/vmlinuz-6.1.0-xen0 names the target's file, not the host's."""
+    os.symlink("/boot/vmlinuz-6.1.0-xen0", target / "boot/vmlinuz-xen0")
+    proc = run_cli("grub", "render", "--root", target, "--kernel", "/boot/vmlinuz-xen0", *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "module2 /boot/vmlinuz-xen0 " in proc.stdout
+    os.symlink("/boot/no-such-kernel", target / "boot/vmlinuz-dangling")
+    proc = run_cli("grub", "render", "--root", target, "--kernel", "/boot/vmlinuz-dangling", *ARGS)
+    assert proc.returncode != 0 and "--kernel /boot/vmlinuz-dangling does not exist" in proc.stderr
