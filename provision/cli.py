@@ -26,8 +26,19 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with our one-line errors: what is wrong, then where the usage is, exit 2
+    (argparse's own error prints the whole usage block first). Subcommand parsers are
+    made by add_subparsers with the parent's class, so they inherit this."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        print(f"hint: {self.prog} --help lists the options", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m provision",
         description="Build, install and provision Xen hosts.",
     )

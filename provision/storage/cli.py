@@ -272,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m provision.storage.cli ...``: the storage command alone, importing no other
     command's module, for a minimal guest (the boot test) that has only the standard
     library and lvm2. Same output and exit codes as ``python -m provision storage``."""
-    from provision.cli import run_command
+    from provision.cli import Parser, run_command
 
-    parser = argparse.ArgumentParser(prog="python -m provision.storage.cli")
+    parser = Parser(prog="python -m provision.storage.cli")
     parser.add_argument("--debug", action="store_true")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["storage", *(argv if argv is not None else sys.argv[1:])])

@@ -116,6 +116,20 @@ def test_cli_help(run_cli):
     assert "python -m provision" in proc.stdout
 
 
+@pytest.mark.parametrize("args, wrong", [
+    (["image", "--bogus"], "unrecognized arguments: --bogus"),
+    (["domain", "create", "--type", "xyz"], "argument --type: invalid choice: 'xyz'"),
+    (["grub", "render", "--loader"], "argument --loader: expected one argument"),
+    (["storage", "create", "img"], "the following arguments are required: --size"),
+])
+def test_bad_arguments_are_one_line_not_the_usage_block(run_cli, args, wrong):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and wrong in lines[0] and lines[0].startswith("error: python -m provision")
+    assert lines[1].startswith("hint: python -m provision") and "--help" in lines[1]
+
+
 def test_unforeseen_oserror_is_one_line(tmp_path, monkeypatch, capsys):
     from provision import cli
 
