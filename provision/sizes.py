@@ -51,3 +51,11 @@ def format_size(n: int) -> str:
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n}B"
+
+
+def format_approx(n: int) -> str:
+    """A measured amount to one decimal, for messages: 67963592704 -> '63.3GiB'."""
+    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= factor:
+            return f"{n / factor:.1f}".removesuffix(".0") + unit
+    return f"{n}B"

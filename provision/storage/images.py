@@ -14,7 +14,7 @@ from pathlib import Path
 
 from provision import log
 from provision.errors import ProvisionError
-from provision.sizes import format_size, parse_size
+from provision.sizes import format_approx, format_size, parse_size
 from provision.storage.hooks import critical, pause_point
 from provision.storage.safety import check_target_free
 from provision.undo import UndoStack
@@ -54,15 +54,15 @@ def check_free_space(path: str | os.PathLike, size: int, *, preallocate: bool) -
     if preallocate and size > free:
         raise ProvisionError(
             f"a preallocated image of {format_size(size)} does not fit in {folder}: "
-            f"only {format_size(free)} free",
+            f"only {format_approx(free)} free",
             hint="choose a smaller size, free some space, or make a sparse image (no --preallocate)",
         )
     if not preallocate:
         claimed = size + _sparse_committed(folder)
         if claimed > free:
             log.warn(
-                f"sparse images in {folder} may grow to {format_size(claimed)} "
-                f"but only {format_size(free)} is free: writes will fail when it runs out"
+                f"sparse images in {folder} may grow to {format_approx(claimed)} "
+                f"but only {format_approx(free)} is free: writes will fail when it runs out"
             )
 
 

@@ -282,9 +282,21 @@ def _fs_type(vg: str, name: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
+class SnapshotAtLargest(ProvisionError):
+    """lvextend left a snapshot as it was: it already holds room for all of its origin."""
+
+
+def _lv_size(vg: str, name: str) -> int:
+    rows = _report("lvs", "lv_size", f"{vg}/{name}")
+    if not rows:
+        raise ProvisionError(f"logical volume {vg}/{name} does not exist")
+    return int(rows[0][0])
+
+
 def extend_lv(vg: str, name: str, size: int | str, *, resize_fs: bool = True) -> int:
     """Grow ``vg/name`` to ``size``, or by it when given as ``+SIZE``; its filesystem is
-    grown with it (online where the filesystem allows). Returns the new size in bytes."""
+    grown with it (online where the filesystem allows). Returns the new size in bytes,
+    as LVM made it: a snapshot grows at most to what a copy of all its origin needs."""
     validate_vg_name(vg)
     validate_lv_name(name)
     rows = _report("lvs", "lv_size,lv_attr", f"{vg}/{name}")
@@ -313,15 +325,25 @@ def extend_lv(vg: str, name: str, size: int | str, *, resize_fs: bool = True) ->
             f"{format_size(vg_free(vg))} free",
             hint="add a PV (vgextend) or grow by less",
         )
-    fstype = _fs_type(vg, name) if resize_fs else ""
+    snapshot = rows[0][1].startswith("s")
+    # A snapshot grows its room for changes; the filesystem it shows stays the origin's size.
+    fstype = _fs_type(vg, name) if resize_fs and not snapshot else ""
     argv = ["lvextend", "-L", _size_arg(target)]
     if fstype in _FSADM_FS:
         argv.append("--resizefs")
     _lvm([*argv, f"{vg}/{name}"])
+    grown = _lv_size(vg, name)
+    if grown <= current and snapshot:
+        # lvm2 caps a snapshot there, says so and exits 0 (seen with 2.03.16).
+        raise SnapshotAtLargest(
+            f"{vg}/{name} stays {format_size(current)}: LVM gives a snapshot no more room than a "
+            "copy of its whole origin needs, so it cannot fill",
+            hint="nothing to do; a larger origin needs a larger snapshot",
+        )
     if fstype == "btrfs":
         grow_btrfs(lv_path(vg, name))
-    log.info(f"extended {vg}/{name} to {format_size(target)}")
-    return target
+    log.info(f"extended {vg}/{name} to {format_size(grown)}")
+    return grown
 
 
 def snapshot_usage(vg: str, name: str) -> float:
@@ -341,7 +363,8 @@ def watch_snapshot(vg: str, name: str, *, threshold: float = 80.0, extend_by: in
                    interval: float = 5.0, once: bool = False,
                    report: Callable[[float], None] | None = None) -> None:
     """Keep a snapshot from filling: whenever it is ``threshold`` percent full, extend it
-    by ``extend_by``. Runs until interrupted (or one check with ``once``).
+    by ``extend_by`` (or what the VG has left). Once it has room for all of its origin it
+    cannot fill and is extended no more. Runs until interrupted (or one check with ``once``).
 
     The manual's idea was ``dmsetup wait`` on the snapshot, then ``lvextend``; a
     snapshot only raises a device-mapper event when it is already full (invalid), so we
@@ -352,6 +375,8 @@ def watch_snapshot(vg: str, name: str, *, threshold: float = 80.0, extend_by: in
     if not interval > 0:
         raise ProvisionError(f"interval {interval} is not a positive number of seconds")
     step = parse_size(extend_by, "extend-by size")
+    at_largest = False  # room for all of its origin: it cannot fill, extending does nothing
+    warned = False
     while True:
         usage = snapshot_usage(vg, name)
         if report:
@@ -359,9 +384,23 @@ def watch_snapshot(vg: str, name: str, *, threshold: float = 80.0, extend_by: in
         if usage >= 100.0:
             raise ProvisionError(f"snapshot {vg}/{name} is full and has been invalidated",
                                  hint="remove it and take a new snapshot with more room")
-        if usage >= threshold:
-            log.info(f"{vg}/{name} is {usage:.1f}% full (threshold {threshold:g}%): extending by {format_size(step)}")
-            extend_lv(vg, name, f"+{step}b", resize_fs=False)
+        if usage >= threshold and not at_largest:
+            # What the VG has left still helps. With nothing left, say so once and keep
+            # watching: a PV added meanwhile (vgextend) gives the next check room again.
+            grow = min(step, vg_free(vg))
+            if grow > 0:
+                warned = False
+                log.info(f"{vg}/{name} is {usage:.1f}% full (threshold {threshold:g}%): extending by "
+                         f"{format_size(grow)}" + (" (all the volume group has left)" if grow < step else ""))
+                try:
+                    extend_lv(vg, name, f"+{grow}b", resize_fs=False)
+                except SnapshotAtLargest as e:
+                    log.info(e.message)
+                    at_largest = True
+            elif not warned:
+                log.warn(f"{vg}/{name} is {usage:.1f}% full and volume group '{vg}' has no room left "
+                         f"to extend it: add a PV now (vgextend {vg} DEVICE)")
+                warned = True
         if once:
             return
         time.sleep(interval)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 from provision.errors import ProvisionError
@@ -19,6 +20,7 @@ from provision.run import run
 from provision.sizes import MiB
 from provision.storage.fs import make_fs
 from provision.storage.lvm import (
+    SnapshotAtLargest,
     create_lv,
     create_thin_pool,
     extend_lv,
@@ -85,6 +87,18 @@ def check(disk: str) -> None:
         after = snapshot_usage(VG, "clone1")
         assert after < usage and _lv_size("clone1") >= 48 * MiB, f"not extended: {after}%"
         _ok(f"fill watch extended the snapshot before it filled: {usage:.1f}% -> {after:.1f}%")
+        snapshot_lv(VG, "template", "clone2", "16M")
+        readings = _watch_while_writing("clone2", 40 * MiB)
+        grown = _lv_size("clone2")
+        assert grown >= 48 * MiB and max(readings) < 100, f"clone2: {grown // MiB} MiB, {max(readings):.1f}% at most"
+        _ok(f"fill watch running while 40 MiB went into a 16 MiB snapshot: extended to {grown // MiB} MiB, "
+            f"never above {max(readings):.1f}% ({len(readings)} checks)")
+        # 40 MiB took it to the most LVM gives a snapshot of a 64 MiB origin: it cannot fill.
+        try:
+            extend_lv(VG, "clone2", "+8M")
+            raise AssertionError("clone2 was extended past its origin's size")
+        except SnapshotAtLargest as e:
+            _ok(f"extending it further refused: {e.message}")
 
         expect_refused("growing an active snapshot origin", extend_lv, VG, "template", "+8M")
         data = create_lv(VG, "data", "32M")
@@ -103,6 +117,7 @@ def check(disk: str) -> None:
         assert os.path.exists(snap), f"{snap} did not appear"
         _ok(f"thin pool, 1 GiB thin volume in 64 MiB, thin snapshot; pool {snapshot_usage(VG, 'pool'):.1f}% used")
 
+        _cli_checks()
         expect_refused("an LV larger than the VG", create_lv, VG, "huge", "100G")
         expect_refused("an existing LV", create_lv, VG, "template", "8M")
         expect_refused("a mounted LV as a new PV", _mounted_pvcreate, base)
@@ -114,9 +129,97 @@ def check(disk: str) -> None:
             pass
         assert not lv_exists(VG, "half"), "rollback left the LV behind"
         _ok("a failed run removed the LV it made")
-        for name in ("thin1snap", "thin1", "pool", "data", "clone1", "template"):
+        for name in ("thin1snap", "thin1", "pool", "cli", "data", "clone2", "clone1", "template"):
             run(["lvremove", "-y", "-f", lv_path(VG, name)], quiet=True)
     _ok("everything removed")
+
+
+class _Written(Exception):
+    """Ends the watcher once the writer is done."""
+
+
+def _watch_while_writing(name: str, nbytes: int) -> list[float]:
+    """The manual's watcher for real: ``watch_snapshot`` keeps snapshot ``name`` from
+    filling while a writer puts ``nbytes`` into it, more than its first room. The writer
+    waits for a fill check after every 2 MiB (a watcher polling every 0.2 s outpaces a
+    guest; under TCG it would not), and lvextend runs while it writes. Returns the fill
+    levels seen."""
+    readings: list[float] = []
+    checked, done = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def reading(usage: float) -> None:
+        readings.append(usage)
+        checked.set()
+        if done.is_set():
+            raise _Written
+
+    with mounted(lv_path(VG, name)) as mnt:
+        def write() -> None:
+            try:
+                with open(mnt / "watched", "wb") as f:
+                    for _ in range(nbytes // (2 * MiB)):
+                        if done.is_set():
+                            return
+                        checked.clear()
+                        f.write(os.urandom(2 * MiB))
+                        f.flush()
+                        os.fsync(f.fileno())
+                        if not checked.wait(120):
+                            raise AssertionError("the watcher stopped checking")
+            except BaseException as e:  # reported by the main thread
+                failed.append(e)
+            finally:
+                done.set()
+
+        writer = threading.Thread(target=write, name="snapshot-writer", daemon=True)
+        writer.start()
+        try:
+            watch_snapshot(VG, name, threshold=50, extend_by="32M", interval=0.2, report=reading)
+        except _Written:
+            pass
+        finally:
+            done.set()
+            checked.set()  # a writer waiting for a check ends now
+            writer.join()
+        if failed:
+            raise AssertionError(f"writing into the watched snapshot failed: {failed[0]}")
+        written = (mnt / "watched").stat().st_size
+        assert written == nbytes, f"{written} of {nbytes} bytes written"
+    return readings
+
+
+def _cli(*args: str):
+    """``python3 -m provision.storage.cli ARGS``, as a user in dom0 runs it."""
+    return run([sys.executable, "-m", "provision.storage.cli", *args], check=False, capture=True)
+
+
+def _cli_refused(what: str, *args: str) -> None:
+    proc = _cli(*args)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, \
+        f"{what}: exit {proc.returncode}, {proc.stderr.strip()!r}"
+    _ok(f"storage cli: {what} refused in one line: {errors[0][len('error: '):]}")
+
+
+def _cli_checks() -> None:
+    """The storage command itself (the stdlib-only entry point) on real volumes."""
+    proc = _cli("lvm", "lv", VG, "cli", "--size", "16M", "--fs", "ext4", "--label", "cli")
+    assert proc.returncode == 0 and proc.stdout.strip() == lv_path(VG, "cli"), proc.stderr
+    label = run(["blkid", "-p", "-o", "value", "-s", "LABEL", lv_path(VG, "cli")], capture=True).stdout.strip()
+    assert label == "cli", f"label {label!r} on {lv_path(VG, 'cli')}"
+    proc = _cli("lvm", "extend", VG, "cli", "--size", "+8M")
+    assert proc.returncode == 0 and proc.stdout.strip() == "24MiB", proc.stdout + proc.stderr
+    proc = _cli("fill", VG, "clone1")
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{VG}/clone1 ") and proc.stdout.strip().endswith("%"), \
+        proc.stdout + proc.stderr
+    _ok(f"storage cli: lv --fs ext4, extend, fill ({proc.stdout.strip()})")
+    _cli_refused("an LV larger than the VG", "lvm", "lv", VG, "huge", "--size", "100G")
+    _cli_refused("an existing LV", "lvm", "lv", VG, "cli", "--size", "8M")
+    _cli_refused("a size of 0", "lvm", "lv", VG, "zero", "--size", "0")
+    _cli_refused("an LV name with '/'", "lvm", "lv", VG, "a/b", "--size", "8M")
+    assert not any(lv_exists(VG, n) for n in ("huge", "zero")), "a refused LV was made"
+    assert _lv_size("cli") == 24 * MiB, "a refused command changed the existing LV"
 
 
 def _mounted_pvcreate(device: str) -> None:

@@ -174,6 +174,45 @@ def test_lv_snapshot_clone_and_fill_watch(vg, run_cli):
     assert proc.returncode != 0 and "origin of snapshots" in proc.stderr
 
 
+def test_a_snapshot_with_room_for_its_whole_origin_is_not_extended_again(vg, run_cli):
+    """lvextend caps a snapshot at what a copy of all its origin needs and exits 0: the
+    real size is reported, and past it the watcher stops extending (it cannot fill)."""
+    make_fs(create_lv(vg, "small", "16M"), "ext4")
+    snap = snapshot_lv(vg, "small", "snap", "8M")
+    # Its room grows; the ext4 it shows is the origin's and is left alone (fsadm would fail).
+    proc = run_cli("storage", "lvm", "extend", vg, "snap", "--size", "+4M", check=True)
+    assert proc.stdout.strip() == "12MiB" and pv_label(snap) == "ext4"
+    grown = extend_lv(vg, "snap", "+64M")
+    assert 16 * MiB <= grown < 76 * MiB
+    assert int(lvm("lvs", "--noheadings", "--nosuffix", "--units", "b", "-o", "lv_size", f"{vg}/snap")) == grown
+    with pytest.raises(ProvisionError, match="cannot fill"):
+        extend_lv(vg, "snap", "+8M")
+    with open(snap, "r+b") as f:
+        f.write(os.urandom(MiB))
+        os.fsync(f.fileno())
+    assert snapshot_usage(vg, "snap") > 1
+    # The default --extend-by 512M is more than the VG has: what it has is used.
+    proc = run_cli("storage", "fill", vg, "snap", "--watch", "--once", "--threshold", "1", check=True)
+    assert proc.stdout.startswith(f"{vg}/snap ") and "all the volume group has left" in proc.stderr
+    assert "cannot fill" in proc.stderr
+    proc = run_cli("storage", "lvm", "extend", vg, "snap", "--size", "+8M")
+    assert proc.returncode != 0 and proc.stderr.count("error: ") == 1 and "cannot fill" in proc.stderr
+    assert int(lvm("lvs", "--noheadings", "--nosuffix", "--units", "b", "-o", "lv_size", f"{vg}/snap")) == grown
+
+
+def test_fill_watch_with_a_full_vg_warns_and_keeps_watching(vg, run_cli):
+    create_lv(vg, "origin", "64M")
+    snap = snapshot_lv(vg, "origin", "snap", "8M")
+    create_lv(vg, "rest", vg_free(vg))
+    assert vg_free(vg) == 0
+    with open(snap, "r+b") as f:
+        f.write(os.urandom(2 * MiB))
+        os.fsync(f.fileno())
+    proc = run_cli("storage", "fill", vg, "snap", "--watch", "--once", "--threshold", "10", check=True)
+    assert "has no room left to extend it: add a PV now" in proc.stderr, proc.stderr
+    assert int(lvm("lvs", "--noheadings", "--nosuffix", "--units", "b", "-o", "lv_size", f"{vg}/snap")) == 8 * MiB
+
+
 def test_extend_grows_the_mounted_filesystem(vg):
     create_lv(vg, "data", "32M")
     make_fs(f"/dev/{vg}/data", "ext4")

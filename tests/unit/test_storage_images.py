@@ -4,6 +4,7 @@ filesystems made with the real mkfs tools, safety checks and bad input."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from provision.errors import ProvisionError
-from provision.sizes import GiB, MiB
+from provision.sizes import GiB, MiB, format_approx
 from provision.storage import (
     PartSpec,
     allocated_bytes,
@@ -69,9 +70,18 @@ def test_existing_image_needs_force(tmp_path):
 
 def test_preallocated_image_that_does_not_fit_is_refused(tmp_path):
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    with pytest.raises(ProvisionError, match="does not fit"):
+    with pytest.raises(ProvisionError, match="does not fit") as e:
         create_image(tmp_path / "big.img", free + GiB, preallocate=True)
     assert _listing(tmp_path) == []
+    # Free space is measured, not a size the user gave: readable, not 66371952KiB.
+    assert re.search(r"only \d+(\.\d)?[KMGT]iB free$", e.value.message), e.value.message
+
+
+def test_format_approx():
+    assert format_approx(67963592704) == "63.3GiB"
+    assert format_approx(2 * GiB) == "2GiB"
+    assert format_approx(1536 * MiB) == "1.5GiB"
+    assert format_approx(1000) == "1000B"
 
 
 def test_sparse_overcommit_warns(tmp_path, capsys):
@@ -128,7 +138,18 @@ def _blkid(path, tag):
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_make_ext4_populated_without_mounting(tmp_path):
+def _no_mount(monkeypatch, how: str) -> None:
+    """Make any mount in provision.storage.fs fail the test: ``how`` populates without one."""
+    from provision.storage import fs as fsmod
+
+    def no_mount(*args, **kwargs):
+        raise AssertionError(f"populated through a mount, not {how}")
+
+    monkeypatch.setattr(fsmod, "mounted", no_mount)
+
+
+def test_make_ext4_populated_without_mounting(tmp_path, monkeypatch):
+    _no_mount(monkeypatch, "by mkfs.ext4 -d")
     src = tmp_path / "root"
     (src / "etc").mkdir(parents=True)
     (src / "etc" / "hostname").write_text("vm1\n")
@@ -142,7 +163,8 @@ def test_make_ext4_populated_without_mounting(tmp_path):
     assert out.stdout == "vm1\n"
 
 
-def test_make_ext4_from_tarball(tmp_path):
+def test_make_ext4_from_tarball(tmp_path, monkeypatch):
+    _no_mount(monkeypatch, "unpacked and given to mkfs.ext4 -d")
     src = tmp_path / "root"
     (src / "etc").mkdir(parents=True)
     (src / "etc" / "motd").write_text("hello\n")
@@ -370,12 +392,7 @@ def test_cli_check_reads_domain_configs(run_cli, tmp_path):
 # --- review of issue 4: the gaps closed ---------------------------------------------
 
 def test_populate_vfat_with_mtools_without_mounting(tmp_path, monkeypatch):
-    from provision.storage import fs as fsmod
-
-    def no_mount(*args, **kwargs):
-        raise AssertionError("vfat is populated with mcopy, without a mount")
-
-    monkeypatch.setattr(fsmod, "mounted", no_mount)
+    _no_mount(monkeypatch, "with mcopy")
     src = tmp_path / "esp"
     (src / "EFI" / "xen").mkdir(parents=True)
     (src / "EFI" / "xen" / "xen.cfg").write_text("[global]\ndefault=xen\n")
