@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import traceback
 
@@ -30,6 +31,21 @@ class Parser(argparse.ArgumentParser):
     """argparse with our one-line errors: what is wrong, then where the usage is, exit 2
     (argparse's own error prints the whole usage block first). Subcommand parsers are
     made by add_subparsers with the parent's class, so they inherit this."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        # '--size -1G': argparse takes '-1G' for an option and says '--size expected one
+        # argument'. A value that starts with '-' and a digit, after an option of ours that
+        # takes one, is that option's value ('--size=-1G'), so the size check can say why.
+        args = list(sys.argv[1:] if args is None else args)
+        out: list[str] = []
+        for arg in args:
+            action = self._option_string_actions.get(out[-1]) if out else None
+            if action is not None and action.nargs is None and action.option_strings \
+                    and re.match(r"^-\d", arg) and "=" not in out[-1]:
+                out[-1] = f"{out[-1]}={arg}"
+            else:
+                out.append(arg)
+        return super().parse_known_args(out, namespace)
 
     def error(self, message: str):
         print(f"error: {self.prog}: {message}", file=sys.stderr)

@@ -130,6 +130,16 @@ def test_bad_arguments_are_one_line_not_the_usage_block(run_cli, args, wrong):
     assert lines[1].startswith("hint: python -m provision") and "--help" in lines[1]
 
 
+def test_a_negative_value_after_an_option_is_its_value_not_an_option(run_cli, tmp_path):
+    # argparse alone reads '--size -1G' as '--size' missing its value.
+    img = tmp_path / "x.img"
+    proc = run_cli("storage", "create", img, "--size", "-1G")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: image size '-1G' is not a size"), proc.stderr
+    assert not img.exists()
+    proc = run_cli("grub", "render", "--root", tmp_path, "--dom0-mem", "-512M")   # Xen's negative form
+    assert "dom0_mem" not in proc.stderr and "expected one argument" not in proc.stderr, proc.stderr
+
+
 def test_unforeseen_oserror_is_one_line(tmp_path, monkeypatch, capsys):
     from provision import cli
 
