@@ -48,8 +48,7 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(out, namespace)
 
     def error(self, message: str):
-        print(f"error: {self.prog}: {message}", file=sys.stderr)
-        print(f"hint: {self.prog} --help lists the options", file=sys.stderr)
+        ProvisionError(f"{self.prog}: {message}", hint=f"{self.prog} --help lists the options").report()
         sys.exit(2)
 
 
@@ -89,9 +88,7 @@ def run_command(func, args) -> int:
     except ProvisionError as e:
         if log.is_debug():
             traceback.print_exc()
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        e.report()
         return e.exit_code
     except OSError as e:
         # A permission or space problem the command did not foresee: still one line.

@@ -1,5 +1,7 @@
 """The one exception type users see as a single line."""
 
+import sys
+
 
 class ProvisionError(Exception):
     """A user-facing failure: one line saying what is wrong, and an optional hint.
@@ -16,6 +18,12 @@ class ProvisionError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def report(self) -> None:
+        """Print ``error: <message>`` and ``hint: <hint>`` to stderr, as users see failures."""
+        print(f"error: {self.message}", file=sys.stderr)
+        if self.hint:
+            print(f"hint: {self.hint}", file=sys.stderr)
 
 
 def die(message: str, hint: str | None = None, exit_code: int = 2):

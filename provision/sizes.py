@@ -24,6 +24,7 @@ _UNITS = {
     "g": GiB, "gib": GiB, "gb": 1000**3,
     "t": TiB, "tib": TiB, "tb": 1000**4,
 }
+_BINARY = (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB))  # largest first, for output
 _RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -47,7 +48,7 @@ def parse_size(text: str | int, what: str = "size", minimum: int = 1) -> int:
 
 def format_size(n: int) -> str:
     """The shortest exact binary form: 2147483648 -> '2GiB', 1536 MiB -> '1536MiB'."""
-    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    for unit, factor in _BINARY:
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n}B"
@@ -55,7 +56,7 @@ def format_size(n: int) -> str:
 
 def format_approx(n: int) -> str:
     """A measured amount to one decimal, for messages: 67963592704 -> '63.3GiB'."""
-    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    for unit, factor in _BINARY:
         if n >= factor:
             return f"{n / factor:.1f}".removesuffix(".0") + unit
     return f"{n}B"

@@ -23,7 +23,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -47,14 +46,8 @@ DOIT_CONFIG = {
 }
 
 
-def _say(e: ProvisionError) -> None:
-    print(f"error: {e.message}", file=sys.stderr)
-    if e.hint:
-        print(f"hint: {e.hint}", file=sys.stderr)
-
-
 def _fail(e: ProvisionError):
-    _say(e)
+    e.report()
     raise SystemExit(e.exit_code)
 
 
@@ -124,7 +117,7 @@ def _guard(fn, *args):
     try:
         fn(*args)
     except ProvisionError as e:
-        _say(e)
+        e.report()
         return False
     return None
 

@@ -193,8 +193,9 @@ def check(disk: str, seed_dir: str | os.PathLike, work_parent: str = WORK_PARENT
         _ok(f"image --debootstrap {spec.suite} --lv {VG}/lvguest1 ({root >> 20} MiB) --swap {SWAP >> 20}M, "
             f"base from the seeded cache ({took()})")
         n = check_guest(_lv("lvguest1"), spec.release, first)
-        net = ext4edit.reader(_lv("lvguest1")).read("/etc/systemd/network/50-xen-vif.network") or ""
-        fstab = ext4edit.reader(_lv("lvguest1")).read("/etc/fstab") or ""
+        guest1 = ext4edit.reader(_lv("lvguest1"))
+        net = guest1.read("/etc/systemd/network/50-xen-vif.network") or ""
+        fstab = guest1.read("/etc/fstab") or ""
         assert "Address=192.0.2.21/24" in net, f"network file: {net!r}"
         assert "/dev/xvda1" in fstab and "/dev/xvda2" in fstab, f"fstab: {fstab!r}"
         _fsck_clean(_lv("lvguest1"))

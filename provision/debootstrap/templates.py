@@ -147,15 +147,15 @@ def save(name: str, info: dict, *, vg: str | None = None, force: bool = False) -
     """Save the root image described by sidecar ``info`` as template ``name``: a file
     (the default for a file image) or an LV in ``vg`` (the default for an LV guest: its
     own VG, where snapshots of it can be made). Returns the image or device."""
+    if info.get("target") not in ("file", "lv"):
+        raise ProvisionError("only a file image or an LV can be saved as a template",
+                             hint="use --file IMG or --lv VG/NAME")
     if info.get("target") == "lv" and vg is None:
         vg = _root(info).split("/")[2]
     if vg is not None:
         return _save_lv(name, info, vg)
     from provision.storage import clone_file
 
-    if info.get("target") != "file":
-        raise ProvisionError("only a file image or an LV can be saved as a template",
-                             hint="use --file IMG or --lv VG/NAME")
     if not force:
         check_new(name)
     image, meta = paths(name, create=True)
@@ -172,9 +172,6 @@ def _save_lv(name: str, info: dict, vg: str) -> Path:
     copies only the blocks the filesystem uses."""
     from provision.storage import create_lv, refuse_in_use
 
-    if info.get("target") not in ("file", "lv"):
-        raise ProvisionError("only a file image or an LV can be saved as a template",
-                             hint="use --file IMG or --lv VG/NAME")
     root = _root(info)
     size = _size_of(root)
     check_new(name, vg, size)

@@ -88,6 +88,13 @@ def lv_exists(vg: str, name: str) -> bool:
     return bool(_report("lvs", "lv_name", f"{vg}/{name}"))
 
 
+def _lv_size(vg: str, name: str) -> int:
+    rows = _report("lvs", "lv_size", f"{vg}/{name}")
+    if not rows:
+        raise ProvisionError(f"logical volume {vg}/{name} does not exist")
+    return int(rows[0][0])
+
+
 def vg_free(vg: str) -> int:
     """Free bytes in ``vg``."""
     rows = _report("vgs", "vg_free", vg)
@@ -190,7 +197,7 @@ def _check_new_lv(vg: str, name: str, size: int | None, force: bool) -> None:
             raise ProvisionError(f"logical volume {vg}/{name} already exists",
                                  hint="choose another name, or pass --force to replace it")
         refuse_in_use(lv_path(vg, name))
-        free += int(_report("lvs", "lv_size", f"{vg}/{name}")[0][0])
+        free += _lv_size(vg, name)
     if size is not None and size > free:
         raise ProvisionError(
             f"volume group '{vg}' has no room for {format_size(size)}: {format_size(free)} free",
@@ -284,13 +291,6 @@ def _fs_type(vg: str, name: str) -> str:
 
 class SnapshotAtLargest(ProvisionError):
     """lvextend left a snapshot as it was: it already holds room for all of its origin."""
-
-
-def _lv_size(vg: str, name: str) -> int:
-    rows = _report("lvs", "lv_size", f"{vg}/{name}")
-    if not rows:
-        raise ProvisionError(f"logical volume {vg}/{name} does not exist")
-    return int(rows[0][0])
 
 
 def extend_lv(vg: str, name: str, size: int | str, *, resize_fs: bool = True) -> int:

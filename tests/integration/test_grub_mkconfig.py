@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_storage_devices import mounts_matching
+
 pytestmark = pytest.mark.integration
 
 GRUB_SCRIPTS = ("00_header", "10_linux", "20_linux_xen", "40_custom", "41_custom")
@@ -149,11 +151,6 @@ def test_live_install_runs_update_grub(test_root, tmp_path):
     assert host_state() == before
 
 
-def _mounts_under(path: Path) -> list[str]:
-    with open("/proc/mounts") as f:
-        return [ln.split()[1] for ln in f if ln.split()[1].startswith(str(path))]
-
-
 @pytest.fixture(scope="module")
 def system_root(tmp_path_factory):
     """A real Debian root (the host's suite, from the host's mirror, via image --debootstrap)
@@ -185,7 +182,7 @@ def test_offline_root_runs_its_own_update_grub(system_root, run_cli):
     assert "### BEGIN /etc/grub.d/42_xen_provision ###" in cfg
     assert "\tmultiboot2 /boot/xen-4.17.3.gz dom0_mem=1G,max:1G com1=115200,8n1 console=com1,vga " in cfg
     assert 'set default="xen-provision-4.17.3-6.1.0-xen0"' in cfg
-    assert _mounts_under(root) == []
+    assert mounts_matching(str(root)) == []
     assert host_state() == before
     check = subprocess.run(["grub-script-check", str(root / "boot/grub/grub.cfg")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
@@ -200,7 +197,7 @@ def test_offline_root_runs_its_own_update_grub(system_root, run_cli):
     cmd = line.split("regenerate grub.cfg: ", 1)[1]
     assert subprocess.run(cmd, shell=True, capture_output=True).returncode == 0
     assert 'set default="0"' in (root / "boot/grub/grub.cfg").read_text()
-    assert _mounts_under(root) == []
+    assert mounts_matching(str(root)) == []
 
     # The root's update-grub failing (here: no /proc to mount over) is one line, and our
     # files are taken back.
