@@ -19,7 +19,13 @@ def pause_point(step: str) -> None:
     wanted = os.environ.get("XEN_PROVISION_PAUSE_AT", "")
     if step in wanted.split(","):
         print(f"paused at {step}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("XEN_PROVISION_PAUSE_SECONDS", "120")))
+        # Short sleeps, not one long one: a signal that lands after Python last checked
+        # for signals but before the sleep's syscall starts does not interrupt that
+        # syscall, so one long sleep would hold it back for the whole pause (seen once
+        # in CI: SIGINT sent right after the line above, acted on 120 s later).
+        deadline = time.monotonic() + float(os.environ.get("XEN_PROVISION_PAUSE_SECONDS", "120"))
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
