@@ -97,3 +97,19 @@ def within(root: str | os.PathLike, path: str | os.PathLike, *, follow: bool = F
             continue
         done.append(part)
     return root.joinpath(*done)
+
+
+@contextlib.contextmanager
+def flocked(path: str | os.PathLike, *, shared: bool = False):
+    """Hold an flock on ``path`` (created if missing) for the block: one writer at a time
+    across processes. The lock file stays: removing it would race with a waiter."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -15,16 +15,17 @@ written whole. A second run with the same request changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import log
+from provision.changes import Change, apply
 from provision.errors import ProvisionError
-from provision.fsutil import atomic_write, within
+from provision.fsutil import within
 from provision.grub.render import (
     BootEntry,
     render_grub2,
@@ -45,16 +46,6 @@ GETTY_WANTS = "/etc/systemd/system/getty.target.wants"
 GETTY_MARKER = "/var/lib/xen-provision/serial-getty"
 
 
-@dataclass(frozen=True)
-class Change:
-    """What one path should be: ``content`` (None = absent) or a symlink to ``link``."""
-
-    path: str                # as seen inside the target root
-    content: bytes | None
-    mode: int | None = 0o644  # None: keep the file's mode (shared files)
-    link: str | None = None
-
-
 @dataclass
 class Request:
     root: Path
@@ -66,6 +57,8 @@ class Request:
     efi_dir: str | None = None       # directory of xen.efi inside the target, for xen.cfg
     console_device: str | None = None  # dom0's serial console: getty + securetty
     getty: bool = True
+    serial_command: str | None = None  # GRUB's own menu on this serial port too (headless hosts)
+    timeout: int | None = None         # GRUB_TIMEOUT
     notes: list[str] = field(default_factory=list)
 
 
@@ -204,13 +197,19 @@ def plan(req: Request) -> list[Change]:
     grubd = entries if req.format == "grubd" else []
     script = render_grubd_script(grubd, req.loader).encode() if grubd else None
     changes.append(Change(GRUBD_SCRIPT, script, 0o755))
-    dropin = None
+    settings = []
     if grubd and default_id:
-        dropin = (
-            "# Written by xen-provision (`python -m provision grub install --default`):\n"
-            "# boot the Xen entry by default; delete this file to go back.\n"
-            f"GRUB_DEFAULT={shlex.quote(default_id)}\n"
-        ).encode()
+        settings += ["# Boot the Xen entry by default.", f"GRUB_DEFAULT={shlex.quote(default_id)}"]
+    if entries and req.serial_command:
+        settings += ["# GRUB's own menu on the serial line too (a headless host).",
+                     'GRUB_TERMINAL="console serial"',
+                     f"GRUB_SERIAL_COMMAND={shlex.quote(req.serial_command)}"]
+    if entries and req.timeout is not None:
+        settings += [f"GRUB_TIMEOUT={req.timeout}"]
+    dropin = None
+    if settings:
+        dropin = ("# Written by xen-provision (`python -m provision grub install`); delete this\n"
+                  "# file to go back to /etc/default/grub's settings.\n" + "\n".join(settings) + "\n").encode()
     changes.append(Change(DEFAULT_DROPIN, dropin))
     path = f"{grub_dir(root)}/custom.cfg"
     block = render_grub2(entries, req.loader, default_id) if (entries and req.format == "custom") else None
@@ -267,68 +266,7 @@ def _console_changes(req: Request) -> list[Change]:
     return changes
 
 
-# -- applying -------------------------------------------------------------------------------
-
-def _current(path: Path) -> tuple[bytes | None, str | None, int | None]:
-    if path.is_symlink():
-        return None, os.readlink(path), None
-    try:
-        return path.read_bytes(), None, path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        return None, None, None
-
-
-def _restore(path: Path, content: bytes | None, link: str | None, mode: int | None) -> None:
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    if link is not None:
-        path.symlink_to(link)
-    elif content is not None:
-        atomic_write(path, content, mode or 0o644)
-
-
-def _backup_name(path: Path, stamp: str) -> Path:
-    candidate = path.with_name(f"{path.name}.{stamp}.xen-provision.bak")
-    n = 1
-    while candidate.exists() or candidate.is_symlink():
-        n += 1
-        candidate = path.with_name(f"{path.name}.{stamp}-{n}.xen-provision.bak")
-    return candidate
-
-
-def apply(root: Path, changes: list[Change], undo: UndoStack) -> list[str]:
-    """Write the changes that differ from what is there; returns the paths changed."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    changed = []
-    for ch in changes:
-        path = within(root, ch.path)
-        content, link, mode = _current(path)
-        if ch.link is not None:
-            if link == ch.link:
-                continue
-        elif ch.content is None:
-            if content is None and link is None:
-                continue
-        elif content == ch.content and (ch.mode is None or mode == ch.mode):
-            continue
-        if content is not None:
-            backup = _backup_name(path, stamp)
-            atomic_write(backup, content, 0o644)
-            undo.rollback(f"remove {backup}", backup.unlink)
-            log.info(f"backed up {ch.path} to {backup.name}")
-        undo.rollback(f"restore {ch.path}", _restore, path, content, link, mode)
-        if ch.link is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_symlink() or path.exists():
-                path.unlink()
-            path.symlink_to(ch.link)
-        elif ch.content is None:
-            path.unlink()
-        else:
-            atomic_write(path, ch.content, ch.mode if ch.mode is not None else (mode or 0o644))
-        changed.append(ch.path)
-        log.info(f"{'removed' if ch.content is None and ch.link is None else 'wrote'} {ch.path}")
-    return changed
+# -- applying: provision.changes (Change, apply) ------------------------------------------
 
 
 # An offline root regenerates grub.cfg with its own GRUB, in a chroot that sees the
@@ -358,6 +296,11 @@ def update_command(root: Path) -> list[str] | None:
     return None
 
 
+def _rmdir_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 def install(req: Request, *, update: bool = True) -> list[str]:
     """Plan, write, and regenerate grub.cfg (grubd format); all or nothing."""
     changes = plan(req)
@@ -378,6 +321,12 @@ def install(req: Request, *, update: bool = True) -> list[str]:
                         if not within(req.root, f"/{d}").is_dir():
                             raise ProvisionError(f"{req.root} has no /{d} to run its update-grub in a chroot",
                                                  hint="give the root of a whole system, or use --no-update")
+                # A root whose GRUB was never installed (a new image) has no grub.cfg's
+                # directory yet: grub-install makes it, and grub-mkconfig needs it.
+                cfg_dir = within(req.root, grub_dir(req.root))
+                if not cfg_dir.is_dir():
+                    cfg_dir.mkdir(parents=True)
+                    undo.rollback(f"remove {cfg_dir}", _rmdir_quietly, cfg_dir)
                 run(cmd)
             else:
                 req.notes.append(f"regenerate grub.cfg: {shlex.join(cmd)}")
