@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from provision import log
+from provision import log, validate
 from provision.domain import autostart, create, macs, nfs, render, safety, xendomains, xmconvert
 from provision.domain.model import Domain
 from provision.domain.paths import from_args
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
+from provision.network.model import host_address, ifname
 from provision.undo import UndoStack
 
 
@@ -43,9 +44,14 @@ def register(subparsers) -> None:
     c.add_argument("--bootloader", choices=("pygrub", "pvgrub"))
     c.add_argument("--disk", action="append", metavar="SPEC", help="xl disk spec; repeat for more")
     c.add_argument("--vif", action="append", metavar="SPEC", help="xl vif spec ('' for defaults); repeat")
+    c.add_argument("--bridge", metavar="NAME",
+                   help="the bridge the vif joins (must exist in the root's network configuration; "
+                        "`network bridge` makes one)")
     c.add_argument("--nfs-server", metavar="ADDR", help="NFS root: server address")
     c.add_argument("--nfs-root", metavar="PATH", help="NFS root: exported directory")
-    c.add_argument("--ip", metavar="ADDR/PREFIX", help="NFS root: guest address (default DHCP)")
+    c.add_argument("--ip", metavar="ADDR[/PREFIX]",
+                   help="the guest's address: for a routed vif (vif-route), or an NFS root's kernel "
+                        "(default: the image's, else DHCP)")
     c.add_argument("--gateway", metavar="ADDR")
     c.add_argument("--hostname")
     c.add_argument("--exports", action="store_true", help="add the NFS export line to ROOT/etc/exports")
@@ -93,6 +99,9 @@ def register(subparsers) -> None:
     i.add_argument("--destroy-on-timeout", action="store_true")
     i.add_argument("--only-auto", action="store_true", help="on stop, only the domains in /etc/xen/auto")
     i.add_argument("--xen-service", help="LSB name of the Xen daemons' script (default: found in the root)")
+    i.add_argument("--log-consoles", action="store_true",
+                   help="xenconsoled keeps each guest's console in /var/log/xen/console "
+                        "(XENCONSOLED_TRACE=guest in Xen's xencommons settings)")
     i.add_argument("--enable", action="store_true", help="also enable it")
     i.add_argument("--method", choices=xendomains.METHODS, default="auto")
     _root_options(i)
@@ -138,14 +147,18 @@ def cmd_create(args) -> int:
             raise ProvisionError("an NFS root needs both --nfs-server and --nfs-root")
         nfsroot = nfs.NfsRoot(server=args.nfs_server, path=args.nfs_root, ip=args.ip,
                               gateway=args.gateway, hostname=args.hostname)
-    elif args.ip or args.exports:
-        raise ProvisionError("--ip and --exports are for NFS-root guests", hint="add --nfs-server and --nfs-root")
+    elif args.exports:
+        raise ProvisionError("--exports is for NFS-root guests", hint="add --nfs-server and --nfs-root")
+    ip = _guest_ip(args.ip) if args.ip else None
+    if args.bridge:
+        ifname(args.bridge, "bridge name")
     req = create.Request(
         file=args.file, image=args.from_image, assignments=args.assignments, options=_options(args),
+        bridge=args.bridge, ip=ip,
         nfs=nfsroot, autostart=args.autostart, exports=args.exports, mac_prefix=args.mac_prefix,
         check_kernel=not args.no_kernel_check, dry_run=args.dry_run, force=args.force,
     )
-    if not (args.file or args.from_image or req.options or args.assignments):
+    if not (args.file or args.from_image or req.options or args.assignments or args.bridge):
         raise ProvisionError("nothing to create from", hint="give -f FILE, --from-image IMAGE or --name/--memory/--kernel ...")
     dom, path, text = create.create(req, paths)
     if args.dry_run:
@@ -156,6 +169,13 @@ def cmd_create(args) -> int:
         log.info(f"export the root on {nfsroot.server} with this /etc/exports line:")
         print(nfsroot.export_line())
     return 0
+
+
+def _guest_ip(value: str) -> str:
+    """--ip: ADDRESS or ADDRESS/PREFIX, a host's own address."""
+    if "/" in value:
+        return str(host_address(value, "--ip"))
+    return str(host_address(f"{validate.ip(value, '--ip')}/32", "--ip").ip)
 
 
 def cmd_convert(args) -> int:
@@ -227,7 +247,7 @@ def cmd_xd_install(args) -> int:
         restore=not args.no_restore, parallel=_count(args.parallel, "--parallel"),
         stop_timeout=_count(args.stop_timeout, "--stop-timeout"),
         destroy_on_timeout=args.destroy_on_timeout, stop_all=not args.only_auto,
-        xen_service=args.xen_service,
+        xen_service=args.xen_service, log_consoles=args.log_consoles,
     )
     with UndoStack() as undo:  # a refused enable takes back the files we just made
         xendomains.install(paths, s, undo)

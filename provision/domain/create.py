@@ -19,8 +19,8 @@ import jinja2
 import jinja2.meta
 
 from provision import log, validate
-from provision.domain import autostart, macs, nfs, render, safety, xlcfg, xmconvert
-from provision.domain.model import XL_KEYS, XM_ONLY_KEYS, Domain, Vif, closest
+from provision.domain import autostart, macs, nfs, render, safety, vifs, xlcfg, xmconvert
+from provision.domain.model import XL_KEYS, XM_ONLY_KEYS, Domain, closest
 from provision.domain.paths import Paths
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
@@ -104,7 +104,18 @@ def sidecar_of(image: Path) -> Path:
     return lv if lv and lv.exists() else beside
 
 
-def read_image_facts(image: Path) -> ImageFacts:
+def _as_seen_in(root: Path | None, path: Path) -> Path:
+    """A host path under ``root`` (an image made into an offline root) as that root sees it."""
+    if root is None or root.resolve() == Path("/"):
+        return path
+    real = root.resolve()
+    try:
+        return Path("/") / path.resolve().relative_to(real)
+    except ValueError:
+        return path
+
+
+def read_image_facts(image: Path, root: Path | None = None) -> ImageFacts:
     """The sidecar ``image --debootstrap`` writes (format xen-provision-image/1):
 
     {"name": "vm1", "root": "/dev/xvda1", "console": "hvc0", "kernel_args": ["vsyscall=emulate"],
@@ -135,6 +146,7 @@ def read_image_facts(image: Path) -> ImageFacts:
         path = Path(d.get("path") or d.get("target") or image_path)
         if not path.is_absolute():
             path = (base / path).resolve()
+        path = _as_seen_in(root, path)
         vdev = d.get("vdev") or root_device.removeprefix("/dev/")
         access = "ro" if d.get("readonly") else "rw"
         disks.append(f"format={d.get('format') or 'raw'}, vdev={vdev}, access={access}, target={path}")
@@ -160,6 +172,8 @@ def read_image_facts(image: Path) -> ImageFacts:
 class Request:
     file: Path | None = None
     image: Path | None = None
+    bridge: str | None = None        # the vifs' bridge
+    ip: str | None = None            # the guest's address (routed vifs, NFS root)
     assignments: list[str] = field(default_factory=list)
     options: dict[str, object] = field(default_factory=dict)  # xl keys from --name etc.
     nfs: nfs.NfsRoot | None = None
@@ -171,7 +185,7 @@ class Request:
     force: bool = False
 
 
-def settings(req: Request) -> tuple[dict, dict, str]:
+def settings(req: Request, root: Path | None = None) -> tuple[dict, dict, str]:
     """The merged xl settings, their line numbers, and a description of the source."""
     cli = parse_assignments(req.assignments)
     values: dict = {}
@@ -202,7 +216,7 @@ def settings(req: Request) -> tuple[dict, dict, str]:
                     + (f" (did you mean '{guess}'?)" if guess else ""),
                     hint=f"variables of this template: {', '.join(sorted(used)) or 'none'}")
     if req.image:
-        facts = read_image_facts(req.image)
+        facts = read_image_facts(req.image, root)
         if not facts.disks and not req.nfs:
             raise ProvisionError(f"{req.image} is a directory tree, not a disk image",
                                  hint=f"boot it over NFS: add --nfs-server ADDRESS --nfs-root {req.image}")
@@ -222,8 +236,16 @@ def settings(req: Request) -> tuple[dict, dict, str]:
     return values, lines, source
 
 
+def _image_address(req: Request, root: Path) -> str | None:
+    """The static address ``image --ip`` gave the guest, from the image's facts."""
+    if not req.image:
+        return None
+    network = (read_image_facts(req.image, root).facts.get("guest") or {}).get("network") or {}
+    return network.get("address")
+
+
 def build(req: Request, paths: Paths) -> Domain:
-    values, lines, source = settings(req)
+    values, lines, source = settings(req, paths.root)
     dom = Domain.from_config(values, source, lines)
     if req.check_kernel:
         for what in ("kernel", "ramdisk"):
@@ -231,8 +253,11 @@ def build(req: Request, paths: Paths) -> Domain:
             if path and not paths.inside(path).is_file():
                 raise ProvisionError(f"{what} file {paths.inside(path)} does not exist",
                                      hint="install the guest kernel first (doit install), or fix the path")
-    if not dom.vifs and req.nfs:
-        dom.vifs = [Vif({})]
+    # A guest made by `image` was configured with a network: give it its NIC. An NFS
+    # root needs one to boot at all.
+    ip = req.ip or (req.nfs.ip if req.nfs else None) or _image_address(req, paths.root)
+    vifs.complete(dom, paths.root, bridge=req.bridge, ip=ip,
+                  want_vif=bool(req.nfs or req.image and read_image_facts(req.image, paths.root).disks))
     return dom
 
 

@@ -22,20 +22,6 @@ import xlcheck  # noqa: E402
 KERNEL = "/boot/vmlinuz-xenU"
 
 
-@pytest.fixture(scope="module")
-def checker():
-    return xlcheck.build()
-
-
-@pytest.fixture
-def root(tmp_path, checker):
-    r = tmp_path / "root"
-    (r / "boot").mkdir(parents=True)
-    (r / "boot" / "vmlinuz-xenU").write_bytes(b"\x7fELF kernel stand-in: only its existence is checked")
-    yield r
-    xlcheck.accept_all(checker, r / "etc/xen")  # whatever the test wrote, Xen must accept
-
-
 @pytest.fixture
 def domain(run_cli, root):
     def _domain(*args, check=True):
@@ -162,7 +148,7 @@ def test_bad_input_is_one_line_and_writes_nothing(domain, root, extra, message, 
     assert "Traceback" not in proc.stderr
     if more:
         assert more in proc.stderr
-    assert not (root / "etc").exists()  # nothing at all was written
+    assert not (root / "etc/xen").exists()  # nothing at all was written
 
 
 def test_locally_administered_mac_prefix(domain, root, checker):
@@ -216,7 +202,7 @@ def test_disk_writable_elsewhere_and_read_only_sharing(domain, root, tmp_path):
 
 def test_dry_run_writes_nothing(domain, root, checker, tmp_path):
     proc = domain(*basic("web1"), "--dry-run")
-    assert not (root / "etc").exists()
+    assert not (root / "etc/xen").exists()
     out = tmp_path / "out.cfg"
     out.write_text(proc.stdout)
     assert "name=web1" in xlcheck.accept(checker, out)
@@ -409,3 +395,74 @@ def test_xm_file_takes_xm_settings_on_the_command_line(domain, root, tmp_path, c
     assert "disk 0: vdev=xvda1 target=/path/to/ttylinux/rootfs format=raw access=rw\n" in seen
     proc = domain("create", "-f", xm, "name=other", "ipp=1.2.3.6", check=False)
     assert proc.returncode != 0 and "'ipp' is neither a variable of" in proc.stderr
+
+
+def _image_in(root: Path, name: str, address: str | None) -> Path:
+    """An image made into the host root (as `image --file ROOT/var/lib/xen/images/...`),
+    with the sidecar `image` writes: its disks by the paths of this machine."""
+    img = root / "var/lib/xen/images" / f"{name}.img"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    img.write_bytes(b"\0" * 4096)
+    network = {"dhcp": address is None, "address": address}
+    (img.parent / f"{name}.img.json").write_text(json.dumps({
+        "format": "xen-provision-image/1", "name": name, "target": "file", "root": "/dev/xvda1",
+        "console": "hvc0", "disks": [{"role": "root", "path": str(img), "vdev": "xvda1", "format": "raw"}],
+        "guest": {"hostname": name, "network": network}}))
+    return img
+
+
+def test_from_image_into_a_root_gives_a_bridged_nic_and_the_roots_own_paths(domain, root, checker):
+    img = _image_in(root, "web", "192.0.2.30/24")
+    domain("create", "--from-image", img, "--memory", "128", "--kernel", KERNEL, "--bridge", "xenbr1")
+    seen = xlcheck.accept(checker, root / "etc/xen/web.cfg")
+    # The disk as the host will see it, not by this machine's path to the root.
+    assert "disk 0: vdev=xvda1 target=/var/lib/xen/images/web.img format=raw access=rw\n" in seen
+    vif = next(line for line in seen.splitlines() if line.startswith("vif 0:"))
+    assert " mac=00:16:3e:" in vif and " bridge=xenbr1" in vif and "script" not in vif
+    # Without --bridge, xl's default bridge (xenbr0 here) must exist too.
+    domain("create", "--from-image", _image_in(root, "web2", None), "--memory", "128", "--kernel", KERNEL)
+    assert " bridge=" not in next(line for line in xlcheck.accept(checker, root / "etc/xen/web2.cfg").splitlines()
+                                  if line.startswith("vif 0:"))
+
+
+def test_a_vif_on_a_bridge_the_root_lacks_is_refused(domain, root):
+    proc = domain(*basic("web1", "--bridge", "xenbr9"), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"error: bridge xenbr9 (vif 0 of web1) does not exist in {root}'s network configuration "
+        "(bridges: xenbr0, xenbr1)",
+        f"hint: make it: python -m provision network bridge --name xenbr9 --root {root}, or give --bridge NAME"]
+    (root / "etc/xen").mkdir(parents=True)
+    (root / "etc/xen/xl.conf").write_text('vif.default.bridge="br-lan"\n')
+    proc = domain(*basic("web1", "--vif", "mac=00:16:3e:00:00:01"), check=False)
+    assert proc.returncode == 2 and "bridge br-lan (vif 0 of web1) does not exist" in proc.stderr
+    assert configs(root) == []
+
+
+def test_routed_host_gives_vif_route_with_the_guests_address(domain, root, checker):
+    (root / "etc/xen").mkdir(parents=True)
+    (root / "etc/xen/xl.conf").write_text('vif.default.script="vif-route"\nvif.default.gatewaydev="enp1s0"\n')
+    img = _image_in(root, "shop", "203.0.113.20/24")
+    domain("create", "--from-image", img, "--memory", "128", "--kernel", KERNEL)
+    seen = xlcheck.accept(checker, root / "etc/xen/shop.cfg")
+    vif = next(line for line in seen.splitlines() if line.startswith("vif 0:"))
+    assert " ip=203.0.113.20" in vif and " script=vif-route" in vif and " gatewaydev=enp1s0" in vif
+    # --ip wins over the image; a DHCP guest cannot be routed; --bridge still bridges.
+    dhcp = _image_in(root, "dyn", None)
+    proc = domain("create", "--from-image", dhcp, "--memory", "128", "--kernel", KERNEL, check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[0] == \
+        "error: dyn's vif 0 is routed (vif-route) but has no address"
+    domain("create", "--from-image", dhcp, "--memory", "128", "--kernel", KERNEL, "--ip", "203.0.113.21")
+    assert " ip=203.0.113.21" in xlcheck.accept(checker, root / "etc/xen/dyn.cfg")
+    domain("create", "--from-image", _image_in(root, "lan", None), "--memory", "128", "--kernel", KERNEL,
+           "--bridge", "xenbr0")
+    vif = next(line for line in xlcheck.accept(checker, root / "etc/xen/lan.cfg").splitlines()
+               if line.startswith("vif 0:"))
+    assert " bridge=xenbr0" in vif and " script=vif-bridge" in vif
+    for bad, message in ((("--ip", "203.0.113.0/24"), "is the network address"),
+                         (("--ip", "300.1.1.1"), "is not a valid IP address"),
+                         (("--bridge", "a/b"), "bridge name 'a/b' is not a valid interface name")):
+        proc = domain("create", "--from-image", _image_in(root, "bad", None), "--memory", "128",
+                      "--kernel", KERNEL, *bad, check=False)
+        assert proc.returncode == 2 and message in proc.stderr.splitlines()[0], proc.stderr
+    assert "bad.cfg" not in configs(root)

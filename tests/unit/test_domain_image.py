@@ -24,18 +24,6 @@ import xlcheck  # noqa: E402
 KERNEL = "/boot/vmlinuz-xenU"
 
 
-@pytest.fixture(scope="module")
-def checker():
-    return xlcheck.build()
-
-
-@pytest.fixture
-def root(tmp_path, checker):
-    r = tmp_path / "root"
-    (r / "boot").mkdir(parents=True)
-    (r / "boot/vmlinuz-xenU").write_text("only its existence is checked")
-    yield r
-    xlcheck.accept_all(checker, r / "etc/xen")  # whatever the test wrote, Xen must accept
 
 
 def write_sidecar(target: Target, suite: str, hostname: str, swap: bool = False) -> Path:
