@@ -65,6 +65,9 @@ def register(subparsers) -> None:
     g.add_argument("--dns", action="append", default=[], metavar="IP", help="name server (repeatable; default: the host's)")
     g.add_argument("--search", metavar="DOMAIN", help="resolver search domain")
     g.add_argument("--devices", default="xvd", choices=("xvd", "sd"), help="fstab names: xvda1/xvda2 or the manual's sda1/sda2")
+    g.add_argument("--fstab-by", default="device", choices=("device", "uuid"),
+                   help="name the root and swap in fstab by device (default) or by filesystem UUID: "
+                        "for a disk that is not a domain's, such as a host's own")
     g.add_argument("--root-password-file", metavar="FILE", help="file holding root's crypt hash (mkpasswd -m yescrypt)")
     g.add_argument("--ssh-key", metavar="FILE", help="public key(s) for root (adds openssh-server)")
 
@@ -125,7 +128,17 @@ def _settings(args, target, release, mirror, components):
     )
 
     network = Network.make(ip=args.ip, netmask=args.netmask, gateway=args.gateway, dns=args.dns, search=args.search)
+    root_uuid = swap_uuid = None
+    if args.fstab_by == "uuid":
+        if target.kind == "dir":
+            raise ProvisionError("--fstab-by uuid needs a filesystem made here: a --file, --disk or --lv target",
+                                 hint="for a directory, write its fstab yourself, or use --fstab-by device")
+        import uuid
+
+        root_uuid = str(uuid.uuid4())
+        swap_uuid = str(uuid.uuid4()) if target.swap else None
     return GuestSettings(
+        root_uuid=root_uuid, swap_uuid=swap_uuid,
         hostname=_hostname(args, target),
         network=network,
         devices=args.devices,

@@ -32,7 +32,7 @@ from provision.run import run
 from provision.undo import UndoStack
 
 MANIFEST = "manifest.json"
-FORMAT = 2  # 2: lib/modules indexed by depmod
+FORMAT = 3  # 2: lib/modules indexed by depmod; 3: without Xen's own xendomains
 
 
 def xen_names(version: str) -> dict[str, str]:
@@ -113,8 +113,16 @@ def depmod(root: Path, release: str, system_map: Path) -> None:
             os.utime(path, ns=(when, when))
 
 
+# Xen's own xendomains (script, settings, helper, unit): `python -m provision xendomains
+# install` writes ours, whose settings differ; two would fight over /etc/init.d/xendomains.
+NOT_STAGED = ("etc/init.d/xendomains", "etc/default/xendomains", "etc/sysconfig/xendomains",
+              "usr/lib/xen/bin/xendomains", "usr/lib/systemd/system/xendomains.service")
+
+
 def _stage_tools(tmp: Path, record: dict) -> None:
     run(["cp", "-a", f"{record['install']}/.", tmp])
+    for rel in NOT_STAGED:
+        (tmp / rel).unlink(missing_ok=True)
 
 
 def file_table(root: Path) -> dict[str, dict]:

@@ -298,8 +298,16 @@ def _target_plan(t: Target) -> list[str]:
     return out
 
 
-def _make_target(root: Path, target: Target, undo: UndoStack) -> None:
+def set_fs_uuid(image: str | os.PathLike, uuid: str | None) -> None:
+    """Give a cloned ext filesystem the UUID its fstab names (clones share their origin's)."""
+    if uuid:
+        run(["tune2fs", "-U", uuid, image], quiet=True)
+
+
+def _make_target(root: Path, target: Target, undo: UndoStack, settings: GuestSettings) -> None:
     from provision import storage
+
+    uuid, swap_uuid = settings.root_uuid, settings.swap_uuid
 
     if target.kind == "dir":
         os.rename(root, target.path)
@@ -307,8 +315,8 @@ def _make_target(root: Path, target: Target, undo: UndoStack) -> None:
         return
     if target.kind == "file":
         with storage.building_image(target.path, target.size, preallocate=target.preallocate, undo=undo) as tmp:
-            storage.make_fs(tmp, target.fstype, populate=root)
-        _make_swap_beside(target, undo)
+            storage.make_fs(tmp, target.fstype, populate=root, uuid=uuid)
+        _make_swap_beside(target, undo, swap_uuid)
         return
     if target.kind == "disk":
         total = target.size + (target.swap or 0) + 2 * MiB
@@ -318,15 +326,15 @@ def _make_target(root: Path, target: Target, undo: UndoStack) -> None:
         with storage.building_image(target.path, total, preallocate=target.preallocate, undo=undo) as tmp:
             storage.partition_image(tmp, "msdos", parts)
             with storage.loop_device(tmp, partscan=True) as loop:
-                storage.make_fs(storage.partition_device(loop, 1), target.fstype, populate=root)
+                storage.make_fs(storage.partition_device(loop, 1), target.fstype, populate=root, uuid=uuid)
                 if target.swap:
-                    storage.make_swap(storage.partition_device(loop, 2))
+                    storage.make_swap(storage.partition_device(loop, 2), uuid=swap_uuid)
         return
     vg, lv = target.path.split("/", 1)
     dev = storage.create_lv(vg, lv, target.size, undo=undo)
-    storage.make_fs(dev, target.fstype, populate=root)
+    storage.make_fs(dev, target.fstype, populate=root, uuid=uuid)
     if target.swap:
-        storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo))
+        storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo), uuid=swap_uuid)
 
 
 def fs_cache_path(spec: BaseSpec, target: Target, create: bool = True) -> Path:
@@ -400,13 +408,13 @@ def _fsck_clean(image: str | os.PathLike) -> bool:
     return run(["e2fsck", "-fn", image], check=False, quiet=True).returncode == 0
 
 
-def _make_swap_beside(target: Target, undo: UndoStack) -> None:
+def _make_swap_beside(target: Target, undo: UndoStack, uuid: str | None = None) -> None:
     from provision import storage
 
     if target.swap:
         with storage.building_image(target.swap_path, target.swap, preallocate=target.preallocate,
                                     undo=undo) as tmp:
-            storage.make_swap(tmp)
+            storage.make_swap(tmp, uuid=uuid)
 
 
 def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo: UndoStack):
@@ -440,6 +448,7 @@ def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo
     problem = None
     try:
         storage.clone_file(cached, tmp)
+        set_fs_uuid(tmp, settings.root_uuid)
         _configure_image(tmp, spec.release, settings)
         if not _fsck_clean(tmp):
             problem = "e2fsck finds errors in it"
@@ -488,7 +497,7 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
             with log.step(f"Cloning the cached {spec.release} filesystem and configuring {settings.hostname}"):
                 meta = _from_fs_cache(spec, settings, target, undo)
                 if meta is not None:
-                    _make_swap_beside(target, undo)
+                    _make_swap_beside(target, undo, settings.swap_uuid)
                     status = "hit"
         if meta is None:
             parent = _work_parent(target, 512 * MiB)
@@ -518,17 +527,18 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
                             storing.wait()  # the tarball first: it removes older cached filesystems
                         summing = _store_fs_cache(tmp, fs_cache_path(spec, target))
                         try:
+                            set_fs_uuid(tmp, settings.root_uuid)
                             _configure_image(tmp, spec.release, settings)
                         finally:
                             summing.join()
-                    _make_swap_beside(target, undo)
+                    _make_swap_beside(target, undo, settings.swap_uuid)
             else:
                 with log.step(f"Configuring {settings.hostname}"):
                     apply_to_dir(root, guest_files(spec.release, settings, dir_reader(root)))
                     if after_configure is not None:
                         after_configure(root)
                 with log.step(f"Making the {target.kind} target {target.path}"):
-                    _make_target(root, target, undo)
+                    _make_target(root, target, undo, settings)
         info = sidecar_info({**meta["manifest"], "cache": status}, settings, target, spec.release)
         atomic_write(target.sidecar, json.dumps(info, indent=2, sort_keys=True) + "\n")
         undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True)

@@ -101,6 +101,8 @@ class GuestSettings:
     root_hash: str | None = field(default=None, repr=False)  # a crypt hash, never a password
     ssh_keys: tuple[str, ...] = ()
     apt_sources: tuple[str, ...] = ()  # one-line sources.list entries
+    root_uuid: str | None = None       # fstab names the root (and swap) by UUID, not device
+    swap_uuid: str | None = None
 
     @property
     def root_device(self) -> str:
@@ -110,12 +112,24 @@ class GuestSettings:
     def swap_device(self) -> str | None:
         return f"{self.devices}a2" if self.swap else None
 
+    @property
+    def root_spec(self) -> str:
+        """The root's first fstab field: UUID=... or /dev/xvda1."""
+        return f"UUID={self.root_uuid}" if self.root_uuid else f"/dev/{self.root_device}"
+
+    @property
+    def swap_spec(self) -> str | None:
+        if not self.swap:
+            return None
+        return f"UUID={self.swap_uuid}" if self.swap_uuid else f"/dev/{self.swap_device}"
+
     def public(self) -> dict:
         """The settings as recorded in the image's JSON: no secrets."""
         return {"hostname": self.hostname, "network": self.network.as_dict(), "devices": self.devices,
                 "root_device": f"/dev/{self.root_device}",
                 "swap_device": f"/dev/{self.swap_device}" if self.swap else None,
                 "fstype": self.fstype, "root_password": self.root_hash is not None,
+                "root_uuid": self.root_uuid, "swap_uuid": self.swap_uuid if self.swap else None,
                 "ssh_keys": len(self.ssh_keys)}
 
 
@@ -307,7 +321,7 @@ def guest_files(release: Release, settings: GuestSettings, tree: TreeReader) -> 
     ops.append(Remove("/etc/udev/rules.d/70-persistent-net.rules"))
 
     # Disks as the domain config names them.
-    write("/etc/fstab", render("fstab.j2", root_dev=s.root_device, swap_dev=s.swap_device, fstype=s.fstype))
+    write("/etc/fstab", render("fstab.j2", root_spec=s.root_spec, swap_spec=s.swap_spec, fstype=s.fstype))
 
     # Console on hvc0, and root may log in there.
     if release.init == "systemd":

@@ -51,7 +51,7 @@ class Release:
 _SYSV_OLD = ("ifupdown",)
 _IFUP = ("ifupdown", "isc-dhcp-client")
 _SYSTEMD_IFUP = ("systemd-sysv", "udev", "ifupdown", "isc-dhcp-client")
-_SYSTEMD_NET = ("systemd-sysv", "udev")
+_SYSTEMD_NET = ("systemd-sysv", "udev", "iproute2")   # ip: what every administrator reaches for
 
 
 def _debian(name, version, status, init, network, old_glibc=False, arch=None, boot=(), mm=True):

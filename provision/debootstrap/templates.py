@@ -27,7 +27,7 @@ from pathlib import Path
 from provision import log, validate
 from provision.cache import cache_dir
 from provision.debootstrap import ext4edit
-from provision.debootstrap.build import Target, sidecar_info, staging_path
+from provision.debootstrap.build import Target, set_fs_uuid, sidecar_info, staging_path
 from provision.debootstrap.configure import GuestSettings, describe, guest_files
 from provision.debootstrap.suites import Release, lookup
 from provision.errors import ProvisionError
@@ -293,13 +293,14 @@ def instantiate(name: str, settings: GuestSettings, target: Target, *, snapshot_
         if target.size and target.size > size:
             os.truncate(tmp, target.size)
             run(["resize2fs", "-f", tmp], quiet=True)
+        set_fs_uuid(tmp, settings.root_uuid)
         ops = guest_files(release, settings, ext4edit.reader(tmp))
         ext4edit.apply(tmp, ops)
         os.replace(tmp, target.path)
         undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
         if target.swap:
             with storage.building_image(target.swap_path, target.swap, undo=undo) as tmp:
-                storage.make_swap(tmp)
+                storage.make_swap(tmp, uuid=settings.swap_uuid)
         new = sidecar_info({**info.get("base", {}), "template": name, "clone": method},
                            settings, Target(target.kind, target.path, target.size or size, target.swap,
                                             target.fstype), release)
@@ -318,9 +319,10 @@ def _snapshot(name: str, info: dict, release: Release, settings: GuestSettings, 
     target.check_free(extra=room)
     with UndoStack() as undo:
         dev = storage.snapshot_lv(vg, origin, lv, room, undo=undo)
+        set_fs_uuid(dev, settings.root_uuid)
         ext4edit.apply(dev, guest_files(release, settings, ext4edit.reader(dev)))
         if target.swap:
-            storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo))
+            storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo), uuid=settings.swap_uuid)
         new = sidecar_info({**info.get("base", {}), "template": name, "clone": "lvm snapshot",
                             "snapshot_room": room},
                            settings, Target("lv", target.path, info["size"], target.swap, target.fstype), release)

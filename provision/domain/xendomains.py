@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class Settings:
     destroy_on_timeout: bool = False
     stop_all: bool = True
     xen_service: str | None = None  # the LSB name the script requires; found in the root
+    log_consoles: bool = False      # xenconsoled keeps each guest's console in /var/log/xen/console
 
     def check(self):
         if self.flavour not in SETTINGS:
@@ -89,6 +91,35 @@ def render_files(paths: Paths, s: Settings) -> dict[str, tuple[str, int]]:
     }
 
 
+XENCOMMONS = {"debian": "/etc/default/xencommons", "redhat": "/etc/sysconfig/xencommons"}
+
+
+def with_shell_setting(text: str, key: str, value: str, why: str) -> str:
+    """``text`` (a shell settings file) with ``KEY=value``: an uncommented line of the
+    key is replaced in place, else the setting is appended after a comment."""
+    lines = text.split("\n") if text else []
+    if lines and lines[-1] == "":
+        lines.pop()
+    hits = [i for i, line in enumerate(lines) if re.match(rf"^\s*(export\s+)?{key}=", line)]
+    new = f"{key}={value}"
+    if hits:
+        lines[hits[-1]] = new
+    else:
+        lines += [f"# {why}", new]
+    return "\n".join(lines) + "\n"
+
+
+def console_log_file(paths: Paths, s: Settings) -> tuple[str, str] | None:
+    """(path, text) of Xen's xencommons settings with guest console logging on."""
+    if not s.log_consoles:
+        return None
+    path = XENCOMMONS[s.flavour]
+    dest = paths.inside(path)
+    old = dest.read_text() if dest.exists() else ""
+    return path, with_shell_setting(old, "XENCONSOLED_TRACE", "guest",
+                                    "Keep each guest's console in /var/log/xen/console (xen-provision)")
+
+
 def _rmdir_if_empty(path: Path) -> None:
     with contextlib.suppress(OSError):  # gone, or someone else put a file in it
         path.rmdir()
@@ -111,9 +142,15 @@ def install(paths: Paths, s: Settings, undo: UndoStack | None = None) -> list[Pa
     """Write the script, settings and unit; unchanged files are left alone.
     Files and directories this call creates are registered for rollback on ``undo``."""
     written = []
-    for path, (text, mode) in render_files(paths, s).items():
+    files = render_files(paths, s)
+    consoles = console_log_file(paths, s)
+    if consoles:
+        files[consoles[0]] = (consoles[1], 0o644)
+    for path, (text, mode) in files.items():
         dest = paths.inside(path)
         makedirs(dest.parent, undo)
+        existed = dest.exists()
+        before = dest.read_text() if existed and path in XENCOMMONS.values() else None
         if path in SETTINGS.values() and dest.exists():
             # The administrator's edits (or the distribution's file) win over our options.
             if dest.read_text() != text:
@@ -121,11 +158,12 @@ def install(paths: Paths, s: Settings, undo: UndoStack | None = None) -> list[Pa
             else:
                 log.info(f"keeping existing settings {dest}")
             continue
-        new = not dest.exists()
         if write_if_changed(dest, text, mode):
             log.info(f"wrote {dest}")
-            if new and undo:
+            if not existed and undo:
                 undo.rollback(f"remove {dest}", dest.unlink)
+            elif before is not None and undo:
+                undo.rollback(f"restore {dest}", write_if_changed, dest, before, mode)
         written.append(dest)
     return written
 
@@ -168,6 +206,43 @@ def _insserv_offline(paths: Paths, remove: bool = False) -> None:
 
 def _root_uses_systemd(paths: Paths) -> bool:
     return any(paths.inside(p).exists() for p in ("/lib/systemd/systemd", "/usr/lib/systemd/systemd"))
+
+
+# Xen's own daemons, which xendomains needs: enabled with it where they are units
+# (proc-xen.mount has no [Install]: the services' Requires= pull it in).
+XEN_UNITS = ("xenstored.service", "xenconsoled.service", "xen-init-dom0.service")
+UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+
+
+def _xen_units(paths: Paths) -> list[tuple[str, str]]:
+    """(unit, its path inside the root) of Xen's daemons installed as units."""
+    found = []
+    for unit in XEN_UNITS:
+        for d in UNIT_DIRS:
+            if paths.inside(f"{d}/{unit}").is_file():
+                found.append((unit, f"{d}/{unit}"))
+                break
+    return found
+
+
+def _enable_units_offline(paths: Paths, units: list[tuple[str, str]], undo: UndoStack | None) -> list[str]:
+    """The links ``systemctl --root enable`` makes from each unit's [Install] WantedBy=."""
+    done = []
+    for unit, path in units:
+        text = paths.inside(path).read_text(errors="replace")
+        targets = " ".join(re.findall(r"^\s*(?:WantedBy|RequiredBy)\s*=\s*(.+)$", text, re.M)).split()
+        for target in targets:
+            link = paths.inside(f"/etc/systemd/system/{target}.wants/{unit}")
+            if link.is_symlink() and os.readlink(link) == path:
+                continue
+            makedirs(link.parent, undo)
+            if link.is_symlink():
+                link.unlink()
+            os.symlink(path, link)
+            if undo:
+                undo.rollback(f"remove {link}", link.unlink)
+            done.append(f"enabled {unit} ({target})")
+    return done
 
 
 def wants_link(paths: Paths) -> Path:
@@ -221,13 +296,20 @@ def enable(paths: Paths, method: str = "auto", undo: UndoStack | None = None) ->
         if argv is None:
             chkconfig_links(paths)
             return ["wrote chkconfig-style links in /etc/rc?.d"]
+        if method == "systemd":
+            units = [u for u, _ in _xen_units(paths)]
+            if units:
+                run(["systemctl", "enable", *units])
+                done.append("systemctl enable " + " ".join(units))
         run(argv)
-        return [" ".join(argv)]
+        return done + [" ".join(argv)]
     systemd = method == "systemd" or (method == "auto" and _root_uses_systemd(paths))
+    if systemd:
+        done += _enable_units_offline(paths, _xen_units(paths), undo)
     if method == "auto" and systemd:
         # systemd ignores rc?.d links when a unit of that name exists; Xen's own daemons
         # may then exist only as units, which insserv could not order us after.
-        return [_systemd_offline(paths)]
+        return done + [_systemd_offline(paths)]
     # SysV links first: insserv is the step that can refuse, and then nothing is changed.
     if method in ("auto", "update-rc.d", "insserv"):
         if method == "auto" and (paths.inside("/etc/rc.d/init.d").is_dir() or not which("insserv")):

@@ -66,7 +66,7 @@ def xen_words(args) -> list[str]:
     return words
 
 
-def build(args) -> tuple[Path, list[render.BootEntry], cmdline.Dom0Options, str]:
+def build(args) -> tuple[Path, list[render.BootEntry], cmdline.Dom0Options, str, cmdline.XenOptions]:
     """Validate everything the user gave; returns (root, entries, dom0 options, loader)."""
     root = Path(args.root)
     if not root.is_dir():
@@ -104,11 +104,11 @@ def build(args) -> tuple[Path, list[render.BootEntry], cmdline.Dom0Options, str]
         install.boot_path(root, xen), install.boot_path(root, kernel), xen_opts, dom0,
         initrd=install.boot_path(root, initrd) if initrd else None, title=args.title, id=entry_id,
     )
-    return root, [entry], dom0, loader
+    return root, [entry], dom0, loader, xen_opts
 
 
 def cmd_render(args) -> int:
-    root, entries, _, loader = build(args)
+    root, entries, _, loader, _ = build(args)
     if args.format == "grub2":
         text = render.render_grub2(entries, loader)
     elif args.format == "custom":
@@ -133,8 +133,20 @@ def _efi_dir(value: str | None) -> str | None:
     return value
 
 
-def _request(args, entries, dom0, loader) -> install.Request:
+def _menu_timeout(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().isdigit() or int(value) > 3600:
+        raise ProvisionError(f"--menu-timeout '{value}' is not a number of seconds from 0 to 3600")
+    return int(value)
+
+
+def _request(args, entries, dom0, loader, xen_opts=None) -> install.Request:
+    serial = None
+    if getattr(args, "serial_menu", False):
+        serial = cmdline.grub_serial_command(xen_opts)
     return install.Request(
+        serial_command=serial, timeout=_menu_timeout(getattr(args, "menu_timeout", None)),
         root=Path(args.root), entries=entries, format=args.format, loader=loader,
         make_default=getattr(args, "default", False), menu_lst=args.menu_lst, efi_dir=_efi_dir(args.efi_dir),
         console_device=dom0.serial_device if dom0 else None, getty=not args.no_getty,
@@ -142,9 +154,20 @@ def _request(args, entries, dom0, loader) -> install.Request:
 
 
 def cmd_install(args) -> int:
-    root, entries, dom0, loader = build(args)
-    changed = install.install(_request(args, entries, dom0, loader), update=not args.no_update)
+    root, entries, dom0, loader, xen_opts = build(args)
+    changed = install.install(_request(args, entries, dom0, loader, xen_opts), update=not args.no_update)
     log.info(f"{entries[0].title}: id {entries[0].id}; " + (f"{len(changed)} file(s) changed" if changed else "already up to date"))
+    return 0
+
+
+def cmd_bios(args) -> int:
+    from provision.grub import bios
+    root = Path(args.root)
+    if not root.is_dir():
+        raise ProvisionError(f"--root {root} is not a directory")
+    bios.install(Path(args.disk), root)
+    log.info(f"{args.disk}: GRUB (i386-pc) in the MBR and the gap before partition 1; modules in "
+             f"{root}/boot/grub/i386-pc")
     return 0
 
 
@@ -212,7 +235,20 @@ def register(subparsers) -> None:
     _model_options(p)
     _target_options(p)
     p.add_argument("--default", action="store_true", help="make the Xen entry the default: a GRUB_DEFAULT drop-in (GRUB 2), our stanza first behind our own 'default 0' (menu.lst), default= (xen.cfg)")
+    p.add_argument("--serial-menu", action="store_true",
+                   help="GRUB's own menu on Xen's serial port too (GRUB_TERMINAL, GRUB_SERIAL_COMMAND from "
+                        "--com1/--com2 and --console): for headless hosts")
+    p.add_argument("--menu-timeout", metavar="SECONDS", help="GRUB_TIMEOUT: seconds the menu waits")
     p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("bios", help="make a disk image boot GRUB from its MBR (grub-install for an image file)",
+                       description="Write GRUB's i386-pc boot sector and core image into a disk image "
+                                   "whose first partition holds ROOT (mounted), and GRUB's modules into "
+                                   "ROOT/boot/grub: what grub-install does, for an image file whose loop "
+                                   "device grub-install cannot map to a BIOS drive.")
+    p.add_argument("disk", help="the disk image (msdos partition table; root in partition 1)")
+    p.add_argument("--root", required=True, help="where the image's first partition is mounted")
+    p.set_defaults(func=cmd_bios)
 
     p = sub.add_parser("remove", help="remove what install wrote (with backups)")
     _target_options(p)

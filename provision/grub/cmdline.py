@@ -558,3 +558,26 @@ def with_sched_checked(opts: XenOptions, config: Path | None) -> XenOptions:
         return opts
     check_scheduler(opts.sched, schedulers_from_config(config))
     return opts
+
+
+_GRUB_PARITY = {"n": "no", "o": "odd", "e": "even"}
+
+
+def grub_serial_command(xen: XenOptions | None) -> str:
+    """GRUB's ``serial`` command for the port Xen's console uses (com1 unless only com2
+    is configured), with its speed and framing: ``serial --unit=0 --speed=115200 ...``."""
+    port = "com1"
+    if xen is not None:
+        wanted = [c[:4] for c in (xen.console or ()) if c.startswith(("com1", "com2"))]
+        port = wanted[0] if wanted else ("com2" if xen.com2 and not xen.com1 else "com1")
+    spec = (getattr(xen, port, None) if xen is not None else None) or "115200,8n1"
+    fields = [f for f in spec.split(",") if "=" not in f]
+    baud = fields[0].partition("/")[0] if fields and fields[0] else "auto"
+    if baud == "auto" or not baud:
+        baud = "115200"
+    dps = fields[1] if len(fields) > 1 and _DPS.match(fields[1]) else "8n1"
+    if dps[1] not in _GRUB_PARITY:
+        raise ProvisionError(f"{port}={spec}: GRUB's serial terminal has no parity '{dps[1]}'",
+                             hint="use n, o or e parity for a serial menu")
+    return (f"serial --unit={int(port[3]) - 1} --speed={baud} --word={dps[0]} "
+            f"--parity={_GRUB_PARITY[dps[1]]} --stop={dps[2]}")

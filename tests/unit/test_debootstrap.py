@@ -179,7 +179,7 @@ def test_bookworm_mmdebstrap_command():
     argv, _ = command(spec, "/r")
     assert spec.backend == "mmdebstrap"
     assert argv == ["mmdebstrap", "--mode=root", "--format=directory", "--variant=minbase",
-                    "--architectures=amd64", "--components=main", "--include=less,systemd-sysv,udev,vim-tiny",
+                    "--architectures=amd64", "--components=main", "--include=iproute2,less,systemd-sysv,udev,vim-tiny",
                     f"--keyring={DEBIAN_KEYRING}", "bookworm", "/r", "deb http://deb.debian.org/debian bookworm main"]
     # --exclude is debootstrap's: auto picks it
     spec = resolve("bookworm", exclude=["e2fsprogs"], arch="amd64")
@@ -193,7 +193,7 @@ def test_default_variant_and_debootstrap_backend_commands():
     spec = resolve("bookworm", variant="default", backend="debootstrap", arch="amd64",
                    mirror="http://deb.debian.org/debian")
     argv, _ = command(spec, "/r")
-    assert argv == ["debootstrap", "--arch=amd64", "--components=main", "--include=systemd-sysv,udev",
+    assert argv == ["debootstrap", "--arch=amd64", "--components=main", "--include=iproute2,systemd-sysv,udev",
                     f"--keyring={DEBIAN_KEYRING}", "bookworm", "/r", "http://deb.debian.org/debian"]
     spec = resolve("bookworm", variant="default", backend="mmdebstrap", arch="amd64")
     assert "--variant=debootstrap" in command(spec, "/r")[0]
@@ -568,8 +568,8 @@ def test_lvcheck_reads_a_configured_guest_back_and_catches_a_wrong_file(tmp_path
     """The dom0 check's reader, on an ext4 image instead of an LV."""
     if not shutil.which("mkfs.ext4", path=os.environ.get("PATH", "") + ":/sbin:/usr/sbin"):
         pytest.skip("e2fsprogs is not installed")
-    from provision.debootstrap import lvcheck
     from provision.debootstrap.configure import Write
+    from provision.proof.indom0 import lvcheck
 
     rel = suites.lookup("bookworm")
     root = _tree(tmp_path)
@@ -586,7 +586,7 @@ def test_lvcheck_reads_a_configured_guest_back_and_catches_a_wrong_file(tmp_path
 
 
 def test_lvcheck_runs_on_what_a_minimal_dom0_has(tmp_path):
-    """python3 -m provision.debootstrap.lvcheck imports the standard library and jinja2
+    """python3 -m provision.proof.indom0.lvcheck imports the standard library and jinja2
     (python3-jinja2) only: no requests, doit or pyparted on its path."""
     script = """
 import importlib.abc, json, runpy, sys
@@ -598,7 +598,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 sys.argv = ["lvcheck", "--seed", sys.argv[1], sys.argv[2]]
 try:
-    runpy.run_module("provision.debootstrap.lvcheck", run_name="__main__")
+    runpy.run_module("provision.proof.indom0.lvcheck", run_name="__main__")
 except SystemExit as e:
     print("exit", e.code)
 print(json.dumps(sorted({m.split(".")[0] for m in set(sys.modules) - at_start})))
@@ -616,13 +616,12 @@ print(json.dumps(sorted({m.split(".")[0] for m in set(sys.modules) - at_start}))
 def test_lvcheck_command_and_markers():
     import re
 
-    from provision.debootstrap import lvcheck
+    from provision.proof import checks
+    from provision.proof.indom0 import lvcheck
 
-    cmd = lvcheck.command("/dev/vde")
-    assert cmd == ("mkdir -p /opt/xen-provision && mount -o ro /dev/vdd /opt/xen-provision && "
-                   "PYTHONPATH=/opt/xen-provision PYTHONDONTWRITEBYTECODE=1 python3 -m "
-                   "provision.debootstrap.lvcheck --seed /opt/xen-provision/lvcheck-seed /dev/vde; "
-                   "s=$?; umount /opt/xen-provision; [ $s -eq 0 ]")
+    cmd = checks._in_dom0("lvcheck", "--seed", f"{checks.CODE_MOUNT}/{lvcheck.SEED_DIR}", "/dev/vdd")
+    assert cmd == ("PYTHONPATH=/opt/xen-provision PYTHONDONTWRITEBYTECODE=1 python3 -m "
+                   "provision.proof.indom0.lvcheck --seed /opt/xen-provision/lvcheck-seed /dev/vdd")
     end = re.compile(lvcheck.END, re.M)
     assert end.search("x\nLV-IMAGE-CHECK-OK in 201.5s\n").group(1) == "LV-IMAGE-CHECK-OK in 201.5s"
     assert end.search("LV-IMAGE-CHECK-FAIL lvcreate failed: no room\n")
@@ -631,7 +630,7 @@ def test_lvcheck_command_and_markers():
 
 
 def test_lvcheck_seed_wants_an_empty_directory(tmp_path):
-    from provision.debootstrap import lvcheck
+    from provision.proof.indom0 import lvcheck
 
     (tmp_path / "old.json").write_text("{}")
     with pytest.raises(ProvisionError, match=f"seed directory {tmp_path} is not empty"):

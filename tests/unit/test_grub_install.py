@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,33 @@ def test_an_absolute_kernel_link_in_an_offline_root_is_read_there(target, run_cl
     os.symlink("/boot/no-such-kernel", target / "boot/vmlinuz-dangling")
     proc = run_cli("grub", "render", "--root", target, "--kernel", "/boot/vmlinuz-dangling", *ARGS)
     assert proc.returncode != 0 and "--kernel /boot/vmlinuz-dangling does not exist" in proc.stderr
+
+
+def test_serial_menu_and_timeout_for_a_headless_host(target, run_cli):
+    """GRUB's own menu on the serial port Xen's console uses, with its speed and framing,
+    in the same drop-in as GRUB_DEFAULT (GRUB's own /etc/default/grub is not touched)."""
+    args = [a if a != "115200,8n1" else "38400,7e1" for a in ARGS]
+    proc = run_cli("grub", "install", "--root", target, "--default", "--serial-menu", "--menu-timeout", "2",
+                   "--console", "com1", *args)
+    assert proc.returncode == 0, proc.stderr
+    dropin = (target / "etc/default/grub.d/xen-provision.cfg").read_text()
+    assert "GRUB_DEFAULT=xen-provision-4.17.3-6.1.0-xen0\n" in dropin
+    assert 'GRUB_TERMINAL="console serial"\n' in dropin
+    assert "GRUB_SERIAL_COMMAND='serial --unit=0 --speed=38400 --word=7 --parity=even --stop=1'\n" in dropin
+    assert "GRUB_TIMEOUT=2\n" in dropin
+    assert (target / "etc/default/grub").read_text() == "GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\n"
+    # The drop-in is shell read by grub-mkconfig: it must parse as such.
+    subprocess.run(["sh", "-n", str(target / "etc/default/grub.d/xen-provision.cfg")], check=True)
+    # com2 only: unit 1. A parity GRUB's serial terminal lacks, and a bad timeout: refused.
+    proc = run_cli("grub", "install", "--root", target, "--serial-menu", "--com2", "9600,8n1", "--console", "com2",
+                   *[a for a in ARGS if not a.startswith(("--com1", "115200"))])
+    assert proc.returncode == 0, proc.stderr
+    assert "serial --unit=1 --speed=9600 --word=8 --parity=no --stop=1" in \
+        (target / "etc/default/grub.d/xen-provision.cfg").read_text()
+    before = snapshot(target)
+    for bad, message in ((["--com1", "115200,8m1"], "GRUB's serial terminal has no parity 'm'"),
+                         (["--menu-timeout", "soon"], "--menu-timeout 'soon' is not a number of seconds")):
+        proc = run_cli("grub", "install", "--root", target, "--serial-menu",
+                       *[a for a in ARGS if not a.startswith(("--com1", "115200"))], *bad)
+        assert proc.returncode == 2 and message in proc.stderr.splitlines()[0], proc.stderr
+    assert snapshot(target) == before

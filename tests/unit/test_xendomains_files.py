@@ -85,3 +85,34 @@ def test_status_lists_links_and_boot_domains(run_cli, tmp_path):
     run_cli("xendomains", "disable", "--root", root, check=True)
     out = run_cli("xendomains", "status", "--root", root, check=True).stdout
     assert "rc2.d" not in out and "auto: web" in out
+
+
+def test_log_consoles_sets_xencommons_and_enable_brings_xens_own_daemons(run_cli, tmp_path):
+    """What install.sh leaves (Xen's units and xencommons settings) plus ours: guest
+    consoles logged, and `enable` also enables the daemons xendomains needs."""
+    root = tmp_path / "r"
+    units = root / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    for unit in ("xenstored.service", "xenconsoled.service", "xen-init-dom0.service"):
+        (units / unit).write_text("[Unit]\n[Service]\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n")
+    (units / "proc-xen.mount").write_text("[Unit]\n[Mount]\nWhat=xenfs\n")   # no [Install]: pulled in
+    (root / "lib/systemd").mkdir(parents=True)
+    (root / "lib/systemd/systemd").write_text("")
+    (root / "etc/default").mkdir(parents=True)
+    xencommons = root / "etc/default/xencommons"
+    xencommons.write_text("#XENCONSOLED_TRACE=[none|guest|hv|all]\nXENSTORED_ARGS=\n")
+    run_cli("xendomains", "install", "--root", root, "--log-consoles", check=True)
+    assert xencommons.read_text() == ("#XENCONSOLED_TRACE=[none|guest|hv|all]\nXENSTORED_ARGS=\n"
+                                      "# Keep each guest's console in /var/log/xen/console (xen-provision)\n"
+                                      "XENCONSOLED_TRACE=guest\n")
+    run_cli("xendomains", "install", "--root", root, "--log-consoles", check=True)   # once only
+    assert xencommons.read_text().count("XENCONSOLED_TRACE=guest") == 1
+    proc = run_cli("xendomains", "enable", "--root", root, check=True)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    for unit in ("xenstored.service", "xenconsoled.service", "xen-init-dom0.service"):
+        assert str((wants / unit).readlink()) == f"/usr/lib/systemd/system/{unit}"
+        assert f"enabled {unit} (multi-user.target)" in proc.stderr
+    assert str((wants / "xendomains.service").readlink()) == "/etc/systemd/system/xendomains.service"
+    assert not (wants / "proc-xen.mount").exists()
+    again = run_cli("xendomains", "enable", "--root", root, check=True)
+    assert "enabled" not in again.stderr   # nothing to do the second time
