@@ -20,10 +20,11 @@ from provision.undo import Interrupted
 COMMANDS = [
     "provision.build.cli",       # world, dist, install, uninstall
     "provision.grub.cli",        # grub
+    "provision.network.cli",     # network
     "provision.storage.cli",     # storage
     "provision.image",           # image (--debootstrap, templates)
     "provision.domain.cli",      # domain, xendomains
-    "provision.boottest",        # boottest
+    "provision.proof.cli",       # boottest
 ]
 
 

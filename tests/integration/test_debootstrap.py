@@ -375,7 +375,7 @@ def test_python_api_with_after_configure(first_image, workdir, monkeypatch):
 
 
 def test_lvcheck_seeded_from_the_host_cache(workdir, tmp_path):
-    """The boot test's dom0 check (provision.debootstrap.lvcheck), seeded from this
+    """The boot test's dom0 check (provision.proof.indom0.lvcheck), seeded from this
     host's cached base, on a loop-device PV: with device-mapper all of it passes; without
     it (our CI kernel) it runs up to the first LV, fails saying why, and leaves nothing
     behind. The boot test runs all of it in dom0."""
@@ -395,7 +395,7 @@ def test_lvcheck_seeded_from_the_host_cache(workdir, tmp_path):
                           check=True).stdout.strip()
     before = set(Path("/var/tmp").glob("xen-provision-lvcheck.*"))
     try:
-        p = subprocess.run([sys.executable, "-m", "provision.debootstrap.lvcheck", "--seed", seed, loop],
+        p = subprocess.run([sys.executable, "-m", "provision.proof.indom0.lvcheck", "--seed", seed, loop],
                            capture_output=True, text=True, cwd=ROOT, timeout=1800,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
         print(p.stdout)

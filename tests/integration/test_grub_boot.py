@@ -26,7 +26,8 @@ import pytest
 
 from provision.cache import cache_dir
 from provision.fsutil import atomic_write
-from provision.qemu import Machine, busybox_initramfs
+from provision.proof.initramfs import busybox_initramfs
+from provision.proof.machine import Machine
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.qemu import Disk, Machine, busybox_initramfs
+from provision.proof.initramfs import busybox_initramfs
+from provision.proof.machine import Disk, Machine
 from tests.integration.test_grub_boot import INIT, XEN_ARGS, _debian_boot_files
 
 pytestmark = pytest.mark.integration

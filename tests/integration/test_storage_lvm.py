@@ -277,7 +277,7 @@ def test_lvmcheck_module(disk, device_mapper_required):
     """The end-to-end check the boot test runs in dom0 passes and leaves the disk empty."""
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "provision.storage.lvmcheck", disk], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "provision.proof.indom0.lvmcheck", disk], capture_output=True,
                           text=True, env=env, timeout=900)
     assert proc.returncode == 0 and "LVM-CHECK-OK" in proc.stdout, proc.stdout + proc.stderr
     assert pv_label(disk) == ""

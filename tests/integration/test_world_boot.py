@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from provision.qemu import Machine, busybox_initramfs
+from provision.proof.initramfs import busybox_initramfs
+from provision.proof.machine import Machine
 
 pytestmark = pytest.mark.integration
 

@@ -362,7 +362,7 @@ def test_storage_runs_without_pyparted_or_other_deps(tmp_path):
         "import sys\n"
         "for m in ('parted', '_ped', 'jinja2', 'requests', 'doit'):\n"
         "    sys.modules[m] = None  # importing any of them now fails\n"
-        "import provision.storage, provision.storage.lvmcheck\n"
+        "import provision.storage, provision.proof.indom0.lvmcheck\n"
         "from provision.storage.cli import main\n"
         f"sys.exit(main(['create', '{tmp_path}/a.img', '--size', '8M']))\n"
     )

@@ -1,7 +1,7 @@
 """The LVM path end to end on a spare, empty disk, for machines with device-mapper
 (the boot test's dom0; our CI kernels lack it, so the pytest LVM tests skip there).
 
-    python3 -m provision.storage.lvmcheck /dev/vdb      # prints one line per check, then LVM-CHECK-OK
+    python3 -m provision.proof.indom0.lvmcheck /dev/vdb      # prints one line per check, then LVM-CHECK-OK
 
 Needs only the standard library and lvm2 (+ thin-provisioning-tools for the thin pool,
 e2fsprogs for ext4). Everything it makes is removed again at the end, pass or fail.
@@ -229,7 +229,7 @@ def _mounted_pvcreate(device: str) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].startswith("/dev/"):
-        print("usage: python3 -m provision.storage.lvmcheck /dev/DISK  (an empty scratch disk)", file=sys.stderr)
+        print("usage: python3 -m provision.proof.indom0.lvmcheck /dev/DISK  (an empty scratch disk)", file=sys.stderr)
         return 2
     return verdict(lambda: check(argv[0]), "LVM-CHECK-OK", "lvm-check FAILED:")
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from provision import qemu
 from provision.errors import ProvisionError
-from provision.qemu import Console, ConsoleTimeout, Machine
+from provision.proof import machine as qemu
+from provision.proof.console import Console, ConsoleTimeout
+from provision.proof.initramfs import busybox_initramfs
+from provision.proof.machine import Machine
 
 
 def script(tmp_path: Path, body: str) -> list[str]:
@@ -138,14 +140,14 @@ def test_busybox_initramfs_is_deterministic_and_holds_init(tmp_path, monkeypatch
         pytest.skip("busybox-static and cpio are needed (setup-host installs them)")
     monkeypatch.setenv("XEN_PROVISION_CACHE", str(tmp_path / "cache"))
     init = "#!/bin/sh\necho hello from init\npoweroff -f\n"
-    a = qemu.busybox_initramfs(init, files={"etc/motd": "hi\n"}, out=tmp_path / "a.cpio.gz")
-    cached = qemu.busybox_initramfs(init, files={"etc/motd": "hi\n"})
+    a = busybox_initramfs(init, files={"etc/motd": "hi\n"}, out=tmp_path / "a.cpio.gz")
+    cached = busybox_initramfs(init, files={"etc/motd": "hi\n"})
     assert a.read_bytes() == cached.read_bytes()
     listing = subprocess.run(["cpio", "-t", "-v", "--quiet"], input=gzip.decompress(a.read_bytes()),
                              capture_output=True, check=True).stdout.decode()
     names = {line.split()[-1] if "->" not in line else line.split()[-3] for line in listing.splitlines()}
     assert {"init", "bin/busybox", "bin/sh", "etc/motd"} <= names
-    other = qemu.busybox_initramfs(init.replace("hello", "bye"))
+    other = busybox_initramfs(init.replace("hello", "bye"))
     assert other != cached
     # The initramfs really runs: unpack it and execute /init's shell with busybox.
     root = tmp_path / "root"

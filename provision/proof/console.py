@@ -1,4 +1,4 @@
-"""QEMU serial-console harness: boot a machine, read its console, type into it.
+"""A serial console: read what a machine prints, wait for it, type into it.
 
     with Machine(disks=[image], memory="2G", log_path=log_file) as vm:
         vm.wait_for(r"Xen version", 120, what="Xen banner")
@@ -21,37 +21,26 @@ back, and Enter only once the whole line's echo is intact; a garbled echo makes 
 Ctrl-C and type the line again.
 
 :class:`Console` works with any process whose stdin/stdout is a terminal-like stream
-(the unit tests drive a shell script); :class:`Machine` builds the QEMU command line:
-TCG only (``/dev/kvm`` hangs guests on our machines and CI has none), ``-cpu qemu64``
-(``-cpu max`` crashes a PV dom0), no display.
-
-:func:`busybox_initramfs` builds a tiny initramfs around busybox-static that runs a
-given ``/init`` script, for quick "does this kernel reach userspace" tests.
+(the unit tests drive a shell script); :class:`provision.proof.machine.Machine` is the
+QEMU machine built on it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from provision import log
-from provision.cache import cache_dir, manifest_key, sha256_file
 from provision.errors import ProvisionError
-from provision.fsutil import atomic_path
-from provision.run import require, run, which
 
 # CSI sequences ("\x1b[0;32m", "\x1b[K") and the few two-byte escapes consoles send;
 # they are kept in the log but removed from the text that waits match against.
@@ -513,167 +502,3 @@ def _may_continue(echo: str, typed: str) -> bool:
     return any(echo.endswith(typed[:k]) for k in range(min(len(echo), len(typed)), 0, -1))
 
 
-def _size_mib(memory: str | int) -> int:
-    from provision.sizes import parse_size
-    return memory if isinstance(memory, int) else parse_size(memory) // (1024 * 1024)
-
-
-@dataclass
-class Disk:
-    """A disk image for :class:`Machine`: raw by default, on virtio unless ``interface``."""
-
-    path: Path
-    format: str = "raw"
-    interface: str = "virtio"
-    snapshot: bool = False   # writes go to a temporary overlay, the image is untouched
-
-
-class Machine(Console):
-    """A QEMU x86_64 machine under TCG, its first serial port as the console.
-
-    Before login, input is typed blind, 16 bytes at a time, 50 ms apart (see
-    :attr:`Console.type_chunk`); after it, echo-paced and verified (``verify_echo``).
-
-    Either boot a kernel directly (``kernel``, ``initrd``, ``append``) or from
-    ``disks`` through the BIOS (the first disk boots). Use as a context manager:
-    QEMU is always killed when the block ends, whatever happened.
-    """
-
-    def __init__(self, *, log_path: str | os.PathLike, disks: Sequence[Disk | str | os.PathLike] = (),
-                 kernel: str | os.PathLike | None = None, initrd: str | os.PathLike | None = None,
-                 append: str | None = None, memory: str | int = "2G", smp: int = 2,
-                 cpu: str = "qemu64", network: bool = False, extra: Sequence[str] = (),
-                 name: str = "qemu"):
-        if cpu in ("max", "host"):
-            raise ProvisionError(f"-cpu {cpu} is not supported here: it crashes a PV dom0 under "
-                                 "TCG", hint="use -cpu qemu64 (the default)")
-        self.disks = [d if isinstance(d, Disk) else Disk(Path(d)) for d in disks]
-        self.kernel, self.initrd, self.append = kernel, initrd, append
-        self.memory_mib = _size_mib(memory)
-        self.smp, self.cpu, self.network, self.extra = smp, cpu, network, list(extra)
-        super().__init__(self.qemu_argv(name), log_path, name=name)
-        self.type_chunk, self.type_delay = 16, 0.05
-        self.verify_echo = True
-
-    def qemu_argv(self, name: str) -> list[str]:
-        require("qemu-system-x86_64")
-        argv = [
-            which("qemu-system-x86_64"),
-            "-name", name,
-            # TCG only: KVM hangs guests on our machines and CI has no /dev/kvm.
-            "-accel", "tcg",
-            "-cpu", self.cpu,
-            "-smp", str(self.smp),
-            "-m", str(self.memory_mib),
-            "-display", "none", "-vga", "none", "-monitor", "none",
-            "-serial", "stdio",
-            # A guest that reboots (panic=N, a triple fault) ends the run instead of looping.
-            "-no-reboot",
-        ]
-        argv += ["-nic", "user,model=virtio-net-pci"] if self.network else ["-nic", "none"]
-        for i, d in enumerate(self.disks):
-            opts = f"file={d.path},format={d.format},if={d.interface},index={i},cache=unsafe"
-            if d.snapshot:
-                opts += ",snapshot=on"
-            argv += ["-drive", opts]
-        if self.kernel:
-            argv += ["-kernel", os.fspath(self.kernel)]
-            if self.initrd:
-                argv += ["-initrd", os.fspath(self.initrd)]
-            if self.append:
-                argv += ["-append", self.append]
-        return argv + self.extra
-
-    def start(self) -> Machine:
-        log.info(f"booting {self.name} (TCG, -cpu {self.cpu}, {self.smp} vCPUs, "
-                 f"{self.memory_mib} MiB); serial log: {self.log_path}")
-        return super().start()
-
-
-# -- a tiny busybox initramfs -----------------------------------------------------------
-
-BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-
-
-def _busybox() -> Path:
-    for path in BUSYBOX_CANDIDATES:
-        if os.path.exists(path):
-            return Path(path)
-    raise ProvisionError("busybox-static was not found",
-                         hint="install it: apt-get install busybox-static")
-
-
-def busybox_initramfs(init: str, *, files: dict[str, str | bytes | Path] | None = None,
-                      out: str | os.PathLike | None = None) -> Path:
-    """A gzip'd newc initramfs: busybox-static, its applet links, ``/init`` = ``init``.
-
-    ``files`` maps paths inside the initramfs to contents (text, bytes, or a host Path
-    to copy, e.g. kernel modules). Output is deterministic and cached under
-    ``initramfs/<key>.cpio.gz`` keyed by the script, the files and busybox itself;
-    with ``out`` it is also copied there. The script runs as PID 1: end it with
-    ``poweroff -f`` (with ``-no-reboot`` QEMU then exits).
-    """
-    require("cpio")
-    busybox = _busybox()
-    files = dict(files or {})
-    manifest = {"init": init, "busybox": sha256_file(busybox), "files": {}}
-    for name, content in sorted(files.items()):
-        if isinstance(content, Path):
-            manifest["files"][name] = "sha256:" + sha256_file(content)
-        else:
-            data = content.encode() if isinstance(content, str) else content
-            manifest["files"][name] = "sha256:" + hashlib.sha256(data).hexdigest()
-    cached = cache_dir("initramfs") / f"{manifest_key(manifest)}.cpio.gz"
-    if not cached.exists():
-        with tempfile.TemporaryDirectory(prefix="initramfs.") as tmp:
-            root = Path(tmp)
-            _populate(root, busybox, init, files)
-            names = sorted(_walk(root))
-            archive = run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible"],
-                          input=("\n".join(names) + "\n").encode(), capture=True, cwd=root).stdout
-            with atomic_path(cached) as tmp_out:
-                with open(tmp_out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb",
-                                                               mtime=0, filename="") as gz:
-                    gz.write(archive)
-    if out is not None:
-        with atomic_path(out) as tmp_out:
-            shutil.copyfile(cached, tmp_out)
-        return Path(out)
-    return cached
-
-
-def _populate(root: Path, busybox: Path, init: str, files: dict) -> None:
-    epoch = 0
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(busybox, root / "bin/busybox")
-    os.chmod(root / "bin/busybox", 0o755)
-    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    for applet in applets:
-        link = root / applet
-        if link.exists() or link.is_symlink():
-            continue
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(root / "bin/busybox", link.parent))
-    (root / "init").write_text(init if init.startswith("#!") else "#!/bin/sh\n" + init)
-    os.chmod(root / "init", 0o755)
-    for name, content in files.items():
-        dest = root / name.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Path):
-            shutil.copyfile(content, dest)
-            os.chmod(dest, content.stat().st_mode & 0o777)
-        else:
-            dest.write_bytes(content.encode() if isinstance(content, str) else content)
-    for path in _walk(root):
-        os.utime(root / path, (epoch, epoch), follow_symlinks=False)
-
-
-def _walk(root: Path) -> Iterable[str]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        if rel != ".":
-            yield rel
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            yield os.path.normpath(os.path.join(rel, name))

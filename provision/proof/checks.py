@@ -1,0 +1,259 @@
+"""What is checked in a booted host, over its serial console, in boot order.
+
+Each check is recorded with its time since power-on (:class:`Check` lines in the report).
+The first failure stops the run with one line naming what did not happen and where the
+serial log is. Commands run in dom0's shell; guests are reached from dom0 over the host's
+network (ping, ssh with the test key from the code disk) and through ``xl console``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+
+from provision.errors import ProvisionError
+from provision.proof.assemble import BROKEN, IMAGES_DIR, PASSWORD, Facts
+from provision.proof.machine import Machine
+
+CODE_MOUNT = "/opt/xen-provision"
+SSH_KEY = f"{CODE_MOUNT}/id_ed25519"   # on the code disk; copied to KEY (ssh wants mode 0600)
+KEY = "/root/.boottest-key"
+SAVE_DIR = "/var/lib/xen/save"
+
+
+def until(seconds: float) -> str:
+    """The head of a shell loop that polls for ``seconds`` of dom0's time, however slow
+    each round is under TCG: ``{until(60)} test-cmd && break; sleep 1; done``."""
+    return f"e=$(($(date +%s) + {int(seconds)})); while [ $(date +%s) -lt $e ]; do"
+
+
+def shell_check(vm: Machine, what: str, command: str, timeout: float, expect: str | None = None,
+                failure: str | None = None) -> str:
+    """Run a command in dom0's shell; a check that passes on status 0 and ``expect``."""
+    out, status = vm.shell(command, timeout, what=what)
+    ok = status == 0 and (expect is None or re.search(expect, out, re.M) is not None)
+    detail = "" if ok else f"exit {status}: " + " | ".join(out.strip().splitlines()[-10:])
+    vm.record(what, ok, detail)
+    if not ok:
+        why = f"{failure} within {timeout:.0f} s" if failure else f"{what} failed"
+        raise ProvisionError(f"{why} ({detail}); serial log: {vm.log_path}", exit_code=1)
+    return out
+
+
+def expect(vm: Machine, what: str, got: str, want: str) -> None:
+    vm.record(what, got == want, "" if got == want else f"got {got!r}, expected {want!r}")
+    if got != want:
+        raise ProvisionError(f"{what}: got {got!r}, expected {want!r}; serial log: {vm.log_path}",
+                             exit_code=1)
+
+
+# -- power-on to dom0's shell ------------------------------------------------------------------
+
+def boot_to_dom0(vm: Machine, facts: Facts, sched: str, timeout: float) -> None:
+    """GRUB's menu on the serial line starts our entry, Xen runs with exactly the command
+    line `grub install` generated, our dom0 kernel reaches multi-user with no failed unit."""
+    m = vm.wait_for(r"Loading Xen (\S+) \.\.\.", 120, what="GRUB started our entry",
+                    failure="GRUB did not start our entry")
+    expect(vm, "GRUB loads the installed hypervisor", m.group(1), facts.xen_version)
+    m = vm.wait_for(r"Xen version (\S+) ", 120, what="Xen banner", failure="Xen did not print its banner")
+    expect(vm, "Xen version is our build", m.group(1), facts.xen_version)
+    m = vm.wait_for(r"Command line: ([^\n]*)\n", 60, what="Xen command line")
+    expect(vm, "Xen command line is the one grub install generated", m.group(1).strip(), facts.xen_cmdline)
+    m = vm.wait_for(r"Using scheduler: .*\((\w+)\)", 60, what="scheduler in use")
+    expect(vm, f"scheduler is {sched}", m.group(1), sched)
+    m = vm.wait_for(r"Linux version (\S+) ", 180, what="dom0 kernel started",
+                    failure="dom0's kernel did not start")
+    expect(vm, "dom0 runs our kernel", m.group(1), facts.dom0_release)
+    # Logged in as soon as the getty is up, so a slow or stuck boot can be examined.
+    vm.login("root", PASSWORD, timeout=timeout)
+    shell_check(vm, "dom0 reached multi-user",
+                f"{until(timeout)} [ \"$(systemctl show -P ActiveState multi-user.target)\" = active ] "
+                "&& break; sleep 1; done; systemctl list-jobs --no-pager | tail -8; "
+                "systemctl show -P ActiveState multi-user.target",
+                timeout + 60, expect=r"^active$", failure="dom0 did not reach multi-user")
+    shell_check(vm, "dom0 has no failed units",
+                "f=$(systemctl --failed --plain --no-legend); [ -z \"$f\" ] || { echo \"$f\"; "
+                "for u in $(echo \"$f\" | awk '{print $1}'); do journalctl -b -u $u --no-pager | tail -12; "
+                "done; false; }", 60)
+
+
+# -- the guests ---------------------------------------------------------------------------------
+
+def _ssh(address: str, command: str) -> str:
+    return (f"ssh -i {KEY} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            f"-o ConnectTimeout=10 -o LogLevel=ERROR root@{address} {shlex.quote(command)}")
+
+
+def mount_code(vm: Machine, device: str) -> None:
+    """The code disk (package, test key, LVM seed) at CODE_MOUNT, read-only."""
+    shell_check(vm, "code disk mounted", f"mkdir -p {CODE_MOUNT} && mount -o ro {device} {CODE_MOUNT} && "
+                f"cp {SSH_KEY} {KEY} && chmod 600 {KEY} && ls {CODE_MOUNT}", 60)
+
+
+def guests_started(vm: Machine, facts: Facts, timeout: float, first: list[float]) -> None:
+    """xendomains started every guest in /etc/xen/auto; each reaches userspace."""
+    for g in facts.guests:
+        name = g["name"]
+        shell_check(vm, f"xendomains started {name}",
+                    f"{until(timeout)} xl list {name} >/dev/null 2>&1 && break; "
+                    "systemctl -q is-active xendomains || systemctl -q is-failed xendomains "
+                    f"&& break; sleep 1; done; xl list {name} || "
+                    "{ journalctl -b -u xendomains --no-pager | tail -15; false; }", timeout + 60)
+    for g in facts.guests:
+        name = g["name"]
+        log_file = f"/var/log/xen/console/guest-{name}.log"
+        shell_check(vm, f"{name}'s console shows its kernel booting to userspace",
+                    f"{until(timeout)} grep -Eq 'Reached target|login:|Run /sbin/init' {log_file} 2>/dev/null "
+                    f"&& break; sleep 1; done; grep -E 'Linux version|Run /.*init as init|Welcome to|login:' "
+                    f"{log_file} || tail -20 {log_file}", timeout + 60,
+                    expect=r"Linux version (?s:.*)(Run /\S*init as init|Welcome to|login:)")
+        if not first:
+            first.append(vm.elapsed())
+
+
+def guests_answer(vm: Machine, facts: Facts, timeout: float, pingable: list[float]) -> None:
+    """Each guest answers ping from dom0, then ssh with the key `image --ssh-key` put in
+    it: its own hostname, its static address on its Xen NIC, our xenU kernel, multi-user."""
+    for g in facts.guests:
+        address = g["ip"].split("/")[0]
+        shell_check(vm, f"dom0 pings {g['name']} ({address})",
+                    f"{until(timeout)} ping -c1 -W2 {address} >/dev/null && break; sleep 1; done; "
+                    f"ping -c1 -W2 {address}", timeout + 60, expect=r" 0% packet loss")
+    pingable.append(vm.elapsed())
+    for g in facts.guests:
+        address, name = g["ip"].split("/")[0], g["name"]
+        ssh = _ssh(address, "echo GUEST-FACTS; hostname; uname -r; ip -4 -o addr show; "
+                            "systemctl is-system-running --wait")
+        out = shell_check(vm, f"ssh root@{name}: hostname, address, kernel, multi-user",
+                          f"{until(180)} {ssh} && break; sleep 2; done", 300, expect=r"^GUEST-FACTS$")
+        # What came after the marker: sshd may refuse a few attempts while it starts.
+        lines = out.rsplit("GUEST-FACTS\n", 1)[-1].strip().splitlines()
+        ok = (lines[:1] == [name] and lines[1:2] == [facts.guest_release]
+              and any(re.match(rf"^\d+: enX0\s+inet {re.escape(g['ip'])} ", line) for line in lines)
+              and lines[-1] in ("running", "degraded"))
+        vm.record(f"{name}: hostname {name}, {g['ip']} on enX0, kernel {facts.guest_release}", ok,
+                  "" if ok else " | ".join(lines[-8:]))
+        if not ok:
+            raise ProvisionError(f"{name} is not as made: {' | '.join(lines[-8:])}; serial log: {vm.log_path}",
+                                 exit_code=1)
+        shell_check(vm, f"{name} has no failed units",
+                    _ssh(address, "systemctl --failed --plain --no-legend") + " > /tmp/failed; r=$?; "
+                    "cat /tmp/failed; [ $r -eq 0 ] && [ ! -s /tmp/failed ]", 120)
+
+
+def guest_pings_guest(vm: Machine, facts: Facts) -> None:
+    a, b = facts.guests[0], facts.guests[1]
+    target = b["ip"].split("/")[0]
+    shell_check(vm, f"{a['name']} pings {b['name']} through the bridge",
+                _ssh(a["ip"].split("/")[0], f"ping -c2 -W2 {target}"),
+                120, expect=r" 0% packet loss")
+
+
+def guest_pings_host(vm: Machine, facts: Facts, host_ip: str) -> None:
+    g = facts.guests[0]
+    shell_check(vm, f"{g['name']} pings dom0 ({host_ip}) through its routed vif",
+                _ssh(g["ip"].split("/")[0], f"ping -c2 -W2 {host_ip}"),
+                120, expect=r" 0% packet loss")
+    shell_check(vm, f"dom0 routes {g['ip'].split('/')[0]} to {g['name']}'s vif (vif-route)",
+                f"ip -4 route show {g['ip'].split('/')[0]}; ip -4 -o addr show | grep vif", 60,
+                expect=rf"^{re.escape(g['ip'].split('/')[0])} dev vif\d+\.0 (?s:.*)inet {re.escape(host_ip)}/32")
+
+
+def xl_console_login(vm: Machine, name: str) -> None:
+    """``xl console NAME`` in dom0's shell shows the guest's getty on hvc0; Ctrl-] leaves."""
+    start = vm.mark()
+    vm.send(f"xl console {name}")
+    deadline = time.monotonic() + 90
+    m = None
+    while m is None and time.monotonic() < deadline:
+        vm._write(b"\r")
+        try:
+            m = vm.wait_for(rf"{name} login: ?$", 10, start=start, record=False)
+        except Exception:
+            if not vm.running():
+                raise
+    vm._write(b"\x1d")   # Ctrl-]: back to dom0's shell
+    time.sleep(2)
+    vm.record(f"xl console {name} shows its login prompt on hvc0", m is not None)
+    if m is None:
+        raise ProvisionError(f"xl console {name} showed no login prompt; serial log: {vm.log_path}", exit_code=1)
+    # The shell is ours again when it answers.
+    shell_check(vm, "dom0's shell back after xl console", "echo back", 60, expect=r"^back$")
+
+
+# -- the manual's operations and LVM in dom0 ---------------------------------------------------
+
+def save_restore(vm: Machine, name: str) -> None:
+    """The manual's save at halt and restore at boot, through our xendomains with a save
+    directory (the image's own settings shut domains down instead)."""
+    xd = (f"{{ cat /etc/default/xendomains; echo XENDOMAINS_SAVE={SAVE_DIR}; }} > /run/xd-save && "
+          "XENDOMAINS_CONFIG=/run/xd-save /etc/init.d/xendomains")
+    shell_check(vm, f"xendomains stop saves {name} (xl save)",
+                f"{xd} stop && [ -s {SAVE_DIR}/{name} ] && ! xl list {name} 2>/dev/null", 300,
+                expect=rf"saved {name} to {SAVE_DIR}/{name}")
+    shell_check(vm, f"xendomains start restores {name} (xl restore)",
+                f"{xd} start && [ ! -e {SAVE_DIR}/{name} ] && xl list {name}", 300,
+                expect=rf"restored {name}(?s:.*){name} is already running(?s:.*)^{name}\s+\d+")
+
+
+def mem_set(vm: Machine, name: str) -> None:
+    shell_check(vm, f"xl mem-set {name} 192m", f"xl mem-set {name} 192m && {until(60)} "
+                f"m=$(xl list {name} | awk 'NR==2 {{print $3}}'); [ \"$m\" -le 200 ] && break; "
+                "sleep 1; done; xl list", 120, expect=rf"^{name}\s+\d+\s+19\d\s")
+
+
+def broken_guest_reported(vm: Machine, running: str) -> None:
+    shell_check(vm, "xendomains reports a guest with a bad disk path",
+                f"ln -s ../{BROKEN}.cfg /etc/xen/auto/{BROKEN}.cfg; /etc/init.d/xendomains start; "
+                f"echo \"status=$?\"; rm -f /etc/xen/auto/{BROKEN}.cfg; "
+                f"xl create -q /etc/xen/{BROKEN}.cfg 2>&1 | grep -m1 -F missing.img; xl list", 180,
+                expect=rf"FAILED to start {BROKEN}(?s:.*)status=[1-9](?s:.*)missing\.img(?s:.*)^{running}\s")
+
+
+LVM_CHECK = ("LVM path of the storage library in dom0 "
+             "(lvmcheck: PV, VG, LV, snapshot, thin, extend, fill watch)")
+LVM_CHECK_TIMEOUT = 900.0   # about 75 s under TCG on an idle machine; ours are shared
+# What ends the LVM check: its own verdict, or the kernel failing under it (an oops
+# leaves lvmcheck stuck in D state, so waiting for its exit would take the whole timeout).
+LVM_CHECK_END = (r"^(LVM-CHECK-OK in \S+|lvm-check FAILED: .*|Traceback .*|BUG: .*|Oops: .*"
+                 r"|Kernel panic .*)$")
+LV_IMAGE_CHECK = ("image --debootstrap into LVM in dom0 (lvcheck: LV and swap LV from the "
+                  "cached base, read back, e2fsck, LV template, snapshot guest)")
+
+
+def _in_dom0(module: str, *args: str) -> str:
+    """dom0's command running one of our indom0 checks from the mounted code disk."""
+    return (f"PYTHONPATH={CODE_MOUNT} PYTHONDONTWRITEBYTECODE=1 python3 -m provision.proof.indom0.{module} "
+            + " ".join(args))
+
+
+def _dom0_check(vm: Machine, what: str, command: str, end: str, ok_prefix: str, timeout: float) -> None:
+    """Run one of our check modules in dom0 and wait for its verdict line; fails at once,
+    with the console's last lines, when it or the kernel under it reports a failure."""
+    vm.send(command)
+    m = vm.wait_for(end, timeout, what=what, record=False)
+    verdict = m.group(1)
+    ok = verdict.startswith(ok_prefix)
+    vm.record(what, ok, "" if ok else verdict)
+    if not ok:
+        time.sleep(5)   # the rest of a traceback or an oops
+        raise ProvisionError(f"{what} failed: {verdict}; last lines of {vm.log_path}:\n{vm.tail()}",
+                             exit_code=1)
+
+
+def lvm_checks(vm: Machine, lvm_disk: str, lvimage_disk: str) -> None:
+    """The storage library's LVM path and image --debootstrap into LVM, for real in dom0
+    (this machine has no device-mapper; dom0's kernel has). LVM first: xl save and restore
+    balloon out pages, adding holes that once tripped SLOB in mempool_exit."""
+    from provision.proof.indom0 import lvcheck
+    _dom0_check(vm, LVM_CHECK, _in_dom0("lvmcheck", lvm_disk), LVM_CHECK_END, "LVM-CHECK-OK",
+                LVM_CHECK_TIMEOUT)
+    _dom0_check(vm, LV_IMAGE_CHECK, _in_dom0("lvcheck", "--seed", f"{CODE_MOUNT}/{lvcheck.SEED_DIR}",
+                                             lvimage_disk),
+                lvcheck.END, lvcheck.OK, lvcheck.TIMEOUT)
+
+
+def images_on_host(vm: Machine) -> None:
+    shell_check(vm, "the guests' images are files in dom0's root", f"ls -ls {IMAGES_DIR}", 30,
+                expect=r"\.img")

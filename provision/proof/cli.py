@@ -1,0 +1,252 @@
+"""``python -m provision boottest``: the hosts the README's commands make, booted under
+QEMU (TCG) and checked over the serial console.
+
+    python -m provision boottest [--dist dist/install] [--scenario bridged|routed|all]
+
+For each scenario (:data:`provision.proof.assemble.SCENARIOS`):
+
+1. the host disk image, made by the public commands on the image's mounted root
+   (:mod:`provision.proof.assemble`; cached by its inputs), from ``doit dist``'s tarball;
+2. a code disk made for every boot: this checkout's package (the LVM checks and, for
+   them, the host suite's cached base), and the SSH key of the test guests;
+3. the boot, on a LAN that ends inside QEMU (192.0.2.0/24, ``restrict=on``): GRUB, Xen's
+   command line and scheduler, dom0 multi-user with no failed units, xendomains starting
+   the guests, each answering ping and ssh, and (bridged) one guest pinging the other,
+   ``xl console``, LVM in dom0, save/restore through xendomains, mem-set, and a guest with
+   a bad disk reported (:mod:`provision.proof.checks`).
+
+Each wait is bounded and reported with the time since power-on; the serial logs, the
+assembly logs and ``report.txt`` are kept in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provision import log
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_write
+from provision.proof import assemble, checks
+from provision.proof.assemble import SCENARIOS, Facts, Inputs, Scenario
+from provision.proof.machine import Disk, Lan, Machine
+from provision.sizes import parse_size
+from provision.undo import UndoStack
+
+CODE_SIZE = "64M"
+LVM_SIZE = "1G"
+LVIMAGE_SIZE = "2G"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the boot test builds and boots, parsed and checked once."""
+
+    inputs: Inputs
+    out: Path
+    scenarios: tuple[str, ...] = ("bridged", "routed")
+    memory: str = "3G"
+    smp: int = 2
+    timeout: float = 300.0            # for each long wait (boot to multi-user, guest boot)
+    extra_checks: bool = True         # LVM, save/restore, mem-set, the bad-disk guest (bridged)
+    lvmcheck: bool = True
+
+
+@dataclass
+class Result:
+    """What a run measured: per-stage seconds, the checks, where the logs are."""
+
+    out: Path
+    stages: dict[str, float] = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
+    timings: list[str] = field(default_factory=list)
+    ok: bool = False
+    booted: str = ""
+
+    def summary(self) -> str:
+        lines = [f"boot test: {'PASS' if self.ok else 'FAIL'} ({self.booted})"]
+        lines += [f"  stage {name}: {secs:.1f}s" for name, secs in self.stages.items()]
+        lines += [f"  {t}" for t in self.timings]
+        lines += [f"  {c}" for c in self.checks]
+        lines.append(f"  logs: {self.out}")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _stage(result: Result, name: str, title: str):
+    start = time.monotonic()
+    with log.step(title):
+        try:
+            yield
+        finally:
+            result.stages[name] = round(time.monotonic() - start, 1)
+
+
+def code_disk(out: Path, settings: Settings, scenario: Scenario) -> Path:
+    """This checkout's package, the test guests' SSH key and (for the LVM checks) the host
+    suite's cached base, as a small ext4 disk dom0 mounts read-only. Made for every boot
+    (about a second), so an edit to the checks is tested without rebuilding the host."""
+    from provision.proof.indom0 import lvcheck
+    from provision.storage import building_image, make_fs
+    out.mkdir(parents=True, exist_ok=True)
+    disk = out / f"code-{scenario.name}.img"
+    disk.unlink(missing_ok=True)
+    _hash, key, _pub = assemble.credentials()
+    with tempfile.TemporaryDirectory(prefix="code.", dir=out) as stage:
+        shutil.copytree(assemble.PACKAGE, Path(stage) / "provision",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copyfile(key, Path(stage) / "id_ed25519")
+        size = parse_size(CODE_SIZE)
+        if _lvm(settings, scenario):
+            seed = lvcheck.seed(Path(stage) / lvcheck.SEED_DIR, settings.inputs.suite, settings.inputs.mirror)
+            size += sum(f.stat().st_size for f in seed) * 11 // 10
+        with building_image(disk, size) as tmp:
+            make_fs(tmp, "ext4", label="xpcode", populate=stage)
+    return disk
+
+
+def _lvm(settings: Settings, scenario: Scenario) -> bool:
+    return settings.extra_checks and settings.lvmcheck and scenario.name == "bridged"
+
+
+def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, result: Result) -> None:
+    """Boot the scenario's host and run its checks."""
+    out = settings.out
+    code = code_disk(out, settings, scenario)
+    disks = [Disk(image, snapshot=True), Disk(code, snapshot=True)]   # vda, vdb
+    scratch = []
+    if _lvm(settings, scenario):
+        from provision.storage import create_image
+        for name, size in (("lvm", LVM_SIZE), ("lvimage", LVIMAGE_SIZE)):     # vdc, vdd
+            path = out / f"{name}.img"
+            path.unlink(missing_ok=True)
+            create_image(path, size)
+            scratch.append(path)
+            disks.append(Disk(path))
+    log_path = out / f"serial-{scenario.name}.log"
+    log_path.unlink(missing_ok=True)
+    vm = Machine(log_path=log_path, disks=disks, memory=settings.memory, smp=settings.smp,
+                 name=f"xen-host-{scenario.name}", lan=Lan())
+    t = settings.timeout
+    first: list[float] = []
+    pingable: list[float] = []
+    try:
+        with vm:
+            checks.boot_to_dom0(vm, facts, settings.inputs.sched, t)
+            checks.mount_code(vm, "/dev/vdb")
+            checks.guests_started(vm, facts, t, first)
+            checks.guests_answer(vm, facts, t, pingable)
+            if scenario.network == "bridge":
+                checks.guest_pings_guest(vm, facts)
+                checks.xl_console_login(vm, facts.guests[0]["name"])
+                if settings.extra_checks:
+                    if settings.lvmcheck:
+                        checks.lvm_checks(vm, "/dev/vdc", "/dev/vdd")
+                    name = facts.guests[0]["name"]
+                    checks.shell_check(vm, f"xl list shows {name}", "xl list", 30, expect=rf"^{name}\s+\d+")
+                    checks.save_restore(vm, name)
+                    checks.mem_set(vm, name)
+                    checks.broken_guest_reported(vm, name)
+            else:
+                checks.guest_pings_host(vm, facts, scenario.gateway)
+    finally:
+        result.checks += [f"[{scenario.name}] {c.line()}" for c in vm.checks]
+        if first:
+            result.timings.append(f"[{scenario.name}] power-on to first guest userspace: {first[0]:.1f}s")
+        if pingable:
+            result.timings.append(f"[{scenario.name}] power-on to all guests pingable: {pingable[0]:.1f}s")
+        for path in scratch:
+            path.unlink(missing_ok=True)
+    if not all(c.ok for c in vm.checks):
+        raise ProvisionError(f"{scenario.name}: a check failed; serial log {log_path}", exit_code=1)
+
+
+def run_boottest(settings: Settings) -> Result:
+    """Assemble (or reuse) each scenario's host, boot it, check it; print times and checks."""
+    from provision.build.install import make_dist
+    result = Result(out=settings.out)
+    start = time.monotonic()
+    settings.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with _stage(result, "dist", "The dist tarball (doit dist)"):
+            tarball = make_dist(settings.inputs.dist.parent)
+        images = {}
+        for name in settings.scenarios:
+            scenario = SCENARIOS[name]
+            with _stage(result, f"image-{name}", f"Host image: {name}"):
+                images[name] = assemble.host_image(scenario, settings.inputs, tarball, settings.out)
+        facts = next(iter(images.values()))[1]
+        result.booted = (f"dist/install: xen-{facts.xen_version}, {Path(facts.dom0_kernel).name}; "
+                         f"installed by install.sh from {tarball.name}")
+        for name in settings.scenarios:
+            image, facts = images[name]
+            with _stage(result, f"boot-{name}", f"Booting the {name} host under QEMU (TCG); "
+                                                f"serial log {settings.out}/serial-{name}.log"):
+                boot(settings, SCENARIOS[name], image, facts, result)
+        result.ok = True
+    finally:
+        result.stages["total"] = round(time.monotonic() - start, 1)
+        atomic_write(settings.out / "report.txt", result.summary() + "\n")
+        log.info(result.summary())
+    return result
+
+
+def settings_from_args(args) -> Settings:
+    dist = Path(args.dist or assemble.PACKAGE.parent / "dist" / "install").resolve()
+    if not (dist / "manifest.json").is_file():
+        raise ProvisionError(f"{dist} holds no staged build (no manifest.json)", hint="run `doit world` first")
+    assemble.dist_release(dist)
+    from provision.grub.cmdline import check_scheduler, parse_dom0_mem, schedulers_from_config
+    configs = sorted(p for p in (dist / "boot").glob("xen-*.config") if not p.is_symlink())
+    # Caught here, before anything is built, as `grub install` would catch it.
+    check_scheduler(args.sched, schedulers_from_config(configs[-1]) if configs else None)
+    parse_dom0_mem(args.dom0_mem)
+    if args.timeout <= 0:
+        raise ProvisionError(f"--timeout {args.timeout} must be positive")
+    from provision.debootstrap import resolve
+    from provision.debootstrap.mirror import host_mirror
+    mirror = args.mirror or host_mirror("debian") or "http://deb.debian.org/debian"
+    spec = resolve(args.suite, mirror=mirror)   # the suite and mirror, as `image` checks them
+    scenarios = tuple(SCENARIOS) if args.scenario in (None, "all") else (args.scenario,)
+    inputs = Inputs(dist=dist, suite=spec.suite, mirror=spec.mirror, sched=args.sched,
+                    dom0_mem=args.dom0_mem, refresh=args.refresh)
+    return Settings(inputs=inputs, out=Path(args.out).resolve(), scenarios=scenarios, memory=args.memory,
+                    timeout=args.timeout, extra_checks=not args.boot_only, lvmcheck=args.lvmcheck)
+
+
+def cmd_boottest(args) -> int:
+    settings = settings_from_args(args)
+    # QEMU runs in its own session, so a SIGTERM to us does not reach it: the undo stack's
+    # handler turns the signal into an exception, and the machine's exit kills QEMU.
+    with UndoStack():
+        result = run_boottest(settings)
+    return 0 if result.ok else 1
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "boottest", help="boot the hosts the README's commands make under QEMU and check them",
+        description="Make Xen hosts with the public commands (dist tarball and install.sh, grub "
+                    "install, xendomains, network, image, domain create) and boot each under QEMU "
+                    "with TCG on a LAN that ends inside QEMU, checking the serial console.")
+    p.add_argument("--dist", default=None, help="the staged tree (default dist/install)")
+    p.add_argument("--out", default=str(assemble.PACKAGE.parent / "dist" / "boottest"),
+                   help="where the logs and report go (default dist/boottest)")
+    p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all",
+                   help="bridged (two guests on xenbr0), routed (vif-route) or all (default)")
+    p.add_argument("--suite", default="bookworm", help="dom0's and the guests' suite")
+    p.add_argument("--mirror", default=None, help="mirror (default: the host's own)")
+    p.add_argument("--sched", default="credit", help="Xen scheduler to ask for (default credit)")
+    p.add_argument("--dom0-mem", default="1024M,max:1024M", help="Xen's dom0_mem")
+    p.add_argument("--memory", default="3G", help="the QEMU machine's memory")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds for each long wait")
+    p.add_argument("--boot-only", action="store_true", help="skip LVM, save/restore, mem-set")
+    p.add_argument("--lvmcheck", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the LVM checks in dom0 (default; --no-lvmcheck skips them)")
+    p.add_argument("--refresh", action="store_true", help="bootstrap the bases again and rebuild the images")
+    p.set_defaults(func=cmd_boottest)

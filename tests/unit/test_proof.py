@@ -1,0 +1,155 @@
+"""The boot test's pieces that need no root and no boot: what the image key covers, the
+command line read back from the grub.cfg, the code disk, the QEMU LAN, bad input caught
+before anything is built. (The boot itself: tests/integration/test_boottest.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from provision.grub import cmdline, render
+from provision.proof import assemble, checks
+from provision.proof.machine import Lan, Machine
+
+
+def test_xen_cmdline_is_read_back_from_our_grub_entry(tmp_path):
+    xen = cmdline.parse_xen_options(["dom0_mem=1024M,max:1024M", "com1=115200,8n1", "console=com1",
+                                     "sched=credit"])
+    dom0 = cmdline.parse_dom0_options(["root=/dev/vda1", "ro"], xen=xen)
+    entry = render.make_entry("/boot/xen-4.17.5.gz", "/boot/vmlinuz-6.1.176-xen0", xen, dom0)
+    grub = tmp_path / "boot/grub"
+    grub.mkdir(parents=True)
+    # As grub-mkconfig prints it: Debian's own entries first, then ours from 42_xen_provision.
+    (grub / "grub.cfg").write_text("menuentry 'Debian GNU/Linux' --id gnulinux-simple {\n\tlinux /vmlinuz\n}\n"
+                                   + render.render_grub2([entry], "multiboot2"))
+    # As Xen will echo it: the model writes 1024M as 1G.
+    assert assemble._xen_cmdline(tmp_path) == "dom0_mem=1G,max:1G com1=115200,8n1 console=com1 sched=credit"
+    (grub / "grub.cfg").write_text("menuentry 'Debian GNU/Linux' {\n}\n")
+    with pytest.raises(Exception, match="no xen-provision entry"):
+        assemble._xen_cmdline(tmp_path)
+
+
+def test_image_key_follows_the_inputs_not_the_proofs_own_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("XEN_PROVISION_CACHE", str(tmp_path / "cache"))
+    if not (shutil.which("ssh-keygen") and shutil.which("openssl")):
+        pytest.skip("needs openssh-client and openssl (setup-host)")
+    inputs = assemble.Inputs(dist=tmp_path, suite="bookworm", mirror="http://deb.debian.org/debian",
+                             sched="credit", dom0_mem="1G")
+    bridged = assemble.SCENARIOS["bridged"]
+    key = assemble.image_key(bridged, inputs, "0" * 64)
+    assert key == assemble.image_key(bridged, inputs, "0" * 64)
+    assert key != assemble.image_key(bridged, inputs, "1" * 64)                       # another dist
+    assert key != assemble.image_key(bridged, dataclasses.replace(inputs, sched="credit2"), "0" * 64)
+    assert key != assemble.image_key(assemble.SCENARIOS["routed"], inputs, "0" * 64)
+    assert key != assemble.image_key(dataclasses.replace(bridged, host_ip="192.0.2.3/24"), inputs, "0" * 64)
+    # The package's code shapes the image; the proof's own (checks, console) does not.
+    digest = assemble.package_digest()
+    files = [p.relative_to(assemble.PACKAGE).parts[0] for p in assemble.PACKAGE.rglob("*.py")]
+    assert "proof" in files and "network" in files
+    proof = assemble.PACKAGE / "proof" / "checks.py"
+    original = proof.read_bytes()
+    try:
+        proof.write_bytes(original + b"\n# a changed check\n")
+        assert assemble.package_digest() == digest
+    finally:
+        proof.write_bytes(original)
+    # The credentials are made once and reused: the key stays.
+    hashed, key_file, pub = assemble.credentials()
+    assert hashed.read_text().startswith("$6$xenprovisionboot$") and oct(hashed.stat().st_mode)[-3:] == "600"
+    assert pub.read_text().startswith("ssh-ed25519 ") and key_file.is_file()
+    assert assemble.credentials() == (hashed, key_file, pub)
+
+
+def test_scenarios_use_documentation_addresses_only():
+    import ipaddress
+    net = ipaddress.ip_network("192.0.2.0/24")
+    for s in assemble.SCENARIOS.values():
+        assert ipaddress.ip_interface(s.host_ip).ip in net
+        for g in s.guests:
+            assert ipaddress.ip_interface(g.ip).ip in net
+    lan = Lan()
+    argv = lan.argv()
+    assert argv[1].startswith("user,id=lan,restrict=on,net=192.0.2.0/24,host=192.0.2.2")
+    assert argv[3].endswith(f"addr={lan.slot:#x}") and assemble.SCENARIOS["bridged"].uplink == f"enp0s{lan.slot}"
+
+
+def test_a_machine_without_a_lan_has_no_nic_and_one_with_a_lan_no_way_out(tmp_path):
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86 is not installed (setup-host)")
+    plain = Machine(log_path=tmp_path / "a.log").argv
+    assert plain[plain.index("-nic") + 1] == "none"
+    networked = " ".join(Machine(log_path=tmp_path / "b.log", lan=Lan()).argv)
+    assert "restrict=on" in networked and "-nic user" not in networked
+
+
+@pytest.mark.skipif(not (shutil.which("mkfs.ext4") or Path("/sbin/mkfs.ext4").exists())
+                    or not (shutil.which("debugfs") or Path("/sbin/debugfs").exists())
+                    or not shutil.which("ssh-keygen"),
+                    reason="needs e2fsprogs and openssh-client (setup-host)")
+def test_code_disk_holds_the_package_and_the_guests_key(tmp_path, monkeypatch):
+    from provision.proof import cli
+    monkeypatch.setenv("XEN_PROVISION_CACHE", str(tmp_path / "cache"))
+    inputs = assemble.Inputs(dist=tmp_path, suite="bookworm", mirror="http://deb.debian.org/debian",
+                             sched="credit", dom0_mem="1G")
+    settings = cli.Settings(inputs=inputs, out=tmp_path / "out", lvmcheck=False)
+    disk = cli.code_disk(settings.out, settings, assemble.SCENARIOS["routed"])
+    debugfs = shutil.which("debugfs") or "/sbin/debugfs"
+
+    def cat(path: str) -> bytes:
+        return subprocess.run([debugfs, "-R", f"cat {path}", str(disk)], capture_output=True, check=True).stdout
+
+    assert cat("/provision/proof/indom0/lvmcheck.py") == \
+        (assemble.PACKAGE / "proof/indom0/lvmcheck.py").read_bytes()
+    assert cat("/id_ed25519") == assemble.credentials()[1].read_bytes()
+    listing = subprocess.run([debugfs, "-R", "ls -p /provision", str(disk)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "/__init__.py/" in listing and "__pycache__" not in listing
+    assert sorted(p.name for p in settings.out.iterdir()) == ["code-routed.img"]   # no staging left
+
+
+def test_lvm_check_ends_on_its_verdict_or_a_kernel_failure_not_on_the_echo():
+    end = re.compile(checks.LVM_CHECK_END, re.M)
+    echo = "# " + checks._in_dom0("lvmcheck", "/dev/vdc") + "\nlvm-check ok: LV with ext4\n"
+    assert end.search(echo) is None
+    for line, ok in (("LVM-CHECK-OK in 81.3s", True), ("lvm-check FAILED: rollback left the LV", False),
+                     ("BUG: unable to handle page fault for address: ffff88800ea77ff8", False),
+                     ("Traceback (most recent call last):", False)):
+        m = end.search(echo + line + "\n")
+        assert m is not None and m.group(1) == line
+        assert m.group(1).startswith("LVM-CHECK-OK") == ok
+
+
+def test_prune_keeps_the_most_recently_used_images_of_one_scenario(tmp_path):
+    for i, name in enumerate(["bridged-a", "bridged-b", "bridged-c", "routed-a"]):
+        (tmp_path / f"host-{name}.img").write_bytes(b"")
+        (tmp_path / f"host-{name}.json").write_text("{}")
+        os.utime(tmp_path / f"host-{name}.img", (1000 + i, 1000 + i))
+    assemble._prune(tmp_path, "bridged", keep=tmp_path / "host-bridged-a.img")
+    assert sorted(p.name for p in tmp_path.glob("*.img")) == \
+        ["host-bridged-a.img", "host-bridged-c.img", "host-routed-a.img"]
+
+
+def test_bad_input_is_one_line_and_builds_nothing(run_cli, tmp_path):
+    out = tmp_path / "o"
+    proc = run_cli("boottest", "--dist", tmp_path / "nowhere", "--out", out)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[0].endswith("holds no staged build (no manifest.json)")
+    dist = tmp_path / "dist"
+    (dist / "boot").mkdir(parents=True)
+    (dist / "manifest.json").write_text(json.dumps({
+        "xen": {"version": "4.17.5"}, "kernels": {"mk.linux-6.1-xen0": {"release": "6.1.176-xen0"},
+                                                  "mk.linux-6.1-xenU": {"release": "6.1.176-xenU"}}}))
+    (dist / "boot/xen-4.17.5.config").write_text("CONFIG_SCHED_CREDIT=y\nCONFIG_SCHED_CREDIT2=y\n")
+    for sched, message in (("bvt", "error: sched=bvt is a Xen 2.0 scheduler"),
+                           ("rtds", "error: sched=rtds is not built into this hypervisor (it has: credit, credit2)")):
+        proc = run_cli("boottest", "--dist", dist, "--sched", sched, "--out", out)
+        assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
+    proc = run_cli("boottest", "--dist", dist, "--timeout", "0", "--out", out)
+    assert proc.returncode == 2 and "--timeout 0.0 must be positive" in proc.stderr
+    assert not out.exists()
