@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,9 +158,9 @@ def file_names(bridge: str, uplink: str, networks: list[Unit]) -> tuple[str, str
     for prefix in PREFIXES:
         names = (f"{prefix}-xen-provision-{bridge}.netdev", f"{prefix}-xen-provision-{bridge}.network",
                  f"{prefix}-xen-provision-{bridge}-{uplink}.network")
-        ours = set(names)
-        rivals = [u for u in networks if u.name not in ours and (u.matches(uplink) or u.matches(bridge))
-                  and not u.name.startswith(f"{prefix}-xen-provision-")]
+        # Our own files for this bridge (from an earlier run, any prefix) are replaced.
+        mine = re.compile(rf"\d\d-xen-provision-{re.escape(bridge)}(-[^/]+)?\.network")
+        rivals = [u for u in networks if (u.matches(uplink) or u.matches(bridge)) and not mine.fullmatch(u.name)]
         if all(u.name > names[2] and u.name > names[1] for u in rivals):
             return names
     first = min(rivals, key=lambda u: u.name)

@@ -273,7 +273,9 @@ def assemble(scenario: Scenario, inputs: Inputs, final: Path, work: Path, tarbal
         "grub", "install", "--root", str(root), "--dom0-mem", inputs.dom0_mem, "--com1", "115200,8n1",
         "--console", "com1", "--sched", inputs.sched, "--root-device", DOM0_ROOT, "--default",
         "--serial-menu", "--menu-timeout", "1")
-    transcript.provision("xendomains", "install", "--root", str(root), "--log-consoles")
+    # One guest at a time: under TCG two guests' hotplug scripts at once can outlast
+    # libxl's 40 s hotplug timeout (a real host starts them in parallel in seconds).
+    transcript.provision("xendomains", "install", "--root", str(root), "--log-consoles", "--parallel", "1")
     transcript.provision("xendomains", "enable", "--root", str(root))
     if scenario.network == "bridge":
         transcript.provision("network", "bridge", "--root", str(root), "--name", scenario.bridge,

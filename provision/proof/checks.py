@@ -164,12 +164,12 @@ def xl_console_login(vm: Machine, name: str) -> None:
     """``xl console NAME`` in dom0's shell shows the guest's getty on hvc0; Ctrl-] leaves."""
     start = vm.mark()
     vm.send(f"xl console {name}")
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     m = None
     while m is None and time.monotonic() < deadline:
-        vm._write(b"\r")
+        vm._write(b"\r")   # the getty prints its prompt again
         try:
-            m = vm.wait_for(rf"{name} login: ?$", 10, start=start, record=False)
+            m = vm.wait_for(rf"{name} login: ?$", 15, start=start, record=False)
         except Exception:
             if not vm.running():
                 raise
@@ -201,6 +201,15 @@ def mem_set(vm: Machine, name: str) -> None:
     shell_check(vm, f"xl mem-set {name} 192m", f"xl mem-set {name} 192m && {until(60)} "
                 f"m=$(xl list {name} | awk 'NR==2 {{print $3}}'); [ \"$m\" -le 200 ] && break; "
                 "sleep 1; done; xl list", 120, expect=rf"^{name}\s+\d+\s+19\d\s")
+
+
+def guests_stopped(vm: Machine, facts: Facts) -> None:
+    """``systemctl stop xendomains`` shuts every guest down (the settings save none)."""
+    names = [g["name"] for g in facts.guests]
+    shell_check(vm, f"xendomains stop shuts {', '.join(names)} down",
+                "systemctl stop xendomains; s=$?; xl list; journalctl -b -u xendomains --no-pager | "
+                "grep -m1 'all domains stopped'; [ $s -eq 0 ] && [ \"$(xl list | wc -l)\" -eq 2 ]", 400,
+                expect=r"xendomains: all domains stopped")
 
 
 def broken_guest_reported(vm: Machine, running: str) -> None:
@@ -257,3 +266,34 @@ def lvm_checks(vm: Machine, lvm_disk: str, lvimage_disk: str) -> None:
 def images_on_host(vm: Machine) -> None:
     shell_check(vm, "the guests' images are files in dom0's root", f"ls -ls {IMAGES_DIR}", 30,
                 expect=r"\.img")
+
+
+def _provision(args: str) -> str:
+    """dom0's command running our CLI from the mounted code disk."""
+    return f"PYTHONPATH={CODE_MOUNT} PYTHONDONTWRITEBYTECODE=1 python3 -m provision {args}"
+
+
+def network_status(vm: Machine, facts: Facts, bridge: str, host_ip: str, uplink: str) -> None:
+    """``network status`` in dom0: the bridge with its address, the uplink and each
+    running guest's vif as its ports."""
+    expect = rf"^bridge {bridge}: {re.escape(host_ip)}; up$(?s:.*)^  port {uplink}$"
+    for g in facts.guests:
+        expect += rf"(?s:.*)^  port vif\d+\.0  \(domain {g['name']}, vif 0\)$"
+    shell_check(vm, "network status shows the bridge, the uplink and each guest's vif",
+                _provision("network status"), 120, expect=expect)
+
+
+def live_bridge_rolled_back(vm: Machine, uplink: str, host_ip: str, guest_ip: str) -> None:
+    """``network bridge --apply`` for real with systemd-networkd on the routed host: the
+    bridge takes the uplink's address live; unconfirmed, it is rolled back by itself and
+    the guest answers again through its routed vif."""
+    shell_check(vm, f"network bridge --apply: xenbr9 takes over {uplink} live (networkd)",
+                f"{_provision(f'network bridge --name xenbr9 --uplink {uplink} --apply --confirm-timeout 30')} "
+                f"> /tmp/apply.log 2>&1 & {until(120)} ip -4 -o addr show dev xenbr9 2>/dev/null | grep -q "
+                f"'{host_ip}' && break; sleep 1; done; ip -4 -o addr show dev xenbr9; ip -o link show {uplink}",
+                180, expect=rf"xenbr9\s+inet {re.escape(host_ip)}(?s:.*)master xenbr9")
+    shell_check(vm, f"unconfirmed, the change is rolled back: {uplink} has {host_ip} again, no xenbr9",
+                f"wait; cat /tmp/apply.log; ip -4 -o addr show dev {uplink}; ! ip link show xenbr9 2>/dev/null && "
+                f"ls /etc/systemd/network && ping -c1 -W5 {guest_ip}", 240,
+                expect=rf"not confirmed within 30 s: the previous network configuration is back(?s:.*)"
+                       rf"{uplink}\s+inet {re.escape(host_ip)}(?s:.*) 0% packet loss")

@@ -32,7 +32,8 @@ BRIDGED = ("GRUB started our entry", "Xen version is our build",
            "guest1 has no failed units", "guest1 pings guest2 through the bridge",
            "xl console guest1 shows its login prompt on hvc0", "LVM path of the storage library",
            "image --debootstrap into LVM in dom0", "xendomains stop saves guest1", "xendomains start restores guest1",
-           "xl mem-set guest1", "xendomains reports a guest with a bad disk path")
+           "xl mem-set guest1", "xendomains reports a guest with a bad disk path",
+           "xendomains stop shuts guest1, guest2 down")
 ROUTED = ("dom0 reached multi-user", "dom0 has no failed units", "xendomains started guest3",
           "dom0 pings guest3 (192.0.2.21)", "guest3: hostname guest3, 192.0.2.21/24 on enX0",
           "guest3 pings dom0 (192.0.2.1) through its routed vif", "dom0 routes 192.0.2.21 to guest3's vif")

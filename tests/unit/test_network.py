@@ -235,3 +235,19 @@ def test_confirm_and_rollback_with_nothing_pending(run_cli):
         proc = net(run_cli, action)
         assert proc.returncode == 2 and proc.stderr.strip() == \
             "error: no network change is waiting for confirmation"
+
+
+def test_a_bridge_over_a_routed_hosts_uplink_sorts_before_its_file(run_cli, networkd_root):
+    """Our own file for another purpose (the routed uplink's) is a rival like any other:
+    the bridge's files take the 00 prefix to come first."""
+    r = networkd_root
+    d = r / "etc/systemd/network"
+    (d / "05-xen-provision-enp2s0.network").write_text("[Match]\nName=enp2s0\n\n[Network]\nAddress=203.0.113.10/24\n")
+    proc = net(run_cli, "bridge", "--root", r, "--name", "xenbr9", "--uplink", "enp2s0")
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in d.iterdir())
+    assert names[:3] == ["00-xen-provision-xenbr9-enp2s0.network", "00-xen-provision-xenbr9.netdev",
+                         "00-xen-provision-xenbr9.network"]
+    assert "Address=203.0.113.10/24" in (d / "00-xen-provision-xenbr9.network").read_text()
+    assert net(run_cli, "bridge", "--root", r, "--name", "xenbr9").returncode == 0   # and again: no change
+    assert sorted(p.name for p in d.iterdir()) == names
