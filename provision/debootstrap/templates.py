@@ -170,12 +170,13 @@ def save(name: str, info: dict, *, vg: str | None = None, force: bool = False) -
 def _save_lv(name: str, info: dict, vg: str) -> Path:
     """Copy the guest's root filesystem into a new LV ``vg/template-NAME``: e2image
     copies only the blocks the filesystem uses."""
-    from provision.storage import create_lv, refuse_in_use
+    from provision.inuse import refuse
+    from provision.storage import create_lv
 
     root = _root(info)
     size = _size_of(root)
     check_new(name, vg, size)
-    refuse_in_use(root)  # a running guest's filesystem would be copied torn
+    refuse(root, writing=False)  # a filesystem dom0 writes would be copied torn
     _, meta = paths(name, create=True)
     lv = template_lv(name)
     with UndoStack() as undo:

@@ -46,10 +46,7 @@ def parse_assignments(items: list[str]) -> dict[str, object]:
 
 def render_template(path: Path, variables: dict[str, object]) -> tuple[str, set[str]]:
     """The file's text with ``{{ var }}`` filled in; and which variables it uses."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ProvisionError(f"config file '{path}' does not exist") from None
+    text = xlcfg.read_text(path)
     if "{{" not in text and "{%" not in text:
         return text, set()
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

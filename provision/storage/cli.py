@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from provision import log, validate
+from provision import inuse, log, validate
 from provision.errors import ProvisionError
 from provision.sizes import format_size, parse_size
 from provision.storage import fs as fsmod
@@ -14,7 +14,6 @@ from provision.storage import lvm
 from provision.storage.clone import clone_file
 from provision.storage.images import building_image
 from provision.storage.partition import TABLES, PartSpec, format_partitions, partition_image
-from provision.storage.safety import refuse_in_use
 from provision.undo import UndoStack
 
 
@@ -115,7 +114,7 @@ def cmd_clone(args) -> int:
 def cmd_check(args) -> int:
     if not os.path.exists(args.target):
         raise ProvisionError(f"{args.target} does not exist")
-    refuse_in_use(args.target)
+    inuse.refuse(args.target, writing=True)
     print(f"{args.target}: not in use")
     return 0
 

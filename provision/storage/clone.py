@@ -8,7 +8,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.storage.hooks import critical, pause_point
 from provision.storage.images import make_temp, refuse_non_file
@@ -73,10 +73,13 @@ def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
         raise ProvisionError(f"clone source {src} is not an image file")
     if not dst.parent.is_dir():
         raise ProvisionError(f"directory {dst.parent} does not exist", hint="create it first")
-    check_target_free(dst, force=force, what="clone target")
-    refuse_non_file(dst, "clone target")
     if dst.exists() and os.path.samefile(src, dst):
         raise ProvisionError(f"clone source and target are the same file: {src}")
+    check_target_free(dst, force=force, what="clone target")
+    refuse_non_file(dst, "clone target")
+    # A source dom0 is writing (mounted read-write, swapped on, on a loop device) would be
+    # copied torn: the same answer storage check gives.
+    inuse.refuse(src, writing=False, what=f"clone source {src}")
     fd, tmp = -1, None
     try:
         with critical():  # a signal lands only once the temporary file is ours to remove

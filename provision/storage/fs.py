@@ -14,14 +14,13 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.fsutil import source_date_epoch
 from provision.run import CommandError, require, run
 from provision.storage.hooks import pause_point
 from provision.storage.images import shown
 from provision.storage.mount import mounted
-from provision.storage.safety import _identity, _mounts, refuse_in_use
 from provision.undo import UndoStack
 
 
@@ -68,7 +67,7 @@ def _check_target(target: str) -> None:
     mode = os.stat(target).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise ProvisionError(f"{target} is neither an image file nor a block device")
-    refuse_in_use(target)
+    inuse.refuse(target, writing=True)
 
 
 def _reason(e: CommandError, target: str) -> str:
@@ -201,15 +200,16 @@ def grow_btrfs(device: str | os.PathLike) -> None:
     where dom0 has it mounted, else through a temporary mount. (lvextend --resizefs
     cannot: fsadm in lvm2 2.03.16, Debian bookworm's, does not know btrfs.)"""
     device = os.fspath(device)
-    ident = _identity(device)
+    ident = inuse.identity(device)
     require("btrfs")
-    mountpoint = next((mnt for src, mnt, _ in _mounts() if src.startswith("/") and _identity(src) == ident), None)
+    mountpoint = next((mnt for src, mnt, _ in inuse.mounts() if src.startswith("/") and inuse.identity(src) == ident),
+                      None)
 
     def resize(mnt: str) -> None:
         # A multi-device btrfs grows one device at a time: find ours by its device number.
         listing = run(["btrfs", "filesystem", "show", "--raw", mnt], capture=True, quiet=True).stdout
         devid = next((m.group(1) for m in map(_DEVID_RE.match, listing.splitlines())
-                      if m and _identity(m.group(2)) == ident), "1")
+                      if m and inuse.identity(m.group(2)) == ident), "1")
         run(["btrfs", "filesystem", "resize", f"{devid}:max", mnt], quiet=True)
 
     if mountpoint:

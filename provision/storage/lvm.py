@@ -13,13 +13,12 @@ import re
 import time
 from collections.abc import Callable
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
 from provision.sizes import format_size, parse_size
 from provision.storage.fs import grow_btrfs
 from provision.storage.hooks import critical, pause_point
-from provision.storage.safety import refuse_in_use
 from provision.undo import UndoStack
 
 _LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
@@ -134,7 +133,7 @@ def pvcreate(devices: list[str], *, force: bool = False, undo: UndoStack | None 
     for dev in devices:
         if not os.path.exists(dev):
             raise ProvisionError(f"device {dev} does not exist")
-        refuse_in_use(dev)
+        inuse.refuse(dev, writing=True)
         if not force and run(["blkid", "-p", dev], check=False, quiet=True).returncode == 0:
             raise ProvisionError(f"{dev} already holds a filesystem, partition table or PV",
                                  hint="pass --force to overwrite it")
@@ -163,7 +162,7 @@ def vgcreate(vg: str, devices: list[str], *, force: bool = False, undo: UndoStac
     for dev in devices:
         if not os.path.exists(dev):
             raise ProvisionError(f"device {dev} does not exist")
-        refuse_in_use(dev)
+        inuse.refuse(dev, writing=True)
     # vgcreate makes PVs of plain devices itself; those labels are ours to take away too.
     fresh = [dev for dev in devices if not _report("pvs", "pv_name", dev)]
     for dev in fresh:
@@ -196,7 +195,7 @@ def _check_new_lv(vg: str, name: str, size: int | None, force: bool) -> None:
         if not force:
             raise ProvisionError(f"logical volume {vg}/{name} already exists",
                                  hint="choose another name, or pass --force to replace it")
-        refuse_in_use(lv_path(vg, name))
+        inuse.refuse(lv_path(vg, name), writing=True)
         free += _lv_size(vg, name)
     if size is not None and size > free:
         raise ProvisionError(

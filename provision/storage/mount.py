@@ -11,12 +11,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
 from provision.storage.hooks import critical, pause_point
 from provision.storage.loop import attach_loop
-from provision.storage.safety import refuse_in_use
 from provision.undo import UndoStack
 
 
@@ -49,7 +48,7 @@ def mount(device: str | os.PathLike, mountpoint: str | os.PathLike, *, options: 
     read-write destroys it.
     """
     device, mountpoint = os.fspath(device), os.fspath(mountpoint)
-    refuse_in_use(device, writable_only="ro" in options)
+    inuse.refuse(device, writing="ro" not in options)
     argv = ["mount"]
     if fstype:
         argv += ["-t", fstype]
@@ -82,7 +81,7 @@ def mounted(device_or_image: str | os.PathLike, mountpoint: str | os.PathLike | 
             raise ProvisionError(f"mountpoint {mountpoint} is not a directory")
         device = source
         if stat.S_ISREG(os.stat(source).st_mode):
-            refuse_in_use(source)  # an image already on a loop device may be mounted there
+            inuse.refuse(source, writing="ro" not in options)  # an image already on a loop device may be mounted there
             device = attach_loop(source, read_only="ro" in options, undo=undo)
         mount(device, mountpoint, options=options, fstype=fstype, undo=undo)
         pause_point("mounted")

@@ -12,13 +12,12 @@ import stat
 import time
 from dataclasses import dataclass
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import run
 from provision.sizes import MiB, format_size, parse_size
 from provision.storage.hooks import critical, pause_point
 from provision.storage.images import shown
-from provision.storage.safety import refuse_in_use
 from provision.undo import UndoStack
 
 TABLES = {"msdos": "msdos", "dos": "msdos", "mbr": "msdos", "gpt": "gpt"}
@@ -158,7 +157,7 @@ def partition_image(path: str | os.PathLike, table: str = "msdos", parts: list[P
     mode = os.stat(path).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise ProvisionError(f"{path} is neither an image file nor a block device")
-    refuse_in_use(path)
+    inuse.refuse(path, writing=True)
     size = _disk_size(path)
     checked = _check_specs(label_type, list(parts), size)
     if _has_signature(path) and not force:
