@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 import time
@@ -97,3 +98,61 @@ def within(root: str | os.PathLike, path: str | os.PathLike, *, follow: bool = F
             continue
         done.append(part)
     return root.joinpath(*done)
+
+
+class Lock:
+    """An exclusive flock on a file that exists only while the lock is held or waited for:
+    the holder removes it on release, so no lock file outlives the runs that used it.
+
+    A run that opened the file before it was removed finds, once it has the lock, that
+    the path now names another file (or none), and starts again on the new one: only
+    the holder of the file the path names is ever inside."""
+
+    def __init__(self, path: str | os.PathLike, mode: int = 0o600):
+        self.path = Path(path)
+        self.mode = mode
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        from provision.undo import critical
+
+        while True:
+            with critical():  # made and locked as one step, when no one else has it
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                except BlockingIOError:
+                    held = False
+            try:
+                if not held:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # its holder removes the file when done
+                st = os.fstat(fd)
+                try:
+                    now = os.stat(self.path)
+                    same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

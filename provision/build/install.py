@@ -21,7 +21,10 @@ import io
 import json
 import os
 import re
+import shlex
+import signal
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from provision.cache import sha256_file
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_path, source_date_epoch
 from provision.run import CommandError, run
+from provision.undo import critical, keep
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 INSTALL_SH = ROOT / "install.sh"
@@ -190,17 +194,35 @@ def make_dist(dist_dir: str | os.PathLike = DIST, sign: str | None = None) -> Pa
     return target
 
 
-def _install_sh(args: list[str]) -> None:
-    """Run install.sh; its one-line error becomes ours, its notes and summary are logged."""
-    proc = run(["sh", INSTALL_SH, *args], check=False, quiet=True)
-    for line in (proc.stderr or "").splitlines():
+def _install_sh(args: list[str], done: str | None = None) -> None:
+    """Run install.sh; its one-line error becomes ours, its notes and summary are logged.
+
+    It runs in a session of its own. On SIGINT/SIGTERM it gets SIGTERM and we wait for it
+    to end: before its commit it rolls back, once in it it finishes (it ignores signals
+    there). Then the interrupt goes on, and if install.sh finished, ``done`` (what it
+    did) is recorded as kept, so the message of the interrupted run is true."""
+    argv = ["sh", str(INSTALL_SH), *args]
+    log.debug(shlex.join(argv))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        with critical():  # a second Ctrl-C must not leave install.sh running behind us
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.communicate()
+        if proc.returncode == 0 and done:
+            keep(done)
+        raise
+    for line in (err or "").splitlines():
         if line.startswith("install.sh: note: "):
             log.note(line.removeprefix("install.sh: note: "))
     if proc.returncode != 0:
-        errors = [line for line in (proc.stderr or "").splitlines() if "error: " in line]
-        message = errors[0].split("error: ", 1)[1] if errors else (proc.stderr or "").strip() or "install.sh failed"
+        errors = [line for line in (err or "").splitlines() if "error: " in line]
+        message = errors[0].split("error: ", 1)[1] if errors else (err or "").strip() or "install.sh failed"
         raise ProvisionError(message, exit_code=proc.returncode if 0 < proc.returncode < 126 else 1)
-    for line in (proc.stdout or "").splitlines():
+    for line in (out or "").splitlines():
         log.info(line)
 
 
@@ -212,12 +234,14 @@ def install(destdir: str | os.PathLike | None = None, tree: str | os.PathLike | 
     tree = Path(tree) if tree is not None else DIST / "install"
     if not tree.is_dir():
         raise ProvisionError(f"{tree} does not exist", hint="run doit world first")
-    _install_sh(["--from", str(tree), *([] if destdir is None else [str(destdir)])])
+    _install_sh(["--from", str(tree), *([] if destdir is None else [str(destdir)])],
+                done=f"the install of {tree} into {destdir if destdir is not None else '/'}")
 
 
 def uninstall(destdir: str | os.PathLike | None = None) -> None:
     """Remove what the record in ``destdir`` (default /) lists (install.sh --uninstall)."""
-    _install_sh(["--uninstall", *([] if destdir is None else [str(destdir)])])
+    _install_sh(["--uninstall", *([] if destdir is None else [str(destdir)])],
+                done=f"the uninstall from {destdir if destdir is not None else '/'}")
 
 
 def register(subparsers) -> None:

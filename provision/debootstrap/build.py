@@ -303,7 +303,7 @@ def _make_target(root: Path, target: Target, undo: UndoStack) -> None:
 
     if target.kind == "dir":
         os.rename(root, target.path)
-        undo.rollback(f"remove {target.path}", remove_tree, target.path)
+        undo.rollback(f"remove {target.path}", remove_tree, target.path, made=target.path)
         return
     if target.kind == "file":
         with storage.building_image(target.path, target.size, preallocate=target.preallocate, undo=undo) as tmp:
@@ -456,7 +456,7 @@ def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo
         tmp.unlink(missing_ok=True)
         return None
     os.replace(tmp, target.path)
-    undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
+    undo.rollback(f"remove {target.path}", Path(target.path).unlink, True, made=target.path)
     log.info(f"base {spec.suite}/{spec.arch}/{spec.variant} from the cache ({cached.name})")
     return meta
 
@@ -531,5 +531,5 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
                     _make_target(root, target, undo)
         info = sidecar_info({**meta["manifest"], "cache": status}, settings, target, spec.release)
         atomic_write(target.sidecar, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True)
+        undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True, made=target.sidecar)
     return info

@@ -34,6 +34,7 @@ from provision.grub.render import (
     script_check,
 )
 from provision.run import run, which
+from provision.sizes import shorten
 from provision.undo import UndoStack
 
 GRUBD_SCRIPT = "/etc/grub.d/42_xen_provision"
@@ -316,7 +317,7 @@ def apply(root: Path, changes: list[Change], undo: UndoStack) -> list[str]:
             atomic_write(backup, content, 0o644)
             undo.rollback(f"remove {backup}", backup.unlink)
             log.info(f"backed up {ch.path} to {backup.name}")
-        undo.rollback(f"restore {ch.path}", _restore, path, content, link, mode)
+        undo.rollback(f"restore {ch.path}", _restore, path, content, link, mode, made=str(path))
         if ch.link is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.is_symlink() or path.exists():
@@ -358,6 +359,26 @@ def update_command(root: Path) -> list[str] | None:
     return None
 
 
+def regenerate(root: Path, cmd: list[str]) -> None:
+    """Run ``cmd`` (update-grub or grub-mkconfig, maybe in the target's chroot). Its
+    output is shown when it succeeds; when it fails, one line says so, its own last line
+    says why, and the grub.cfg.new it leaves for a bug report goes (grub.cfg itself is only
+    replaced when the tool succeeds). The caller's undo stack takes our files back."""
+    tool = next(Path(a).name for a in cmd if "grub" in Path(a).name)
+    new = within(root, f"{grub_dir(root)}/grub.cfg.new")
+    had_new = new.exists()
+    proc = run(cmd, check=False, quiet=True)
+    output = [ln.strip() for part in (proc.stdout, proc.stderr) for ln in (part or "").splitlines() if ln.strip()]
+    if proc.returncode != 0:
+        if not had_new:
+            new.unlink(missing_ok=True)
+        why = shorten(output[-1], 120) if output else f"exit code {proc.returncode}"
+        raise ProvisionError(f"{tool} failed, so the boot configuration was rolled back (grub.cfg is unchanged): {why}",
+                             hint=f"see the whole of its output with --no-update, then run the {tool} command it prints")
+    for line in output:
+        log.info(f"{tool}: {line}")
+
+
 def install(req: Request, *, update: bool = True) -> list[str]:
     """Plan, write, and regenerate grub.cfg (grubd format); all or nothing."""
     changes = plan(req)
@@ -378,7 +399,7 @@ def install(req: Request, *, update: bool = True) -> list[str]:
                         if not within(req.root, f"/{d}").is_dir():
                             raise ProvisionError(f"{req.root} has no /{d} to run its update-grub in a chroot",
                                                  hint="give the root of a whole system, or use --no-update")
-                run(cmd)
+                regenerate(req.root, cmd)
             else:
                 req.notes.append(f"regenerate grub.cfg: {shlex.join(cmd)}")
         if req.format == "custom" and any(c.endswith("/custom.cfg") for c in changed):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from provision import inuse, log
 from provision.errors import ProvisionError
-from provision.storage.hooks import critical, pause_point
 from provision.storage.images import make_temp, refuse_non_file
 from provision.storage.safety import check_target_free
+from provision.undo import UndoStack, critical, pause_point
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
@@ -62,11 +62,13 @@ def _sparse_copy(src_fd: int, dst_fd: int, size: int) -> None:
             offset += done
 
 
-def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False) -> str:
+def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
+               undo: UndoStack | None = None) -> str:
     """Copy image ``src`` to ``dst``; return ``"reflink"`` or ``"sparse-copy"``.
 
     The clone is written under a temporary name and renamed into place, so ``dst`` is
-    never half-written; an existing ``dst`` is refused unless ``force``.
+    never half-written; an existing ``dst`` is refused unless ``force``. With ``undo``
+    the clone is removed again if a later step of that stack fails.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_file():
@@ -98,7 +100,10 @@ def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
         os.close(fd)
         fd = -1
         pause_point("cloned")
-        os.replace(tmp, dst)
+        with critical():  # renamed and registered as one step
+            os.replace(tmp, dst)
+            if undo is not None:
+                undo.rollback(f"remove {dst}", dst.unlink, True, made=str(dst))
     except BaseException:
         if fd >= 0:
             os.close(fd)

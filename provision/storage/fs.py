@@ -18,10 +18,9 @@ from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.fsutil import source_date_epoch
 from provision.run import CommandError, require, run
-from provision.storage.hooks import pause_point
 from provision.storage.images import shown
 from provision.storage.mount import mounted
-from provision.undo import UndoStack
+from provision.undo import UndoStack, pause_point
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ _PREFIX_RE = re.compile(r"^((mkfs\.\w+|mke2fs|mkswap)(: error)?: |ERROR: )+", re
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
-def _check_label(label: str | None, limit: int, fstype: str) -> None:
+def check_label(label: str | None, limit: int, fstype: str) -> None:
     if label is None:
         return
     if not _LABEL_RE.match(label) or len(label) > limit:
@@ -125,7 +124,7 @@ def make_fs(target: str | os.PathLike, fstype: str = "ext4", *, label: str | Non
             f"filesystem type '{fstype}' is not supported",
             hint=f"choose one of: {', '.join(FILESYSTEMS)} (or 'swap')",
         )
-    _check_label(label, kind.label_max, fstype)
+    check_label(label, kind.label_max, fstype)
     if uuid is not None and not (_VOLID_RE if fstype == "vfat" else _UUID_RE).match(uuid):
         form = "8 hex digits" if fstype == "vfat" else "the 8-4-4-4-12 hex form"
         raise ProvisionError(f"UUID '{uuid}' is not valid for {fstype}", hint=f"use {form}")
@@ -169,7 +168,7 @@ def make_swap(target: str | os.PathLike, *, label: str | None = None, uuid: str 
               undo: UndoStack | None = None) -> None:
     """Make swap space on ``target`` (image file, partition or LV)."""
     target = os.fspath(target)
-    _check_label(label, 15, "swap")
+    check_label(label, 15, "swap")
     if uuid is not None and not _UUID_RE.match(uuid):
         raise ProvisionError(f"UUID '{uuid}' is not valid", hint="use the 8-4-4-4-12 hex form")
     _check_target(target)

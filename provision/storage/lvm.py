@@ -18,8 +18,7 @@ from provision.errors import ProvisionError
 from provision.run import CommandError, run
 from provision.sizes import format_size, parse_size
 from provision.storage.fs import grow_btrfs
-from provision.storage.hooks import critical, pause_point
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical, pause_point
 
 _LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
 # lvm(8): LV names may not contain these (they name LVM's own hidden sub-volumes) ...
@@ -141,7 +140,7 @@ def pvcreate(devices: list[str], *, force: bool = False, undo: UndoStack | None 
         with critical():
             _lvm(["pvcreate", "-y", *(["-ff"] if force else []), dev])
             if undo is not None:
-                undo.rollback(f"pvremove {dev}", _pv_remove, dev)
+                undo.rollback(f"pvremove {dev}", _pv_remove, dev, made=f"physical volume {dev}")
         pause_point("pv-created")
     log.info(f"physical volume{'s' if len(devices) > 1 else ''}: {', '.join(devices)}")
 
@@ -173,8 +172,8 @@ def vgcreate(vg: str, devices: list[str], *, force: bool = False, undo: UndoStac
         _lvm(["vgcreate", "-y", vg, *devices])  # -y: wipes what --force allowed
         if undo is not None:
             for dev in fresh:
-                undo.rollback(f"pvremove {dev}", _pv_remove, dev)
-            undo.rollback(f"vgremove {vg}", _vg_remove, vg)
+                undo.rollback(f"pvremove {dev}", _pv_remove, dev, made=f"physical volume {dev}")
+            undo.rollback(f"vgremove {vg}", _vg_remove, vg, made=f"volume group {vg}")
     pause_point("vg-created")
     log.info(f"volume group {vg} on {', '.join(devices)}")
 
@@ -210,7 +209,7 @@ def _create(vg: str, name: str, argv: list[str], force: bool, undo: UndoStack | 
     with critical():
         _lvm(argv)
         if undo is not None:
-            undo.rollback(f"lvremove {vg}/{name}", remove_lv, vg, name)
+            undo.rollback(f"lvremove {vg}/{name}", remove_lv, vg, name, made=f"logical volume {vg}/{name}")
     pause_point("lv-created")
     return lv_path(vg, name)
 
@@ -371,8 +370,8 @@ def watch_snapshot(vg: str, name: str, *, threshold: float = 80.0, extend_by: in
     """
     if not 0 < threshold < 100:
         raise ProvisionError(f"threshold {threshold} is not a percentage between 0 and 100")
-    if not interval > 0:
-        raise ProvisionError(f"interval {interval} is not a positive number of seconds")
+    if not 0 < interval <= 86400:
+        raise ProvisionError(f"interval {interval} is not a number of seconds between 0 and 86400 (a day)")
     step = parse_size(extend_by, "extend-by size")
     at_largest = False  # room for all of its origin: it cannot fill, extending does nothing
     warned = False

@@ -14,9 +14,8 @@ from pathlib import Path
 from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
-from provision.storage.hooks import critical, pause_point
 from provision.storage.loop import attach_loop
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical, pause_point
 
 
 def _is_mountpoint(path: str) -> bool:
@@ -32,12 +31,12 @@ def umount(mountpoint: str | os.PathLike) -> None:
         if not _is_mountpoint(mountpoint):
             return
         try:
-            run(["umount", mountpoint], quiet=True)
+            run(["umount", mountpoint], quiet=True, group=True)  # a terminal Ctrl-C must not stop it
             return
         except CommandError:
             time.sleep(0.1 * (attempt + 1))
     log.warn(f"{mountpoint} stayed busy; detaching it lazily")
-    run(["umount", "--lazy", mountpoint], quiet=True)
+    run(["umount", "--lazy", mountpoint], quiet=True, group=True)
 
 
 def mount(device: str | os.PathLike, mountpoint: str | os.PathLike, *, options: Sequence[str] = (),
@@ -56,7 +55,7 @@ def mount(device: str | os.PathLike, mountpoint: str | os.PathLike, *, options: 
         argv += ["-o", ",".join(options)]
     with critical():
         try:
-            run([*argv, device, mountpoint], quiet=True)
+            run([*argv, device, mountpoint], quiet=True, group=True)
         except CommandError as e:
             first = next((ln.strip() for ln in e.output.splitlines() if ln.strip()), "")
             raise ProvisionError(f"could not mount {device} on {mountpoint}: {first.split(': ', 1)[-1]}") from None
