@@ -73,6 +73,14 @@ if [ -n "$GIVEN" ]; then
     esac
 fi
 DESTDIR=${DESTDIR:-/}
+# Our lists are one path a line, TAB-separated, and awk reads backslashes as escapes.
+NL='
+'
+for path in "$DESTDIR" "$SRC"; do
+    case $path in
+        *"$NL"*|*"$TAB"*|*\\*) die "cannot install with a newline, tab or backslash in DESTDIR or --from: give a plain path" ;;
+    esac
+done
 case $DESTDIR in /*) ;; *) DESTDIR=$(pwd)/$DESTDIR ;; esac
 # D is DESTDIR without its trailing slash: paths are "$D/$rel" ("/boot/..." for DESTDIR=/).
 D=$(printf '%s' "$DESTDIR" | sed 's:/*$::')

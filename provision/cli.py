@@ -106,12 +106,26 @@ def interrupts():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    old = {sig: signal.signal(sig, _raise_interrupt) for sig in _SIGNALS}
     try:
         yield
     finally:
         for sig, handler in old.items():
+            signal.signal(sig, signal.SIG_IGN)  # drops one that came after the run had settled
             signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _settle() -> None:
+    """The run's outcome is decided (done, failed or interrupted): a signal from here on
+    changes nothing on disk, so it must not cut the report short either. It is held, and
+    dropped when interrupts() ends."""
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
 
 
 def _signum(e: BaseException) -> int:
@@ -139,8 +153,12 @@ def program() -> None:
     its exit code stands. A late Ctrl-C is ignored, and the process ends here: Python
     would otherwise end itself with SIGINT when an interrupt it saw during an import was
     answered (the exit status then says "killed by SIGINT", not our 130)."""
-    code = main()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    try:
+        code = main()
+    except (KeyboardInterrupt, Interrupted) as e:  # in the few instructions before a run settles
+        print("error: interrupted", file=sys.stderr)
+        code = 128 + _signum(e)
+    for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -163,8 +181,8 @@ def run_command(func, args) -> int:
         try:
             code = int(func(args) or 0)
             undo.pause_point("finished")  # tests interrupt a run here, its work all done
-            return code
         except ProvisionError as e:
+            _settle()
             log.drop()
             if log.is_debug():
                 traceback.print_exc()
@@ -172,6 +190,7 @@ def run_command(func, args) -> int:
             return e.exit_code
         except OSError as e:
             # A permission or space problem the command did not foresee: still one line.
+            _settle()
             log.drop()
             if log.is_debug():
                 traceback.print_exc()
@@ -181,6 +200,7 @@ def run_command(func, args) -> int:
                 print("hint: run as root, or choose a target you can write", file=sys.stderr)
             return 1
         except (KeyboardInterrupt, Interrupted) as e:
+            _settle()
             log.drop()
             kept = undo.kept()
             if kept:
@@ -189,6 +209,9 @@ def run_command(func, args) -> int:
             else:
                 print("error: interrupted; everything this run made has been undone", file=sys.stderr)
             return 128 + _signum(e)
+        _settle()  # done: a Ctrl-C now would only make a true "done" look like a failure
+        log.release()
+        return code
 
 
 if __name__ == "__main__":

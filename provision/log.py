@@ -76,7 +76,7 @@ def note(msg: str) -> None:
 
 def debug(msg: str) -> None:
     if _state["debug"]:
-        _emit("+ ", msg)
+        _emit("+ ", msg, hold=False)  # --debug shows every command, also of a failed run
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.run import run
 from provision.sizes import MiB, format_size, parse_size
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical
 
 SIDECAR_FORMAT = "xen-provision-image/1"
 FSTYPES = ("ext4", "ext3", "ext2")
@@ -520,7 +520,8 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
                         try:
                             _configure_image(tmp, spec.release, settings)
                         finally:
-                            summing.join()
+                            with critical():  # its checksum file is written whole, or not at all
+                                summing.join()
                     _make_swap_beside(target, undo)
             else:
                 with log.step(f"Configuring {settings.hostname}"):
