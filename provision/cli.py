@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _raise_interrupt(signum, frame):
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
@@ -115,9 +118,6 @@ def interrupts():
             signal.signal(sig, signal.SIG_IGN)  # drops one that came after the run had settled
             signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _settle() -> None:
@@ -195,9 +195,8 @@ def run_command(func, args) -> int:
             if log.is_debug():
                 traceback.print_exc()
             where = f": {e.filename}" if e.filename else ""
-            print(f"error: {e.strerror or e}{where}", file=sys.stderr)
-            if e.errno in (13, 1):
-                print("hint: run as root, or choose a target you can write", file=sys.stderr)
+            ProvisionError(f"{e.strerror or e}{where}", hint="run as root, or choose a target you can write"
+                           if e.errno in (13, 1) else None).report()
             return 1
         except (KeyboardInterrupt, Interrupted) as e:
             _settle()

@@ -41,7 +41,8 @@ def env(tmp_path):
 
 # -- item 4: tracebacks ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("size", ["99999999999T", "9" * 400, "1e9", "\u00b2G", "9" * 5000 + "G"])
+@pytest.mark.parametrize("size", ["99999999999T", "9" * 400, "1e9", "\u00b2G", "9" * 5000 + "G"],
+                         ids=["huge-T", "400-digits", "exponent", "unicode-digit", "5000-digits"])
 def test_huge_and_odd_sizes_are_one_line(run_cli, tmp_path, env, size):
     work = tmp_path / "w"
     work.mkdir()
