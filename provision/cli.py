@@ -116,8 +116,14 @@ def interrupts():
     finally:
         for sig, handler in old.items():
             signal.signal(sig, signal.SIG_IGN)  # drops one that came after the run had settled
-            signal.signal(sig, handler)
+            if not _process["ends_with_run"]:  # else ignored until the process ends (finish)
+                signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+# Whether the process ends when the command does (program, storage.cli as __main__): then
+# the run's outcome stands once decided, and no handler from before it comes back.
+_process = {"ends_with_run": False}
 
 
 def _settle() -> None:
@@ -132,20 +138,50 @@ def _signum(e: BaseException) -> int:
     return e.signum if isinstance(e, Interrupted) else signal.SIGINT
 
 
+def _exit_now(signum, frame):
+    os.write(2, b"error: interrupted before anything was done\n")
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _ending_on_signals():
+    """While the modules load and the arguments are read nothing has been done: a signal
+    ends the process at once, with one line. (Raising there is no good: an exception
+    raised inside an import can come out as another, e.g. RuntimeError from a class
+    body's __set_name__.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _exit_now) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt_in(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Interrupted that ``e`` is, or was raised from (an import
+    wraps one that lands in a class body's __set_name__ in a RuntimeError)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, (KeyboardInterrupt, Interrupted)):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    with interrupts():
-        try:
-            parser = build_parser()  # imports every command's module
-            args = parser.parse_args(argv)
-        except (KeyboardInterrupt, Interrupted) as e:
-            print("error: interrupted before anything was done", file=sys.stderr)
-            return 128 + _signum(e)
-        log.set_debug(args.debug or log.is_debug())
-        log.set_quiet(args.quiet)
-        if not getattr(args, "func", None):
-            parser.print_help(sys.stderr)
-            return 2
-        return run_command(args.func, args)
+    with _ending_on_signals():
+        parser = build_parser()  # imports every command's module
+        args = parser.parse_args(argv)
+    log.set_debug(args.debug or log.is_debug())
+    log.set_quiet(args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return run_command(args.func, args)
 
 
 def program() -> None:
@@ -153,11 +189,20 @@ def program() -> None:
     its exit code stands. A late Ctrl-C is ignored, and the process ends here: Python
     would otherwise end itself with SIGINT when an interrupt it saw during an import was
     answered (the exit status then says "killed by SIGINT", not our 130)."""
+    _process["ends_with_run"] = True
     try:
         code = main()
-    except (KeyboardInterrupt, Interrupted) as e:  # in the few instructions before a run settles
+    except BaseException as e:  # an interrupt in the few instructions before a run settles
+        if isinstance(e, SystemExit) or _interrupt_in(e) is None:
+            raise
         print("error: interrupted", file=sys.stderr)
-        code = 128 + _signum(e)
+        code = 128 + _signum(_interrupt_in(e))
+    finish(code)
+
+
+def finish(code: int) -> None:
+    """End the process with ``code``: signals are ignored from here on (the run is over),
+    the output flushed, and no interpreter clean-up can turn the code into another."""
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
@@ -198,19 +243,30 @@ def run_command(func, args) -> int:
             ProvisionError(f"{e.strerror or e}{where}", hint="run as root, or choose a target you can write"
                            if e.errno in (13, 1) else None).report()
             return 1
+        except Exception as e:
+            if _interrupt_in(e) is None:
+                raise
+            _settle()
+            return _interrupted(_interrupt_in(e))
         except (KeyboardInterrupt, Interrupted) as e:
             _settle()
-            log.drop()
-            kept = undo.kept()
-            if kept:
-                print(f"error: interrupted after {'this was' if len(kept) == 1 else 'these were'} finished "
-                      f"and kept: {', '.join(kept)}; anything else this run made has been undone", file=sys.stderr)
-            else:
-                print("error: interrupted; everything this run made has been undone", file=sys.stderr)
-            return 128 + _signum(e)
+            return _interrupted(e)
         _settle()  # done: a Ctrl-C now would only make a true "done" look like a failure
         log.release()
         return code
+
+
+def _interrupted(e: BaseException) -> int:
+    """The one line of an interrupted run: what it kept, if anything, else that all of what
+    it made has been undone."""
+    log.drop()
+    kept = undo.kept()
+    if kept:
+        print(f"error: interrupted after {'this was' if len(kept) == 1 else 'these were'} finished "
+              f"and kept: {', '.join(kept)}; anything else this run made has been undone", file=sys.stderr)
+    else:
+        print("error: interrupted; everything this run made has been undone", file=sys.stderr)
+    return 128 + _signum(e)
 
 
 if __name__ == "__main__":

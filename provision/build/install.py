@@ -215,6 +215,8 @@ def _install_sh(args: list[str], done: str | None = None) -> None:
         if proc.returncode == 0 and done:
             keep(done)
         raise
+    if proc.returncode == 0 and done:
+        keep(done)  # at once: an interrupt while we report must not call it undone
     for line in (err or "").splitlines():
         if line.startswith("install.sh: note: "):
             log.note(line.removeprefix("install.sh: note: "))

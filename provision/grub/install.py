@@ -288,6 +288,11 @@ def _restore(path: Path, content: bytes | None, link: str | None, mode: int | No
         atomic_write(path, content, mode or 0o644)
 
 
+def _restore_if_changed(path: Path, content: bytes | None, mode: int | None) -> None:
+    if _current(path)[0] != content:
+        _restore(path, content, None, mode)
+
+
 def _backup_name(path: Path, stamp: str) -> Path:
     candidate = path.with_name(f"{path.name}.{stamp}.xen-provision.bak")
     n = 1
@@ -399,6 +404,12 @@ def install(req: Request, *, update: bool = True) -> list[str]:
                         if not within(req.root, f"/{d}").is_dir():
                             raise ProvisionError(f"{req.root} has no /{d} to run its update-grub in a chroot",
                                                  hint="give the root of a whole system, or use --no-update")
+                # update-grub replaces grub.cfg itself: if we roll back after it ran (a later
+                # step fails, Ctrl-C), the old grub.cfg comes back with our files.
+                cfg = within(req.root, f"{grub_dir(req.root)}/grub.cfg")
+                content, link, mode = _current(cfg)
+                if link is None:
+                    undo.rollback(f"restore {cfg}", _restore_if_changed, cfg, content, mode, made=str(cfg))
                 regenerate(req.root, cmd)
             else:
                 req.notes.append(f"regenerate grub.cfg: {shlex.join(cmd)}")

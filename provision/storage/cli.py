@@ -276,4 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args.func, args)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from provision import cli
+
+    cli._process["ends_with_run"] = True
+    cli.finish(main())

@@ -91,11 +91,19 @@ def temporaries(*dirs: Path, only: str = "") -> list[str]:
     return found + [str(p) for p in Path("/dev/shm").glob(".xen-provision-root.*")]
 
 
+def before_our_code(code: int, err: str, sig: int) -> bool:
+    """Whether the signal cut the interpreter's own start-up (site-packages' .pth files,
+    runpy finding the package), before a line of ours ran: nothing of ours can catch that,
+    and nothing was done. Its traceback, if any, has no frame of our package."""
+    frames = re.findall(r'File "([^"]+)"', err)
+    ours = [f for f in frames if f.startswith(str(ROOT / "provision"))]
+    mine = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    return code != 0 and not ours and not mine and (not err.strip() or "KeyboardInterrupt" in err)
+
+
 def verdict(code: int, err: str, sig: int) -> str:
     """'done', 'undone' or 'kept: ...'; fails on a traceback or a message that is not ours."""
-    if err.startswith("Fatal Python error: init_import_site") or (code == -sig and not err.strip()):
-        # The interpreter's own start-up (its site-packages' .pth files), before it read a
-        # line of ours: nothing of ours can catch that, and nothing was done.
+    if before_our_code(code, err, sig):
         return "undone"
     assert "Traceback" not in err, err
     if code == 0:
