@@ -1,4 +1,12 @@
 #!/bin/sh
+# A cut-short install.sh (from a truncated tarball) must not run half of itself: its last
+# line is the marker below, and everything after the comments is one { ... } block, which
+# sh reads whole before it runs any of it.
+case $(tail -n 1 "$0" 2>/dev/null) in
+    "# end of install.sh") ;;
+    *) echo "install.sh: error: $0 is incomplete (from a cut-short tarball?); nothing was installed (unpack the tarball again)" >&2
+       exit 1 ;;
+esac
 # Install a Xen build into DESTDIR, as the Xen manual's install.sh did:
 #
 #   tar zxvf xen-<version>-install.tgz; cd xen-<version>-install; sh ./install.sh
@@ -6,7 +14,12 @@
 #   sh ./install.sh [--from TREE] [-q] [DESTDIR]     install TREE (default: install/ beside
 #                                                    this script) into DESTDIR (default /)
 #   sh ./install.sh --uninstall [-q] [DESTDIR]       remove what the record lists
+#   sh ./install.sh --verify [--from TREE]           check TREE against its manifest.json
 #
+# No DESTDIR means /, as in the manual; an empty or blank one (an unset variable) is an
+# error, never /. Before DESTDIR is touched, every file and link of TREE is checked against
+# TREE/manifest.json (size and sha256, link targets, the directories it lists): a tree
+# from a truncated or damaged tarball installs nothing and names its first bad file.
 # Modes and symlinks are preserved. A file under etc/ that the user changed (or that was
 # there before us) is never overwritten: ours is written beside it as FILE.xen-new. What
 # was installed goes to DESTDIR/var/lib/xen-provision/installed.list (type, sha256 or link
@@ -19,6 +32,7 @@
 # awk program, so a tree with thousands of modules installs in seconds.
 set -eu
 
+{
 PROG=install.sh
 RECORD=var/lib/xen-provision/installed.list
 TAB=$(printf '\t')
@@ -26,6 +40,7 @@ TAB=$(printf '\t')
 usage() {
     echo "usage: sh ./install.sh [--from TREE] [-q] [DESTDIR]" >&2
     echo "       sh ./install.sh --uninstall [-q] [DESTDIR]" >&2
+    echo "       sh ./install.sh --verify [--from TREE]" >&2
     exit 2
 }
 die() { echo "$PROG: error: $*" >&2; exit 1; }
@@ -35,19 +50,37 @@ MODE=install
 QUIET=
 SRC=
 DESTDIR=
+GIVEN=
 while [ $# -gt 0 ]; do
     case $1 in
         --uninstall) MODE=uninstall ;;
+        --verify) MODE=verify ;;
         --from) [ $# -ge 2 ] || usage; SRC=$2; shift ;;
         --from=*) SRC=${1#--from=} ;;
         -q|--quiet) QUIET=1 ;;
         -h|--help) usage ;;
         -*) echo "$PROG: error: unknown option $1" >&2; usage ;;
-        *) [ -z "$DESTDIR" ] || usage; DESTDIR=$1 ;;
+        *) [ -z "$GIVEN" ] || usage; DESTDIR=$1; GIVEN=1 ;;
     esac
     shift
 done
+if [ "$MODE" = verify ] && [ -n "$GIVEN" ]; then usage; fi
+if [ -n "$GIVEN" ]; then
+    # "sh install.sh $UNSET" must not mean "install into /": only no DESTDIR at all does.
+    case $DESTDIR in
+        *[![:space:]]*) ;;
+        *) die "DESTDIR is empty or blank (an unset variable?): give the directory to install into, or no DESTDIR at all for /" ;;
+    esac
+fi
 DESTDIR=${DESTDIR:-/}
+# Our lists are one path a line, TAB-separated, and awk reads backslashes as escapes.
+NL='
+'
+for path in "$DESTDIR" "$SRC"; do
+    case $path in
+        *"$NL"*|*"$TAB"*|*\\*) die "cannot install with a newline, tab or backslash in DESTDIR or --from: give a plain path" ;;
+    esac
+done
 case $DESTDIR in /*) ;; *) DESTDIR=$(pwd)/$DESTDIR ;; esac
 # D is DESTDIR without its trailing slash: paths are "$D/$rel" ("/boot/..." for DESTDIR=/).
 D=$(printf '%s' "$DESTDIR" | sed 's:/*$::')
@@ -169,6 +202,9 @@ if [ "$MODE" = uninstall ]; then
     [ -f "$D/$RECORD" ] || die "nothing to uninstall: no record at $D/$RECORD"
     check_writable
     [ -w "$(dirname "$D/$RECORD")" ] || die "cannot modify $(dirname "$D/$RECORD") (run as root)"
+    # From here on a Ctrl-C or SIGTERM (ignored, and by the commands run too) cannot leave
+    # half the files removed and the record saying they are all there.
+    trap '' INT TERM
     remove_entries "$D/$RECORD"
     rm -f "$D/$RECORD"
     remove_dirs
@@ -177,12 +213,135 @@ if [ "$MODE" = uninstall ]; then
     exit 0
 fi
 
-# ------------------------------------------------------------------ install
+# ------------------------------------------------------------------ the tree, checked
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=${SRC:-$HERE/install}
 [ -d "$SRC" ] || die "nothing to install: $SRC is not a directory (run install.sh from the unpacked xen-<version>-install directory, or give --from TREE)"
 SRC=$(cd "$SRC" && pwd)
+
+# The tree, sorted (parents before children), with names we can record safely.
+(cd "$SRC" && find . -print) | sed -e '/^\.$/d' -e 's:^\./::' | LC_ALL=C sort > "$WORK/tree"
+if grep -q "[$TAB\\\\]" "$WORK/tree"; then
+    die "cannot install names containing tabs or backslashes: $(grep "[$TAB\\\\]" "$WORK/tree" | head -n 1)"
+fi
+
+# Each entry's type (shell builtins only, no process per file), then checksums, modes and
+# sizes in batches.
+: > "$WORK/src.files"
+while IFS= read -r rel; do
+    slink=
+    if [ -L "$SRC/$rel" ]; then t=l; slink=$(readlink "$SRC/$rel")
+    elif [ -d "$SRC/$rel" ]; then t=d
+    elif [ -f "$SRC/$rel" ]; then t=f; echo "$rel" >> "$WORK/src.files"
+    else t=x
+    fi
+    printf '%s\t%s\t%s\n' "$t" "$rel" "$slink"
+done < "$WORK/tree" > "$WORK/src"
+sums "$SRC" "$WORK/src.files" "$WORK/src.sums"
+modes "$SRC" "$WORK/src.files" "$WORK/src.modes"
+batch "$SRC" "stat -c %s%n" "$WORK/src.files" "$WORK/src.sizes"
+
+# Every file, link and listed directory against manifest.json, which doit stage writes with
+# json.dumps(indent=2, sort_keys=True): one key or value a line, read here line by line.
+# Prints "problems found<TAB>files checked", then "path<TAB>problem" lines.
+if [ "$MODE" = verify ]; then NOTHING=; else NOTHING="; nothing was installed"; fi
+AGAIN="unpack the tarball again, or stage it again: doit forget stage; doit world"
+[ -f "$SRC/manifest.json" ] || die "$SRC has no manifest.json, so its files cannot be checked$NOTHING ($AGAIN)"
+LC_ALL=C awk -F "$TAB" -v W="$WORK" -v M="$SRC/manifest.json" '
+    function hexval(h,   i, v) {
+        v = 0; h = tolower(h)
+        for (i = 1; i <= 4; i++) v = v * 16 + index("0123456789abcdef", substr(h, i, 1)) - 1
+        return v
+    }
+    function utf8(c) {
+        if (c < 128) return sprintf("%c", c)
+        if (c < 2048) return sprintf("%c%c", 192 + int(c / 64), 128 + c % 64)
+        if (c < 65536) return sprintf("%c%c%c", 224 + int(c / 4096), 128 + int(c / 64) % 64, 128 + c % 64)
+        return sprintf("%c%c%c%c", 240 + int(c / 262144), 128 + int(c / 4096) % 64, 128 + int(c / 64) % 64, 128 + c % 64)
+    }
+    function unquote(s,   out, i, c, cp) {  # the inside of a JSON string, escapes decoded
+        out = ""
+        while ((i = index(s, "\\")) > 0) {
+            out = out substr(s, 1, i - 1); c = substr(s, i + 1, 1)
+            if (c == "u") {
+                cp = hexval(substr(s, i + 2, 4)); s = substr(s, i + 6)
+                if (cp >= 55296 && cp < 56320 && substr(s, 1, 2) == "\\u") {
+                    cp = 65536 + (cp - 55296) * 1024 + hexval(substr(s, 3, 4)) - 56320; s = substr(s, 7)
+                }
+                out = out utf8(cp)
+                continue
+            }
+            out = out (c == "n" ? "\n" : c == "t" ? "\t" : c == "r" ? "\r" : c == "b" ? "\b" : c == "f" ? "\f" : c)
+            s = substr(s, i + 2)
+        }
+        return out s
+    }
+    function problem(path, what) { if (!(path in bad)) { bad[path] = what; nbad++ } }
+    BEGIN {
+        depth = 0; done = 0; broken = 0
+        while ((getline line < M) > 0) {
+            sub(/^[ \t]+/, "", line); sub(/[ \t\r]+$/, "", line)
+            if (line == "") continue
+            if (done) { broken = 1; break }
+            key = ""; haskey = 0
+            if (match(line, /^"([^"\\]|\\.)*"[ \t]*:[ \t]*/)) {
+                match(line, /^"([^"\\]|\\.)*"/); key = unquote(substr(line, 2, RLENGTH - 2))
+                sub(/^"([^"\\]|\\.)*"[ \t]*:[ \t]*/, "", line); haskey = 1
+            }
+            sub(/,$/, "", line)
+            if (line == "{" || line == "[") { stack[++depth] = key; continue }
+            if (line == "}" || line == "]") { if (--depth == 0) done = 1; if (depth < 0) broken = 1; continue }
+            value = line
+            if (value ~ /^"/) value = unquote(substr(value, 2, length(value) - 2))
+            if (depth == 3 && stack[2] == "files" && haskey) {
+                path = stack[3]; listed[path] = 1
+                if (key == "sha256") msha[path] = value
+                else if (key == "size") msize[path] = value
+                else if (key == "link") mlink[path] = value
+            } else if (depth == 2 && stack[2] == "dirs" && !haskey) {
+                mdir[value] = 1
+            }
+        }
+        if (!done || broken) { print "broken"; exit }
+        while ((getline line < (W "/src.sums")) > 0) ssum[substr(line, 69)] = substr(line, 1, 64)
+        while ((getline line < (W "/src.sizes")) > 0) { i = index(line, "./"); ssize[substr(line, i + 2)] = substr(line, 1, i - 1) }
+    }
+    $2 == "manifest.json" { next }
+    {
+        t = $1; path = $2; slink = $3; seen[path] = 1; checked++
+        if (t == "d") { if (!(path in mdir) && (path in listed)) problem(path, "a directory, manifest.json lists a file"); next }
+        if (!(path in listed)) { problem(path, "not in manifest.json"); next }
+        if (path in mlink) {
+            if (t != "l") problem(path, "not a symlink; manifest.json says a link to " mlink[path])
+            else if (slink != mlink[path]) problem(path, "a link to " slink ", manifest.json says " mlink[path])
+        } else if (t != "f") problem(path, "not a regular file")
+        else if (ssize[path] != msize[path])
+            problem(path, ssize[path] " bytes, manifest.json says " msize[path] (ssize[path] + 0 < msize[path] + 0 ? " (truncated?)" : ""))
+        else if (ssum[path] != msha[path]) problem(path, "its sha256 differs from manifest.json")
+    }
+    END {
+        if (broken || !done) exit
+        for (path in listed) if (!(path in seen)) problem(path, "missing (manifest.json lists it)")
+        for (path in mdir) if (!(path in seen)) problem(path, "missing directory (manifest.json lists it)")
+        print nbad + 0 "\t" checked + 0
+        for (path in bad) print path "\t" bad[path]
+    }' "$WORK/src" > "$WORK/verify"
+if [ "$(head -n 1 "$WORK/verify")" = broken ]; then
+    die "$SRC/manifest.json is incomplete or not as doit stage writes it, so the tree cannot be checked$NOTHING ($AGAIN)"
+fi
+IFS="$TAB" read -r nbad checked < "$WORK/verify"
+if [ "$nbad" != 0 ]; then
+    first=$(sed 1d "$WORK/verify" | LC_ALL=C sort | head -n 1)
+    die "$SRC does not match its manifest.json: ${first%%"$TAB"*}: ${first#*"$TAB"}$NOTHING ($AGAIN)"
+fi
+if [ "$MODE" = verify ]; then
+    DONE=1
+    say "$SRC: $checked files, links and directories match manifest.json"
+    exit 0
+fi
+
+# ------------------------------------------------------------------ install
 
 if [ ! -d "$D/" ]; then
     parent=$(dirname "$D")
@@ -191,28 +350,15 @@ if [ ! -d "$D/" ]; then
     CREATED_DESTDIR=1
 fi
 check_writable
-
-# The tree, sorted (parents before children), with names we can record safely.
-(cd "$SRC" && find . -print) | sed -e '/^\.$/d' -e 's:^\./::' | LC_ALL=C sort > "$WORK/tree"
-if grep -q "[$TAB\\\\]" "$WORK/tree"; then
-    die "cannot install names containing tabs or backslashes: $(grep "[$TAB\\\\]" "$WORK/tree" | head -n 1)"
-fi
 ensure_dir "$(dirname "$RECORD")"
 
-# Facts: each entry's type here and at its destination (shell builtins only, no process per
-# file), then checksums and modes in batches.
-: > "$WORK/src.files"
+# Facts at the destination: each entry's type there, then checksums and modes in batches.
 : > "$WORK/dest.files"
-while IFS= read -r rel; do
+while IFS="$TAB" read -r t rel slink; do
     dest=$rel
     # The build manifest describes the installation; it lives beside the record.
     if [ "$rel" = manifest.json ]; then dest=var/lib/xen-provision/manifest.json; fi
-    slink= dlink=
-    if [ -L "$SRC/$rel" ]; then t=l; slink=$(readlink "$SRC/$rel")
-    elif [ -d "$SRC/$rel" ]; then t=d
-    elif [ -f "$SRC/$rel" ]; then t=f; echo "$rel" >> "$WORK/src.files"
-    else t=x
-    fi
+    dlink=
     if [ "$t" = d ] && [ -d "$D/$dest" ]; then dt=d  # a link to a directory will do (/lib, /var/run)
     elif [ -L "$D/$dest" ]; then dt=l; dlink=$(readlink "$D/$dest")
     elif [ -d "$D/$dest" ]; then dt=d
@@ -224,9 +370,7 @@ while IFS= read -r rel; do
         etc/*) if [ "$t" = f ] && [ -f "$D/$dest.xen-new" ]; then echo "$dest.xen-new" >> "$WORK/dest.files"; fi ;;
     esac
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$dt" "$rel" "$dest" "$slink" "$dlink"
-done < "$WORK/tree" > "$WORK/entries"
-sums "$SRC" "$WORK/src.files" "$WORK/src.sums"
-modes "$SRC" "$WORK/src.files" "$WORK/src.modes"
+done < "$WORK/src" > "$WORK/entries"
 sums "$D/" "$WORK/dest.files" "$WORK/dest.sums"
 modes "$D/" "$WORK/dest.files" "$WORK/dest.modes"
 if [ -f "$D/$RECORD" ]; then cp "$D/$RECORD" "$WORK/old"; else : > "$WORK/old"; fi
@@ -318,7 +462,16 @@ while IFS="$TAB" read -r op a b c; do
     esac
 done < "$WORK/plan"
 
-# Everything is staged: rename into place.
+# Everything is staged: rename into place. From here on a Ctrl-C or SIGTERM is ignored (by
+# the commands run too): the renames, the removal of stale files and the record are one
+# commit, which takes moments; cut short, the record would not say what is installed.
+trap '' INT TERM
+case ",${XEN_PROVISION_PAUSE_AT:-}," in  # a test's hook, as provision.undo.pause_point
+    *,committing,*) echo "paused at committing" >&2
+        # A test that cannot read our stderr (python -m provision install reads it) waits for this.
+        if [ -n "${XEN_PROVISION_PAUSE_FILE:-}" ]; then : > "$XEN_PROVISION_PAUSE_FILE"; fi
+        sleep "${XEN_PROVISION_PAUSE_SECONDS:-120}" ;;
+esac
 while IFS="$TAB" read -r tmp final; do
     mv -f "$tmp" "$final"
 done < "$WORK/staged"
@@ -343,3 +496,5 @@ while IFS= read -r note; do
 done < "$WORK/notes"
 IFS="$TAB" read -r installed unchanged < "$WORK/counts"
 say "installed $installed files and links into $DESTDIR ($unchanged unchanged); record: $D/$RECORD"
+}
+# end of install.sh

@@ -1,3 +1,6 @@
-from provision.cli import main
+"""``python -m provision``. Ctrl-C or SIGTERM before main has its own handlers (while the
+modules load) is answered by the handler provision/__init__.py puts in first."""
 
-raise SystemExit(main())
+from provision.cli import program
+
+program()

@@ -95,7 +95,7 @@ def apply(root: Path, changes: list[Change], undo: UndoStack, *,
             if backups is not None:
                 backups.append(backup)
             log.info(f"backed up {ch.path} to {backup if backup_dir else backup.name}")
-        undo.rollback(f"restore {ch.path}", restore, path, content, link, mode)
+        undo.rollback(f"restore {ch.path}", restore, path, content, link, mode, made=str(path))
         if ch.link is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.is_symlink() or path.exists():

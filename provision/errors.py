@@ -20,10 +20,19 @@ class ProvisionError(Exception):
         return self.message
 
     def report(self) -> None:
-        """Print ``error: <message>`` and ``hint: <hint>`` to stderr, as users see failures."""
-        print(f"error: {self.message}", file=sys.stderr)
+        """Print ``error: <message>`` and ``hint: <hint>`` to stderr, as users see failures:
+        one line each, whatever they quote (a newline in a name is shown as \\n)."""
+        print(f"error: {one_line(self.message)}", file=sys.stderr)
         if self.hint:
-            print(f"hint: {self.hint}", file=sys.stderr)
+            print(f"hint: {one_line(self.hint)}", file=sys.stderr)
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines, other control characters and undecodable bytes escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if not 0xDC80 <= ord(c) <= 0xDCFF else f"\\x{ord(c) - 0xDC00:02x}" for c in text)
 
 
 def die(message: str, hint: str | None = None, exit_code: int = 2):

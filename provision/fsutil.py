@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 import time
@@ -99,17 +100,59 @@ def within(root: str | os.PathLike, path: str | os.PathLike, *, follow: bool = F
     return root.joinpath(*done)
 
 
-@contextlib.contextmanager
-def flocked(path: str | os.PathLike, *, shared: bool = False):
-    """Hold an flock on ``path`` (created if missing) for the block: one writer at a time
-    across processes. The lock file stays: removing it would race with a waiter."""
-    import fcntl
+class Lock:
+    """An exclusive flock on a file that exists only while the lock is held or waited for:
+    the holder removes it on release, so no lock file outlives the runs that used it.
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    A run that opened the file before it was removed finds, once it has the lock, that
+    the path now names another file (or none), and starts again on the new one: only
+    the holder of the file the path names is ever inside."""
+
+    def __init__(self, path: str | os.PathLike, mode: int = 0o600):
+        self.path = Path(path)
+        self.mode = mode
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        from provision.undo import critical
+
+        while True:
+            with critical():  # made and locked as one step, when no one else has it
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                except BlockingIOError:
+                    held = False
+            try:
+                if not held:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # its holder removes the file when done
+                st = os.fstat(fd)
+                try:
+                    now = os.stat(self.path)
+                    same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

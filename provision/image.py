@@ -96,10 +96,12 @@ def _target(args, release=None):
                              hint="e.g. --file /srv/xen/vm1.img")
     kind, path = chosen[0]
     if kind == "dir":
-        if args.swap or args.size:
+        if args.swap is not None or args.size is not None:
             raise ProvisionError("a --dir target has no size and no swap", hint="use --file, --disk or --lv")
         return Target.dir(path)
-    size = args.size or "2G"
+    size = args.size if args.size is not None else "2G"
+    if kind in ("file", "disk"):
+        validate.image_path(path)  # the names storage create refuses, refused here too
     if kind == "lv":
         return Target.lv(path, size, swap=args.swap, fstype=args.fstype)
     return getattr(Target, kind)(path, size, swap=args.swap, fstype=args.fstype, preallocate=args.preallocate)
@@ -190,6 +192,7 @@ def run_image(args) -> int:
     settings = _settings(args, target, spec.release, spec.mirror, spec.components)
     template_vg = _template_vg(args, target)
     if args.dry_run:
+        _check_target(target)
         for line in plan(spec, settings, target, refresh=args.refresh, offline=args.offline):
             print(line)
         if args.save_template:
@@ -209,6 +212,14 @@ def run_image(args) -> int:
         templates.save(args.save_template, info, vg=template_vg)
     _report(info, target)
     return 0
+
+
+def _check_target(target) -> None:
+    """What a dry run can check of the target without lvm2 (and without root): a path that
+    exists (a directory given as --file) or whose directory does not. An LV target is
+    checked against its VG by the real run."""
+    if target.kind != "lv":
+        target.check_free()
 
 
 def _template_vg(args, target) -> str | None:
@@ -251,6 +262,7 @@ def _from_template(args) -> int:
     if args.size is None:
         target = type(target)(target.kind, target.path, None, target.swap, target.fstype, target.preallocate)
     if args.dry_run:
+        _check_target(target)
         for line in templates.plan(args.from_template, settings, target, args.snapshot_size):
             print(line)
         return 0

@@ -8,6 +8,8 @@ import sys
 import time
 
 _state = {"debug": bool(os.environ.get("XEN_PROVISION_DEBUG")), "quiet": False, "depth": 0}
+# Lines held back while a command checks its input (see ``holding``); None: not holding.
+_held: list[str] | None = None
 
 
 def set_debug(on: bool) -> None:
@@ -22,9 +24,40 @@ def set_quiet(on: bool) -> None:
     _state["quiet"] = on
 
 
-def _emit(prefix: str, msg: str) -> None:
-    indent = "  " * _state["depth"]
-    print(f"{indent}{prefix}{msg}", file=sys.stderr, flush=True)
+def _emit(prefix: str, msg: str, hold: bool = True) -> None:
+    line = f"{'  ' * _state['depth']}{prefix}{msg}"
+    if hold and _held is not None:
+        _held.append(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def holding():
+    """Hold back the lines a command logs until its first step (or Progress) starts or
+    it finishes; if it fails first, they are dropped: a warning or progress line never
+    stands before the one error line that makes it moot (a refused input, an undone
+    change). ``release`` shows them at once; ``drop`` forgets them."""
+    global _held
+    _held = []
+    try:
+        yield
+    finally:
+        release()
+
+
+def release() -> None:
+    """Show the held lines now and hold no more."""
+    global _held
+    lines, _held = _held, None
+    for line in lines or ():
+        print(line, file=sys.stderr, flush=True)
+
+
+def drop() -> None:
+    """Forget the held lines (the command failed before doing anything they speak of)."""
+    global _held
+    _held = None
 
 
 def info(msg: str) -> None:
@@ -32,8 +65,9 @@ def info(msg: str) -> None:
         _emit("", msg)
 
 
-def warn(msg: str) -> None:
-    _emit("warning: ", msg)
+def warn(msg: str, hold: bool = True) -> None:
+    """A warning; ``hold=False`` shows it even while lines are held (an undo that failed)."""
+    _emit("warning: ", msg, hold)
 
 
 def note(msg: str) -> None:
@@ -42,12 +76,14 @@ def note(msg: str) -> None:
 
 def debug(msg: str) -> None:
     if _state["debug"]:
-        _emit("+ ", msg)
+        _emit("+ ", msg, hold=False)  # --debug shows every command, also of a failed run
 
 
 @contextlib.contextmanager
 def step(title: str):
-    """``with step("Building xen"):`` logs the stage, nests inner lines and times it."""
+    """``with step("Building xen"):`` logs the stage, nests inner lines and times it.
+    Work has begun: held lines are shown first."""
+    release()
     info(f"==> {title}")
     start = time.monotonic()
     _state["depth"] += 1
@@ -65,6 +101,7 @@ class Progress:
     """
 
     def __init__(self, label: str, total: int | None, unit: str = "B"):
+        release()
         self.label = label
         self.total = total
         self.unit = unit

@@ -37,6 +37,7 @@ PACKAGES: dict[str, str] = {
     "fallocate": "util-linux",
     "flex": "flex",
     "gcc": "gcc",
+    "gpg": "gnupg",
     "grub-install": "grub-pc-bin",
     "grub-mkconfig": "grub2-common",
     "grub-mkimage": "grub-common",

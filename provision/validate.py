@@ -7,6 +7,7 @@ what is wrong and what is accepted.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
 from provision.errors import ProvisionError
@@ -24,6 +25,13 @@ def name(value: str, what: str = "name", max_len: int = 64) -> str:
             hint=f"use 1-{max_len} letters, digits, '.', '_', '+' or '-', starting with a letter or digit; no '/', '..', spaces or shell characters",
         )
     return value
+
+
+def image_path(path: str, what: str = "image name") -> str:
+    """The file name of an image we create: no spaces, commas or shell characters, which
+    break xl disk specs (``'file:/srv/a,b.img,xvda,w'``) and scripts that name the file."""
+    name(os.path.basename(path), what, max_len=255)
+    return path
 
 
 def hostname(value: str) -> str:
@@ -51,21 +59,56 @@ def mac(value: str) -> str:
     return norm
 
 
-def ip(value: str, what: str = "IP address") -> str:
+def _host(addr, value: str, what: str, loopback_ok: bool = False) -> None:
+    """Refuse what cannot be one machine's address: 0.0.0.0, the broadcast address,
+    multicast, reserved (240/4) and, unless ``loopback_ok``, loopback addresses."""
+    why = None
+    if addr.is_unspecified:
+        why = "the unspecified address (0.0.0.0 or ::)"
+    elif addr.version == 4 and int(addr) == 0xFFFFFFFF:
+        why = "the broadcast address"
+    elif addr.is_multicast:
+        why = "a multicast address"
+    elif addr.is_loopback and not loopback_ok:
+        why = "a loopback address (this machine itself, wherever it is used)"
+    elif addr.version == 4 and addr in ipaddress.IPv4Network("240.0.0.0/4"):
+        why = "a reserved address (240.0.0.0/4)"
+    if why:
+        raise ProvisionError(f"{what} '{value}' is {why}, not a host's address",
+                             hint="give the unicast address of one machine, e.g. 192.0.2.10")
+
+
+def ip(value: str, what: str = "IP address", loopback_ok: bool = False) -> str:
+    """One machine's address (IPv4 or IPv6), normalised."""
     try:
-        return str(ipaddress.ip_address(value))
+        addr = ipaddress.ip_address(value)
     except ValueError:
         raise ProvisionError(f"{what} '{value}' is not a valid IP address") from None
+    _host(addr, value, what, loopback_ok)
+    return str(addr)
 
 
-def interface(value: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-    """An address with prefix: '10.0.0.5/24' (a bare address is refused: say the prefix)."""
+def interface(value: str, what: str = "address") -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """A host address with prefix: '10.0.0.5/24' (a bare address is refused: say the
+    prefix). Neither the network's own address nor its broadcast address."""
     if "/" not in value:
-        raise ProvisionError(f"address '{value}' has no prefix length", hint="write it as ADDRESS/PREFIX, e.g. 192.0.2.10/24")
+        ip(value, what)  # '256.1.1.1' is no address at all: say that first
+        raise ProvisionError(f"{what} '{value}' has no prefix length", hint="write it as ADDRESS/PREFIX, e.g. 192.0.2.10/24")
     try:
-        return ipaddress.ip_interface(value)
+        iface = ipaddress.ip_interface(value)
     except ValueError:
-        raise ProvisionError(f"address '{value}' is not a valid IP address with prefix") from None
+        raise ProvisionError(f"{what} '{value}' is not a valid IP address with prefix",
+                             hint="write it as ADDRESS/PREFIX, e.g. 192.0.2.10/24") from None
+    _host(iface.ip, value, what)
+    net = iface.network
+    if net.version == 4 and net.prefixlen < 31:
+        if iface.ip == net.network_address:
+            raise ProvisionError(f"{what} '{value}' is the network address of {net}",
+                                 hint="choose a host address inside the network")
+        if iface.ip == net.broadcast_address:
+            raise ProvisionError(f"{what} '{value}' is the broadcast address of {net}",
+                                 hint="choose a host address inside the network")
+    return iface
 
 
 def netmask(value: str) -> int:

@@ -17,6 +17,23 @@ def pytest_configure(config):
     os.environ.setdefault(
         "XEN_PROVISION_CACHE", os.path.join(os.path.expanduser("~/.cache"), "xen-provision")
     )
+    _hypothesis_profiles()
+
+
+def _hypothesis_profiles():
+    """Property tests: 'ci' (a fixed seed, a bounded number of examples; used when $CI is
+    set), 'dev' (the same bound, a new seed each run), 'long' (many examples, for local
+    runs). HYPOTHESIS_PROFILE=long python3 -m pytest tests/unit/test_cli_properties.py"""
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # the property tests skip themselves then
+        return
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                        HealthCheck.function_scoped_fixture])
+    settings.register_profile("ci", max_examples=12, derandomize=True, database=None, print_blob=True, **common)
+    settings.register_profile("dev", max_examples=12, **common)
+    settings.register_profile("long", max_examples=400, **common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture

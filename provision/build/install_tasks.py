@@ -1,6 +1,6 @@
 """doit tasks for the install half of ``make world``: dist, install, uninstall.
 
-    doit dist                         # dist/xen-<version>-install.tgz
+    doit dist [--sign KEYID]          # dist/xen-<version>-install.tgz, SHA256SUMS(.asc)
     doit install [DESTDIR=/mnt/root]  # install dist/install, recorded (destdir= works too)
     doit uninstall [DESTDIR=...]      # remove exactly what the record lists
 
@@ -16,8 +16,10 @@ import os
 from pathlib import Path
 
 from doit import get_var
+from doit.exceptions import TaskFailed
 
 from provision.build import install as inst
+from provision.errors import ProvisionError
 
 _CODE = [inst.INSTALL_SH, Path(inst.__file__), Path(inst.__file__).with_name("install_readme.txt.j2")]
 
@@ -34,8 +36,14 @@ def _manifest() -> Path:
     return _install_dir() / "manifest.json"
 
 
-def _destdir() -> str:
-    return get_var("DESTDIR", None) or get_var("destdir", None) or "/"
+def _destdir() -> list[str]:
+    """install.sh's DESTDIR argument: none when DESTDIR= was not given (install.sh then
+    installs into /, as in the manual); an empty DESTDIR= is passed on, and refused."""
+    for name in ("DESTDIR", "destdir"):
+        value = get_var(name, None)
+        if value is not None:
+            return [value]
+    return []
 
 
 def _tree_digest() -> str:
@@ -55,24 +63,33 @@ def _tree_digest() -> str:
 
 def _tree_unchanged(task, values) -> bool:
     tarball = values.get("tarball")
-    return bool(tarball) and Path(tarball).exists() and values.get("tree") == _tree_digest()
+    sign = task.options.get("sign")
+    return (bool(tarball) and Path(tarball).exists() and (_dist() / inst.SUMS).exists()
+            and values.get("sign") == sign and (sign is None or (_dist() / inst.SIGNATURE).exists())
+            and values.get("tree") == _tree_digest())
 
 
-def _make_dist() -> dict:
-    tarball = inst.make_dist(_dist())
-    return {"tarball": str(tarball), "tree": _tree_digest()}
+def _make_dist(sign):
+    try:
+        tarball = inst.make_dist(_dist(), sign=sign)
+    except ProvisionError as e:  # one line, as from python -m provision dist; no traceback
+        return TaskFailed(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
+    return {"tarball": str(tarball), "tree": _tree_digest(), "sign": sign}
 
 
 def clean_dist() -> None:
-    for tarball in _dist().glob("xen-*-install.tgz"):
-        tarball.unlink()
-        print(f"removed {tarball}")
+    for path in [*_dist().glob("xen-*-install.tgz"), _dist() / inst.SUMS, _dist() / inst.SIGNATURE]:
+        if path.exists():
+            path.unlink()
+            print(f"removed {path}")
 
 
 def task_dist():
-    """Make dist/xen-<version>-install.tgz (install tree, install.sh, README) from dist/install."""
+    """Make dist/xen-<version>-install.tgz (install tree, install.sh, README) and SHA256SUMS; --sign KEYID signs it."""
     return {
         "actions": [_make_dist],
+        "params": [{"name": "sign", "long": "sign", "type": str, "default": None,
+                    "help": "gpg key to sign SHA256SUMS with (writes SHA256SUMS.asc)"}],
         "file_dep": [str(_manifest()), *map(str, _CODE)],
         "uptodate": [_tree_unchanged],
         "clean": [clean_dist],
@@ -82,9 +99,8 @@ def task_dist():
 
 def task_install():
     """Install dist/install into DESTDIR (default /; doit install DESTDIR=/mnt/root), recorded."""
-    destdir = _destdir()
     return {
-        "actions": [["sh", str(inst.INSTALL_SH), "--from", str(_install_dir()), destdir]],
+        "actions": [["sh", str(inst.INSTALL_SH), "--from", str(_install_dir()), *_destdir()]],
         "file_dep": [str(_manifest()), str(inst.INSTALL_SH)],
         # install.sh compares every file itself (and is quick when nothing changed); the
         # target may have changed under us, so always let it look.
@@ -96,7 +112,7 @@ def task_install():
 def task_uninstall():
     """Remove from DESTDIR (default /) exactly what the last install recorded there."""
     return {
-        "actions": [["sh", str(inst.INSTALL_SH), "--uninstall", _destdir()]],
+        "actions": [["sh", str(inst.INSTALL_SH), "--uninstall", *_destdir()]],
         "uptodate": [False],
         "verbosity": 2,
     }

@@ -7,6 +7,8 @@
                                   them), indexed by depmod: modules.dep, *.bin, ...
     usr/, etc/, var/              the control tools (make dist-tools)
     manifest.json                 versions, source identities, config hashes, every file
+                                  (size, sha256, mode, link target) and directory: install.sh
+                                  installs nothing from a tree that does not match it
 
 The uncompressed multiboot image (``xen/xen``, a 32-bit ELF that QEMU's ``-kernel`` can
 boot) is not installed anywhere, so it goes beside the tree: ``dist/xen-<ver>.elf``,
@@ -141,6 +143,20 @@ def file_table(root: Path) -> dict[str, dict]:
     return table
 
 
+def dir_list(root: Path) -> list[str]:
+    """Every directory under ``root``: install.sh checks that a tree has them all (an empty
+    one at the end of a truncated tarball is otherwise lost without a trace)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
+
+
+def seal(root: Path, manifest: dict) -> dict:
+    """Write ``root/manifest.json``: ``manifest`` with every file and directory under
+    ``root``, in the line-per-value form install.sh reads (indent 2, sorted keys)."""
+    manifest = {**manifest, "files": file_table(root), "dirs": dir_list(root)}
+    atomic_write(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
 def stage(dest: Path, xen: dict, tools: dict | None, kernels: dict[str, dict]) -> dict:
     """Assemble the install tree for these build records at ``dest``; return the manifest."""
     dest = Path(dest)
@@ -186,9 +202,8 @@ def stage(dest: Path, xen: dict, tools: dict | None, kernels: dict[str, dict]) -
                 }
                 for name, rec in kernels.items()
             },
-            "files": file_table(root),
         }
-        atomic_write(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        manifest = seal(root, manifest)
         elf = (root / xnames["elf"]).resolve()
         # Swap the new tree and ELF in.
         shutil.rmtree(old, ignore_errors=True)

@@ -11,7 +11,6 @@ removed and rebuilt, never used.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ from provision.cache import cache_dir, manifest_key
 from provision.debootstrap.bootstrap import BaseSpec, backend_version, bootstrap
 from provision.debootstrap.mirror import probe
 from provision.errors import ProvisionError
-from provision.fsutil import atomic_path, atomic_write
+from provision.fsutil import Lock, atomic_path, atomic_write
 from provision.run import run
 
 TAR_OPTS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
@@ -77,16 +76,16 @@ def _remove(entry: Entry) -> None:
         path.unlink(missing_ok=True)
 
 
-def _lock(entry: Entry):
-    """One bootstrap per key at a time; a second run waits and then finds it cached."""
-    f = open(entry.tarball.with_suffix(".lock"), "a")  # held until the base is cached
-    fcntl.flock(f, fcntl.LOCK_EX)
-    return f
+def _lock(entry: Entry) -> Lock:
+    """One bootstrap per key at a time; a second run waits and then finds it cached. The
+    lock file goes away with its last holder."""
+    lock = Lock(entry.tarball.with_suffix(".lock"), 0o644)  # held until the base is cached
+    lock.acquire()
+    return lock
 
 
-def _unlock(f) -> None:
-    fcntl.flock(f, fcntl.LOCK_UN)
-    f.close()
+def _unlock(lock: Lock) -> None:
+    lock.release()
 
 
 def _write_tarball(entry: Entry, tree: Path) -> dict:

@@ -36,7 +36,7 @@ from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.run import run
 from provision.sizes import MiB, format_size, parse_size
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical
 
 SIDECAR_FORMAT = "xen-provision-image/1"
 FSTYPES = ("ext4", "ext3", "ext2")
@@ -311,7 +311,7 @@ def _make_target(root: Path, target: Target, undo: UndoStack, settings: GuestSet
 
     if target.kind == "dir":
         os.rename(root, target.path)
-        undo.rollback(f"remove {target.path}", remove_tree, target.path)
+        undo.rollback(f"remove {target.path}", remove_tree, target.path, made=target.path)
         return
     if target.kind == "file":
         with storage.building_image(target.path, target.size, preallocate=target.preallocate, undo=undo) as tmp:
@@ -465,7 +465,7 @@ def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo
         tmp.unlink(missing_ok=True)
         return None
     os.replace(tmp, target.path)
-    undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
+    undo.rollback(f"remove {target.path}", Path(target.path).unlink, True, made=target.path)
     log.info(f"base {spec.suite}/{spec.arch}/{spec.variant} from the cache ({cached.name})")
     return meta
 
@@ -530,7 +530,8 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
                             set_fs_uuid(tmp, settings.root_uuid)
                             _configure_image(tmp, spec.release, settings)
                         finally:
-                            summing.join()
+                            with critical():  # its checksum file is written whole, or not at all
+                                summing.join()
                     _make_swap_beside(target, undo, settings.swap_uuid)
             else:
                 with log.step(f"Configuring {settings.hostname}"):
@@ -541,5 +542,5 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
                     _make_target(root, target, undo, settings)
         info = sidecar_info({**meta["manifest"], "cache": status}, settings, target, spec.release)
         atomic_write(target.sidecar, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True)
+        undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True, made=target.sidecar)
     return info

@@ -60,7 +60,8 @@ class Network:
     def make(cls, ip: str | None = None, netmask: str | None = None, gateway: str | None = None,
              dns=(), search: str | None = None) -> Network:
         """Validate the user's network options (one line per mistake)."""
-        nameservers = tuple(validate.ip(d, "DNS server") for d in dns or ())
+        # A resolver on the guest itself (127.0.0.1) is a choice; any other non-host address is not.
+        nameservers = tuple(validate.ip(d, "DNS server", loopback_ok=True) for d in dns or ())
         if search is not None:
             validate.hostname(search)
         if ip is None:
@@ -73,9 +74,6 @@ class Network:
             prefix = validate.netmask(netmask)
             ip = f"{validate.ip(ip)}/{prefix}"
         address = validate.interface(ip)
-        if address.ip == address.network.network_address and address.network.prefixlen < 31:
-            raise ProvisionError(f"address '{ip}' is the network address of {address.network}",
-                                 hint="choose a host address inside the network")
         gw = None
         if gateway is not None:
             gw = validate.ip(gateway, "gateway")
@@ -84,6 +82,12 @@ class Network:
                                      hint="the gateway must be reachable on the guest's own network")
             if ipaddress.ip_address(gw) == address.ip:
                 raise ProvisionError(f"gateway {gw} is the guest's own address")
+            net = address.network
+            if net.version == 4 and net.prefixlen < 31 and ipaddress.ip_address(gw) in (
+                    net.network_address, net.broadcast_address):
+                which = "network" if ipaddress.ip_address(gw) == net.network_address else "broadcast"
+                raise ProvisionError(f"gateway '{gw}' is the {which} address of {net}, not a host's",
+                                     hint="give the router's own address in that network")
         return cls(False, address, gw, nameservers, search)
 
     def as_dict(self) -> dict:

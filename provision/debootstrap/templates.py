@@ -160,8 +160,7 @@ def save(name: str, info: dict, *, vg: str | None = None, force: bool = False) -
         check_new(name)
     image, meta = paths(name, create=True)
     with UndoStack() as undo:
-        clone_file(_root(info), image, force=force)
-        undo.rollback(f"remove {image}", image.unlink, True)
+        clone_file(_root(info), image, force=force, undo=undo)
         atomic_write(meta, json.dumps({**info, "template": name}, indent=2, sort_keys=True) + "\n")
     log.info(f"saved template '{name}' as {image}")
     return image
@@ -170,12 +169,13 @@ def save(name: str, info: dict, *, vg: str | None = None, force: bool = False) -
 def _save_lv(name: str, info: dict, vg: str) -> Path:
     """Copy the guest's root filesystem into a new LV ``vg/template-NAME``: e2image
     copies only the blocks the filesystem uses."""
-    from provision.storage import create_lv, refuse_in_use
+    from provision.inuse import refuse
+    from provision.storage import create_lv
 
     root = _root(info)
     size = _size_of(root)
     check_new(name, vg, size)
-    refuse_in_use(root)  # a running guest's filesystem would be copied torn
+    refuse(root, writing=False)  # a filesystem dom0 writes would be copied torn
     _, meta = paths(name, create=True)
     lv = template_lv(name)
     with UndoStack() as undo:
@@ -183,7 +183,7 @@ def _save_lv(name: str, info: dict, vg: str) -> Path:
         run(["e2image", "-ra", root, dev], quiet=True)
         record = {**info, "template": name, "store": "lv", "lv": f"{vg}/{lv}", "size": size}
         atomic_write(meta, json.dumps(record, indent=2, sort_keys=True) + "\n")
-        undo.rollback(f"remove {meta}", meta.unlink, True)
+        undo.rollback(f"remove {meta}", meta.unlink, True, made=f"template '{name}' ({meta})")
     log.info(f"saved template '{name}' as LV {vg}/{lv} ({format_size(size)})")
     return Path(dev)
 
@@ -266,7 +266,7 @@ def _file_target(name: str, target: Target, snapshot_size) -> None:
 
 def _write_sidecar(target: Target, new: dict, undo: UndoStack) -> None:
     atomic_write(target.sidecar, json.dumps(new, indent=2, sort_keys=True) + "\n")
-    undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True)
+    undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True, made=target.sidecar)
 
 
 def instantiate(name: str, settings: GuestSettings, target: Target, *, snapshot_size=None) -> dict:
@@ -297,7 +297,7 @@ def instantiate(name: str, settings: GuestSettings, target: Target, *, snapshot_
         ops = guest_files(release, settings, ext4edit.reader(tmp))
         ext4edit.apply(tmp, ops)
         os.replace(tmp, target.path)
-        undo.rollback(f"remove {target.path}", Path(target.path).unlink, True)
+        undo.rollback(f"remove {target.path}", Path(target.path).unlink, True, made=target.path)
         if target.swap:
             with storage.building_image(target.swap_path, target.swap, undo=undo) as tmp:
                 storage.make_swap(tmp, uuid=settings.swap_uuid)

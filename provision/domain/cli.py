@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from provision.domain.paths import from_args
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.network.model import host_address, ifname
+from provision.sizes import shorten
 from provision.undo import UndoStack
 
 
@@ -43,7 +45,8 @@ def register(subparsers) -> None:
     c.add_argument("--extra", help="more kernel command line")
     c.add_argument("--bootloader", choices=("pygrub", "pvgrub"))
     c.add_argument("--disk", action="append", metavar="SPEC", help="xl disk spec; repeat for more")
-    c.add_argument("--vif", action="append", metavar="SPEC", help="xl vif spec ('' for defaults); repeat")
+    c.add_argument("--vif", action="append", metavar="SPEC",
+                   help="xl vif spec ('' for defaults); repeat").blank_ok = True  # '' is xl's all-defaults vif
     c.add_argument("--bridge", metavar="NAME",
                    help="the bridge the vif joins (must exist in the root's network configuration; "
                         "`network bridge` makes one)")
@@ -66,6 +69,7 @@ def register(subparsers) -> None:
     v = sub.add_parser("convert", help="print an xm config in xl form")
     v.add_argument("file", type=Path)
     v.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    v.add_argument("--force", action="store_true", help="replace an existing --output file (the input too)")
     v.set_defaults(func=cmd_convert)
 
     k = sub.add_parser("check", help="read configs as xl would; report the first problem of each")
@@ -92,7 +96,7 @@ def register(subparsers) -> None:
     xsub = x.add_subparsers(dest="xendomains_command", metavar="ACTION", required=True)
     i = xsub.add_parser("install", help="write the script, settings and unit")
     i.add_argument("--flavour", choices=("debian", "redhat"), help="settings in /etc/default or /etc/sysconfig (default: from the root)")
-    i.add_argument("--save-dir", default="", metavar="DIR", help="save domains here on stop (default: shut them down)")
+    i.add_argument("--save-dir", metavar="DIR", help="save domains here on stop (default: shut them down)")
     i.add_argument("--no-restore", action="store_true", help="do not restore saved domains on start")
     i.add_argument("--parallel", default="4", help="domains started/stopped at once (default 4)")
     i.add_argument("--stop-timeout", default="300", help="seconds to wait for shutdowns (default 300)")
@@ -179,21 +183,31 @@ def _guest_ip(value: str) -> str:
 
 
 def cmd_convert(args) -> int:
+    out = args.output
+    if out is not None:
+        if out.is_dir():
+            raise ProvisionError(f"--output {out} is a directory", hint="give the file to write, e.g. vm1.cfg")
+        if out.exists() and not args.force:
+            same = args.file.exists() and out.resolve() == args.file.resolve()
+            raise ProvisionError(f"--output {out} already exists" + (": it is the file being converted" if same else ""),
+                                 hint="give another file, or --force to replace it")
+        if not out.parent.is_dir():
+            raise ProvisionError(f"directory {out.parent} does not exist", hint="create it first")
     values, lines, was_xm = xmconvert.load_any(args.file)
     if not was_xm:
         log.note(f"{args.file} is already an xl config; normalising it")
     dom = Domain.from_config(values, str(args.file), lines)
-    out = args.output or "-"
-    text = render.domain_config(dom, str(out) if args.output else f"/etc/xen/{dom.name}.cfg", source=str(args.file))
-    if args.output:
-        atomic_write(args.output, text, 0o644)
-        log.info(f"wrote {args.output}")
+    text = render.domain_config(dom, str(out) if out else f"/etc/xen/{dom.name}.cfg", source=str(args.file))
+    if out:
+        atomic_write(out, text, 0o644)
+        log.info(f"wrote {out}")
     else:
         sys.stdout.write(text)
     return 0
 
 
 def cmd_check(args) -> int:
+    """Each file's first problem as one 'error:' line naming it once (and its hint)."""
     bad = 0
     for f in args.files:
         try:
@@ -201,7 +215,8 @@ def cmd_check(args) -> int:
             dom = Domain.from_config(values, str(f), lines)
             print(f"{f}: ok ({dom.name}{', xm syntax: convert it' if was_xm else ''})")
         except ProvisionError as e:
-            print(f"{f}: {e.message}", file=sys.stderr)
+            named = e.message if str(f) in e.message else f"{f}: {e.message}"
+            ProvisionError(named, hint=e.hint).report()
             bad += 1
     return 1 if bad else 0
 
@@ -243,7 +258,7 @@ def cmd_autostart(args) -> int:
 def cmd_xd_install(args) -> int:
     paths = from_args(args)
     s = xendomains.Settings(
-        flavour=args.flavour or xendomains.flavour_of(paths), save_dir=args.save_dir,
+        flavour=args.flavour or xendomains.flavour_of(paths), save_dir=args.save_dir or "",
         restore=not args.no_restore, parallel=_count(args.parallel, "--parallel"),
         stop_timeout=_count(args.stop_timeout, "--stop-timeout"),
         destroy_on_timeout=args.destroy_on_timeout, stop_all=not args.only_auto,
@@ -259,8 +274,10 @@ def cmd_xd_install(args) -> int:
 
 def _count(value: str, option: str) -> int:
     # A string option, not type=int: a bad value is one line, not argparse's usage.
-    if not value.strip().isdigit():
-        raise ProvisionError(f"{option} '{value}' is not a whole number")
+    if not re.fullmatch(r"\s*[0-9]+\s*", value):
+        raise ProvisionError(f"{option} '{shorten(value)}' is not a whole number")
+    if len(value.strip()) > 9:
+        raise ProvisionError(f"{option} '{shorten(value)}' is too large")
     return int(value)
 
 

@@ -24,7 +24,7 @@ from provision.domain.model import XL_KEYS, XM_ONLY_KEYS, Domain, closest
 from provision.domain.paths import Paths
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical, keep
 
 
 def parse_assignments(items: list[str]) -> dict[str, object]:
@@ -46,10 +46,7 @@ def parse_assignments(items: list[str]) -> dict[str, object]:
 
 def render_template(path: Path, variables: dict[str, object]) -> tuple[str, set[str]]:
     """The file's text with ``{{ var }}`` filled in; and which variables it uses."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ProvisionError(f"config file '{path}' does not exist") from None
+    text = xlcfg.read_text(path)
     if "{{" not in text and "{%" not in text:
         return text, set()
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -295,14 +292,19 @@ def create(req: Request, paths: Paths) -> tuple[Domain, Path | None, str]:
         existed = target.exists()
         atomic_write(target, text, 0o644)
         if not existed:
-            undo.rollback(f"remove {target}", os.unlink, target)
+            undo.rollback(f"remove {target}", os.unlink, target, made=str(target))
         log.info(f"wrote {target}")
         if req.exports and req.nfs:
             before = paths.exports.read_text() if paths.exports.exists() else None
             if nfs.add_export(paths, req.nfs.export_line()):
-                undo.rollback(f"restore {paths.exports}", _restore, paths.exports, before)
+                undo.rollback(f"restore {paths.exports}", _restore, paths.exports, before,
+                              made=f"the export line in {paths.exports}")
         if req.autostart:
-            link = autostart.enable(paths, dom.name)
+            had = autostart.link_path(paths, dom.name).is_symlink()
+            with critical():  # made and registered as one step: it must never dangle
+                link = autostart.enable(paths, dom.name)
+                if not had:
+                    undo.rollback(f"remove {link}", link.unlink, True, made=str(link))
             log.info(f"{dom.name} starts at boot: {link}")
     return dom, target, text
 
@@ -318,7 +320,8 @@ def remove(paths: Paths, name: str) -> Path:
     target = paths.config(validate.name(name, "domain name"))
     if not target.exists():
         raise ProvisionError(f"no domain config {target}")
-    with macs.config_lock(paths):
+    with macs.config_lock(paths), critical():  # both go, or neither
         autostart.disable(paths, name)  # the link goes first: it must never dangle
         target.unlink()
+        keep(f"the removal of {target}")
     return target

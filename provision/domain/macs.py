@@ -11,14 +11,12 @@ configs until our config is written, so a concurrent run sees our MAC.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import os
 import socket
 
 from provision.domain.paths import Paths
 from provision.errors import ProvisionError
+from provision.fsutil import Lock
 
 XEN_PREFIX = "00:16:3e"
 
@@ -72,14 +70,8 @@ def generate(paths: Paths, used: set[str], prefix: str = XEN_PREFIX, count: int 
     raise ProvisionError(f"no free MAC address left under {prefix}")
 
 
-@contextlib.contextmanager
-def config_lock(paths: Paths):
-    """Exclusive lock over the config directory for check-then-write."""
+def config_lock(paths: Paths) -> Lock:
+    """Exclusive lock over the config directory for check-then-write (its file goes away
+    with the last holder)."""
     paths.xen.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return Lock(paths.lock)

@@ -11,9 +11,9 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-from provision import validate
+from provision import validate, xenlimits
 from provision.errors import ProvisionError
-from provision.sizes import MiB, parse_size
+from provision.sizes import MiB, format_size, parse_size, shorten
 
 # Keys of xl.cfg(5) (Xen 4.17). An unknown key is almost always a typo that xl would
 # silently ignore, so we refuse it and name the closest of these.
@@ -245,27 +245,34 @@ def parse_vif(spec: str) -> Vif:
     return Vif(settings)
 
 
-def _int(value, key: str, source: str, minimum: int = 1) -> int:
+def _int(value, key: str, source: str, minimum: int = 1, maximum: int | None = None,
+         why: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ProvisionError(f"{source}: '{key}' must be a number, not a list")
-    if isinstance(value, str) and not value.strip().isdigit():
-        raise ProvisionError(f"{source}: {key} '{value}' is not a number")
-    n = int(value)
+    if isinstance(value, str) and not re.fullmatch(r"\s*[0-9]+\s*", value):
+        raise ProvisionError(f"{source}: {key} '{shorten(value)}' is not a number")
+    # A 400-digit number is not worth converting: it is beyond every limit.
+    n = int(value) if len(str(value).strip()) <= 30 else 10**30
     if n < minimum:
         raise ProvisionError(f"{source}: {key} {n} is too small (at least {minimum})")
+    if maximum is not None and n > maximum:
+        raise ProvisionError(f"{source}: {key} {shorten(value)} is too large: {why or f'at most {maximum}'}")
     return n
 
 
 def _memory(value, key: str, source: str) -> int:
-    """MiB. xl wants a bare number; '512M' or '2G' are accepted and converted."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _int(value, key, source, minimum=16)
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*[KkMmGgTt]i?[Bb]?\s*", value):
-        size = parse_size(value, what=key)
+    """MiB. xl wants a bare number; '512M' or '2G' are accepted and converted. Below
+    16 TiB, the most Xen gives a domain."""
+    limit = xenlimits.GUEST_MEMORY // MiB - 1
+    why = f"Xen gives a domain less than {format_size(xenlimits.GUEST_MEMORY)} (its SUPPORT.md)"
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]+)?\s*[KkMmGgTtPp]i?[Bb]?\s*", value):
+        size = parse_size(value, what=f"{source}: {key}", maximum=1 << 128)  # refused below, naming Xen
+        if size >= xenlimits.GUEST_MEMORY:
+            raise ProvisionError(f"{source}: {key} '{shorten(value)}' is too large: {why}")
         if size % MiB:
             raise ProvisionError(f"{source}: {key} '{value}' is not a whole number of MiB")
         return _int(size // MiB, key, source, minimum=16)
-    return _int(value, key, source, minimum=16)
+    return _int(value, key, source, minimum=16, maximum=limit, why=f"{why}; memory is in MiB")
 
 
 def _string(value, key: str, source: str) -> str:
@@ -329,7 +336,9 @@ class Domain:
             if dom.maxmem < dom.memory:
                 raise ProvisionError(f"{source}: maxmem {dom.maxmem} is below memory {dom.memory}")
         if "vcpus" in values:
-            dom.vcpus = _int(values["vcpus"], "vcpus", source)
+            most = xenlimits.max_vcpus(dtype)
+            dom.vcpus = _int(values["vcpus"], "vcpus", source, maximum=most,
+                             why=f"Xen gives a {dtype.upper()} domain at most {most} vCPUs")
         for key in ("kernel", "ramdisk", "root", "extra", "cmdline", "bootloader"):
             if key in values and values[key] != "":
                 setattr(dom, key, _string(values[key], key, source))

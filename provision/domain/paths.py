@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision import validate
+from provision.errors import ProvisionError
 from provision.fsutil import within
 
 
@@ -43,6 +44,12 @@ class Paths:
 
 
 def from_args(args) -> Paths:
-    root = Path(getattr(args, "root", None) or "/")
+    """The paths of a command's --root and --config-dir. A --root must exist: a typo must
+    not become a new tree of /etc files beside the image meant."""
+    given = getattr(args, "root", None)
+    root = Path(given if given is not None else "/")
+    if not root.is_dir():
+        raise ProvisionError(f"--root {root} is not a directory" if root.exists() else f"--root {root} does not exist",
+                             hint="give the root of the system (an image's mounted or unpacked tree) to work in")
     config_dir = getattr(args, "config_dir", None)
-    return Paths(root=root, config_dir=Path(config_dir) if config_dir else None)
+    return Paths(root=root, config_dir=Path(config_dir) if config_dir is not None else None)

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision import log
+from provision import log, validate
 from provision.domain.paths import Paths
 from provision.domain.render import render
 from provision.errors import ProvisionError
@@ -54,7 +54,10 @@ class Settings:
             raise ProvisionError(f"--parallel {self.parallel} must be at least 1")
         if self.stop_timeout < 1:
             raise ProvisionError(f"--stop-timeout {self.stop_timeout} must be at least 1 second")
-        if self.save_dir and (not self.save_dir.startswith("/") or any(c in self.save_dir for c in " \t'\"$`\\")):
+        if self.xen_service is not None:
+            # It goes into the script's LSB header (Required-Start:) and is run as a name.
+            validate.name(self.xen_service, "--xen-service (the LSB name of the Xen daemons' script)")
+        if self.save_dir and not re.fullmatch(r"/[^\s'\"$`\\]*", self.save_dir):
             raise ProvisionError(f"save directory '{self.save_dir}' must be an absolute path without spaces or quotes")
 
 
@@ -161,7 +164,7 @@ def install(paths: Paths, s: Settings, undo: UndoStack | None = None) -> list[Pa
         if write_if_changed(dest, text, mode):
             log.info(f"wrote {dest}")
             if not existed and undo:
-                undo.rollback(f"remove {dest}", dest.unlink)
+                undo.rollback(f"remove {dest}", dest.unlink, made=str(dest))
             elif before is not None and undo:
                 undo.rollback(f"restore {dest}", write_if_changed, dest, before, mode)
         written.append(dest)

@@ -224,15 +224,49 @@ def parse(text: str, source: str = "<config>") -> Config:
     return _Parser(text, source).config()
 
 
-def load(path: str | Path) -> Config:
+def read_text(path: str | Path) -> str:
+    """A config file's text. Bytes that are not UTF-8 (a Latin-1 comment, as xm configs
+    often have) come through as surrogate escapes: in a comment they do not matter, in a
+    value :func:`check_text` refuses them."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ProvisionError(f"config file '{path}' does not exist") from None
-    except UnicodeDecodeError:
-        raise ProvisionError(f"config file '{path}' is not text") from None
-    return parse(text, str(path))
+    except IsADirectoryError:
+        raise ProvisionError(f"config file '{path}' is a directory") from None
+    except OSError as e:
+        raise ProvisionError(f"cannot read config file '{path}': {e.strerror}") from None
+    if b"\0" in data:
+        raise ProvisionError(f"config file '{path}' is not text (it holds NUL bytes)")
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _not_utf8(value) -> str | None:
+    """The first byte of ``value`` (or of a string in it) that was not UTF-8, as 0xNN."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, list):
+            if found := _not_utf8(item):
+                return found
+        elif isinstance(item, str) and (m := re.search("[\udc80-\udcff]", item)):
+            return f"0x{ord(m.group()) - 0xDC00:02x}"
+    return None
+
+
+def check_text(values: dict, source: str, lines: dict | None = None) -> None:
+    """Refuse a value holding bytes that are not UTF-8: xl would pass them on, and every
+    file and line we write from it would carry them."""
+    for key, value in values.items():
+        if byte := _not_utf8(value):
+            where = f":{lines[key]}" if lines and key in lines else ""
+            raise ProvisionError(f"{source}{where}: '{key}' holds a byte that is not UTF-8 ({byte})",
+                                 hint="write the file as UTF-8, e.g. iconv -f latin1 -t utf-8")
+
+
+def load(path: str | Path) -> Config:
+    cfg = parse(read_text(path), str(path))
+    check_text(cfg.values, cfg.source, cfg.lines)
+    return cfg
 
 
 # ---- writing -----------------------------------------------------------------------

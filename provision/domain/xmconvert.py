@@ -57,17 +57,33 @@ def _literal(node: ast.AST, source: str, key: str):
     )
 
 
+# Python's parser takes no lone surrogates (the bytes of a Latin-1 comment, as read by
+# xlcfg.read_text): they pass through it as private-use characters and come back after.
+_TO_PRIVATE = {0xDC80 + i: 0xF780 + i for i in range(128)}
+_FROM_PRIVATE = {v: k for k, v in _TO_PRIVATE.items()}
+
+
+def _restored(value):
+    if isinstance(value, str):
+        return value.translate(_FROM_PRIVATE)
+    if isinstance(value, list):
+        return [_restored(v) for v in value]
+    return value
+
+
 def read_xm(text: str, source: str = "<xm config>") -> dict:
     """The settings of an xm config made of plain assignments (parsed, never run)."""
     try:
-        tree = ast.parse(text, filename=source)
-    except SyntaxError as e:
-        raise ProvisionError(f"{source}:{e.lineno}: not a valid xm (Python) config: {e.msg}") from None
+        tree = ast.parse(text.translate(_TO_PRIVATE), filename=source)
+    except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte
+        line = getattr(e, "lineno", None)
+        raise ProvisionError(f"{source}{f':{line}' if line else ''}: not a valid xm (Python) config: "
+                             f"{getattr(e, 'msg', e)}") from None
     values: dict = {}
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
             key = stmt.targets[0].id
-            values[key] = _literal(stmt.value, source, key)
+            values[key] = _restored(_literal(stmt.value, source, key))
             continue
         what = _STATEMENT.get(type(stmt), "a statement that is not a plain assignment")
         raise ProvisionError(
@@ -204,14 +220,13 @@ def convert(values: dict, source: str = "<xm config>") -> tuple[dict, list[str]]
     return {k: v for k, v in out.items() if v is not None}, notes
 
 
-def read_any(path: str | Path, text: str | None = None) -> tuple[dict, dict, bool]:
-    """(values, line numbers, was_xm) for an xl or xm config file; xm values unconverted."""
+def read_any(path: str | Path, text: str | None = None, strict: bool = True) -> tuple[dict, dict, bool]:
+    """(values, line numbers, was_xm) for an xl or xm config file; xm values unconverted.
+    ``strict``: a value with bytes that are not UTF-8 is an error (the in-use checks, which
+    only compare paths, take them as they are)."""
     path = Path(path)
     if text is None:
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ProvisionError(f"config file '{path}' does not exist") from None
+        text = xlcfg.read_text(path)
     try:
         cfg = xlcfg.parse(text, str(path))
     except xlcfg.ConfigSyntaxError as xl_error:
@@ -222,15 +237,20 @@ def read_any(path: str | Path, text: str | None = None) -> tuple[dict, dict, boo
             if "Python logic" in xm_error.message:
                 raise xm_error from None
             raise xl_error from None
+        if strict:
+            xlcfg.check_text(values, str(path))
         return values, {}, True
+    if strict:
+        xlcfg.check_text(cfg.values, str(path), cfg.lines)
     if looks_like_xm(cfg.values):
         return cfg.values, {}, True
     return cfg.values, cfg.lines, False
 
 
-def load_any(path: str | Path, text: str | None = None, notes: bool = True) -> tuple[dict, dict, bool]:
+def load_any(path: str | Path, text: str | None = None, notes: bool = True,
+             strict: bool = True) -> tuple[dict, dict, bool]:
     """(values, line numbers, was_xm) for an xl or xm config file, xm converted to xl."""
-    values, lines, was_xm = read_any(path, text)
+    values, lines, was_xm = read_any(path, text, strict)
     if was_xm:
         return converted(values, str(path), notes), {}, True
     return values, lines, False

@@ -22,7 +22,7 @@ FORMATS = ("grub2", "grubd", "custom", "menu.lst", "xen.cfg")
 
 
 def _natural(path: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+    return [int(t) if t.isascii() and t.isdigit() else t for t in re.split(r"([0-9]+)", path.name)]
 
 
 def newest(root: Path, pattern: str) -> str | None:

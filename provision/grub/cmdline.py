@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision import log
+from provision import log, xenlimits
 from provision.errors import ProvisionError
+from provision.sizes import shorten
 
 KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
 
@@ -92,7 +93,7 @@ def _bad(option: str, value: str, accepted: str, hint: str | None = None) -> Pro
 
 # -- sizes ----------------------------------------------------------------------------
 
-_XEN_SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([TtGgMmKkBb]?)$")
+_XEN_SIZE = re.compile(r"^(0x[0-9a-fA-F]+|[0-9]+)([TtGgMmKkBb]?)$")
 _FACTORS = {"t": TiB, "g": GiB, "m": MiB, "k": KiB, "b": 1, "": KiB}
 
 
@@ -109,7 +110,9 @@ def parse_xen_size(text: str, option: str) -> tuple[int, bool]:
     if not m:
         raise _bad(option, text, "a size is a whole number with K, M, G, T or B (no unit means KiB), e.g. 512M")
     _not_octal(option, text, m.group(1))
-    return int(m.group(1), 0) * _FACTORS[m.group(2).lower()], m.group(2) == ""
+    # A 400-digit number is not worth converting: it is beyond every limit (see parse_dom0_mem).
+    value = int(m.group(1), 0) * _FACTORS[m.group(2).lower()] if len(m.group(1)) <= 30 else 1 << 128
+    return value, m.group(2) == ""
 
 
 def format_xen_size(n: int) -> str:
@@ -142,7 +145,7 @@ class MemAmount:
         return ("-" if self.minus else "") + "+".join(parts)
 
 
-_AMOUNT = re.compile(r"^(-?)(?:([0-9a-fA-Fx]+[TtGgMmKkBb]?)(?:\+(\d+)%)?|(\d+)%)$")
+_AMOUNT = re.compile(r"^(-?)(?:([0-9a-fA-Fx]+[TtGgMmKkBb]?)(?:\+([0-9]+)%)?|([0-9]+)%)$")
 
 
 def parse_mem_amount(text: str, option: str = "dom0_mem") -> tuple[MemAmount, bool]:
@@ -156,7 +159,7 @@ def parse_mem_amount(text: str, option: str = "dom0_mem") -> tuple[MemAmount, bo
     minus, size_text, plus_pct, pct_only = m.groups()
     _not_octal(option, text, plus_pct or pct_only or "")
     size, unitless = parse_xen_size(size_text, option) if size_text else (0, False)
-    pct = int(plus_pct or pct_only or 0)
+    pct = int(plus_pct or pct_only or 0) if len(plus_pct or pct_only or "") <= 3 else 100
     if pct >= 100:
         raise _bad(option, text, "a percentage must be below 100")
     return MemAmount(size=size, percent=pct, minus=bool(minus)), unitless
@@ -200,12 +203,11 @@ def parse_dom0_mem(text: str, machine_memory: int | None = None) -> Dom0Mem:
             unitless.append(value)
         items[kind] = amount
     mem = Dom0Mem(amount=items.get(""), min=items.get("min"), max=items.get("max"))
-    for value in unitless:
-        size, _ = parse_xen_size(value, "dom0_mem")
-        log.note(
-            f"dom0_mem: '{value}' has no unit; Xen reads it as KiB (so did Xen 2.0), "
-            f"written as {format_xen_size(size)}"
-        )
+    for what, a in (("the amount", mem.amount), ("min", mem.min), ("max", mem.max)):
+        if a is not None and a.size >= xenlimits.GUEST_MEMORY:
+            raise _bad("dom0_mem", shorten(text),
+                       f"{what} is too large: Xen gives a domain, dom0 too, "
+                       f"less than {format_xen_size(xenlimits.GUEST_MEMORY)} (its SUPPORT.md)")
     lo = mem.min.absolute if mem.min else None
     hi = mem.max.absolute if mem.max else None
     amount = mem.amount.absolute if mem.amount else None
@@ -229,6 +231,12 @@ def parse_dom0_mem(text: str, machine_memory: int | None = None) -> Dom0Mem:
                     "dom0_mem", str(mem),
                     f"{what} {a} is more than the machine's memory ({format_xen_size(machine_memory)})",
                 )
+    for value in unitless:
+        size, _ = parse_xen_size(value, "dom0_mem")
+        log.note(
+            f"dom0_mem: '{value}' has no unit; Xen reads it as KiB (so did Xen 2.0), "
+            f"written as {format_xen_size(size)}"
+        )
     return mem
 
 
@@ -236,7 +244,7 @@ def parse_dom0_mem(text: str, machine_memory: int | None = None) -> Dom0Mem:
 
 _DPS = re.compile(r"^[5-8][noems][12]$")
 _BDF = re.compile(r"^[0-9a-fA-F]{1,4}(:[0-9a-fA-F]{1,2}){1,2}\.[0-7]$")
-_INT = re.compile(r"^(0x[0-9a-fA-F]+|\d+)$")
+_INT = re.compile(r"^(0x[0-9a-fA-F]+|[0-9]+)$")
 _COM_NAMES = {
     "baud", "bridge", "clock-hz", "data-bits", "dev", "io-base", "irq", "parity",
     "port", "reg-shift", "reg-width", "stop-bits",
@@ -247,7 +255,7 @@ _COM_FORM = "<baud>[/<base-baud>][,DPS[,<io-base>|pci|amt[,<irq>|msi[,<port-bdf>
 def _check_baud(option: str, text: str, value: str) -> None:
     if value == "auto":
         return
-    if not value.isdigit() or int(value) not in BAUD_RATES:
+    if not re.fullmatch(r"[0-9]{1,8}", value) or int(value) not in BAUD_RATES:
         raise _bad(option, text, f"baud '{value}' is not a serial rate; use auto or one of {', '.join(map(str, BAUD_RATES[3:12]))}, ...")
 
 
@@ -266,7 +274,7 @@ def parse_com(option: str, text: str) -> str:
         baud, _, base = positional[0].partition("/")
         if baud or not named:
             _check_baud(option, text, baud)
-        if base and not base.isdigit():
+        if base and not re.fullmatch(r"[0-9]{1,10}", base):
             raise _bad(option, text, f"base baud '{base}' must be a whole number")
         checks = [
             (_DPS.match, "DPS: data bits 5-8, parity n/o/e/m/s, stop bits 1-2, e.g. 8n1"),
@@ -325,12 +333,15 @@ def parse_loglvl(option: str, text: str) -> str:
 
 
 def parse_vcpus(text: str) -> str:
-    m = re.fullmatch(r"(\d*)(-)?(\d*)", text or "x")
+    m = re.fullmatch(r"([0-9]*)(-)?([0-9]*)", text or "x")
     if not m or not (m.group(1) or m.group(3)) or (not m.group(2) and m.group(3)):
         raise _bad("dom0_max_vcpus", text, "use <n> or <min>-<max> (either end may be left out), e.g. 2 or 1-4")
     lo, hi = m.group(1), m.group(3)
     for number in (lo, hi):
         _not_octal("dom0_max_vcpus", text, number)
+        if number and (len(number) > 5 or int(number) > xenlimits.PV_VCPUS):
+            raise _bad("dom0_max_vcpus", shorten(text),
+                       f"dom0 is a PV domain, and Xen gives one at most {xenlimits.PV_VCPUS} vCPUs")
     if (lo and int(lo) < 1) or (hi and int(hi) < 1):
         raise _bad("dom0_max_vcpus", text, "vCPU counts start at 1")
     if lo and hi and int(lo) > int(hi):
@@ -533,11 +544,17 @@ def parse_dom0_options(words: list[str] | str, *, root: str | None = None, reado
         else:
             extra.append(word)
     if root is not None:
+        if found_root is not None and found_root != root:
+            raise ProvisionError(f"dom0's root is given twice: root={found_root} in --dom0-args, {root} as --root-device",
+                                 hint="give it once")
         found_root = root
     if found_root is not None and not _ROOT.match(found_root):
         raise _bad("root", found_root, "use a device such as /dev/sda4, UUID=..., PARTUUID=..., LABEL=... or PARTLABEL=...")
     if readonly is None:
         readonly = mode != "rw"
+    elif mode is not None and readonly != (mode == "ro"):
+        raise ProvisionError(f"dom0's root is '{mode}' in --dom0-args but {'ro' if readonly else 'rw'} by option",
+                             hint="give ro or rw once")
     if not consoles and xen is not None and xen.serial_console:
         consoles = ["hvc0"]
     if xen is not None and xen.serial_console and any(c.startswith("ttyS") for c in consoles):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import log
-from provision.changes import Change, apply
+from provision.changes import Change, apply, current, restore
 from provision.errors import ProvisionError
 from provision.fsutil import within
 from provision.grub.render import (
@@ -35,6 +35,7 @@ from provision.grub.render import (
     script_check,
 )
 from provision.run import run, which
+from provision.sizes import shorten
 from provision.undo import UndoStack
 
 GRUBD_SCRIPT = "/etc/grub.d/42_xen_provision"
@@ -269,6 +270,12 @@ def _console_changes(req: Request) -> list[Change]:
 # -- applying: provision.changes (Change, apply) ------------------------------------------
 
 
+def _restore_if_changed(path: Path, content: bytes | None, mode: int | None) -> None:
+    if current(path)[0] != content:
+        restore(path, content, None, mode)
+
+
+
 # An offline root regenerates grub.cfg with its own GRUB, in a chroot that sees the
 # host's /dev, /proc and /sys. The bind mounts live in a private mount namespace: they
 # vanish with it, however the command ends, and the host's mount table never sees them.
@@ -301,6 +308,26 @@ def _rmdir_quietly(path: Path) -> None:
         path.rmdir()
 
 
+def regenerate(root: Path, cmd: list[str]) -> None:
+    """Run ``cmd`` (update-grub or grub-mkconfig, maybe in the target's chroot). Its
+    output is shown when it succeeds; when it fails, one line says so, its own last line
+    says why, and the grub.cfg.new it leaves for a bug report goes (grub.cfg itself is only
+    replaced when the tool succeeds). The caller's undo stack takes our files back."""
+    tool = next(Path(a).name for a in cmd if "grub" in Path(a).name)
+    new = within(root, f"{grub_dir(root)}/grub.cfg.new")
+    had_new = new.exists()
+    proc = run(cmd, check=False, quiet=True)
+    output = [ln.strip() for part in (proc.stdout, proc.stderr) for ln in (part or "").splitlines() if ln.strip()]
+    if proc.returncode != 0:
+        if not had_new:
+            new.unlink(missing_ok=True)
+        why = shorten(output[-1], 120) if output else f"exit code {proc.returncode}"
+        raise ProvisionError(f"{tool} failed, so the boot configuration was rolled back (grub.cfg is unchanged): {why}",
+                             hint=f"see the whole of its output with --no-update, then run the {tool} command it prints")
+    for line in output:
+        log.info(f"{tool}: {line}")
+
+
 def install(req: Request, *, update: bool = True) -> list[str]:
     """Plan, write, and regenerate grub.cfg (grubd format); all or nothing."""
     changes = plan(req)
@@ -327,7 +354,13 @@ def install(req: Request, *, update: bool = True) -> list[str]:
                 if not cfg_dir.is_dir():
                     cfg_dir.mkdir(parents=True)
                     undo.rollback(f"remove {cfg_dir}", _rmdir_quietly, cfg_dir)
-                run(cmd)
+                # update-grub replaces grub.cfg itself: if we roll back after it ran (a later
+                # step fails, Ctrl-C), the old grub.cfg comes back with our files.
+                cfg = within(req.root, f"{grub_dir(req.root)}/grub.cfg")
+                content, link, mode = current(cfg)
+                if link is None:
+                    undo.rollback(f"restore {cfg}", _restore_if_changed, cfg, content, mode, made=str(cfg))
+                regenerate(req.root, cmd)
             else:
                 req.notes.append(f"regenerate grub.cfg: {shlex.join(cmd)}")
         if req.format == "custom" and any(c.endswith("/custom.cfg") for c in changed):

@@ -27,7 +27,7 @@ from pathlib import Path
 from provision import log
 from provision.changes import Change, apply, current, restore
 from provision.errors import ProvisionError
-from provision.fsutil import atomic_write, flocked
+from provision.fsutil import Lock, atomic_write
 from provision.network.discover import live_default_route, live_links, netns_id
 from provision.network.plan import BACKUP_DIR, Plan
 from provision.run import run, which
@@ -42,8 +42,10 @@ def record_path() -> Path:
     return RUN_DIR / f"network-{netns_id()}.json"
 
 
-def _lock_path(record: Path) -> Path:
-    return record.with_suffix(".lock")
+def _locked(record: Path) -> Lock:
+    """The record's lock (its file exists only while someone holds or waits for it)."""
+    record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Lock(record.with_suffix(".lock"))
 
 
 def read_record(record: Path) -> dict | None:
@@ -55,7 +57,7 @@ def read_record(record: Path) -> dict | None:
 
 def update_record(record: Path, **changes) -> dict | None:
     """Change fields of the record under its lock; returns the new record (None if gone)."""
-    with flocked(_lock_path(record)):
+    with _locked(record):
         rec = read_record(record)
         if rec is None:
             return None
@@ -266,7 +268,7 @@ def apply_live(plan: Plan, timeout: float) -> int:
     """Apply ``plan`` live under a guard; wait for confirmation. Returns the exit code."""
     record = record_path()
     RUN_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with flocked(_lock_path(record)):
+    with _locked(record):
         rec = read_record(record)
         if rec and rec.get("state") in PENDING and _alive(rec.get("guard")):
             raise ProvisionError("another network change is waiting for confirmation",
@@ -377,7 +379,7 @@ def _enter_pressed(wait: float) -> bool:
 def confirm() -> str:
     """``network confirm``: keep the pending change."""
     record = record_path()
-    with flocked(_lock_path(record)):
+    with _locked(record):
         rec = read_record(record)
         state = rec.get("state") if rec else None
         if state == "rolled-back" and _alive(rec.get("pid")):

@@ -4,7 +4,8 @@ images, loop devices, mounts, LVM volumes and copy-on-write clones.
 The manual's three homes for a guest disk (a partition, a file, an LV) as one library.
 Everything that creates something takes an optional ``undo: UndoStack`` and registers
 how to take it away again; context managers (``loop_device``, ``mounted``) always undo
-themselves. Safety checks run before anything is changed.
+themselves. Safety checks run before anything is changed: whether a disk is in use is
+:mod:`provision.inuse`'s answer, the same for every command.
 
     from provision.storage import create_image, make_fs, loop_device, mounted
 
@@ -44,11 +45,7 @@ from provision.storage.lvm import (
 )
 from provision.storage.mount import mount, mounted, umount
 from provision.storage.partition import PartInfo, PartSpec, format_partitions, partition_image
-from provision.storage.safety import (
-    check_target_free,
-    domain_disk_users,
-    refuse_in_use,
-)
+from provision.storage.safety import check_target_free
 
 __all__ = [
     "FILESYSTEMS",
@@ -63,7 +60,6 @@ __all__ = [
     "create_lv",
     "create_thin_pool",
     "detach_loop",
-    "domain_disk_users",
     "extend_lv",
     "format_partitions",
     "grow_btrfs",
@@ -77,7 +73,6 @@ __all__ = [
     "partition_device",
     "partition_image",
     "pvcreate",
-    "refuse_in_use",
     "remove_lv",
     "snapshot_lv",
     "snapshot_usage",

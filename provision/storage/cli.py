@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from provision import log, validate
+from provision import inuse, log, validate
 from provision.errors import ProvisionError
 from provision.sizes import format_size, parse_size
 from provision.storage import fs as fsmod
@@ -14,7 +14,6 @@ from provision.storage import lvm
 from provision.storage.clone import clone_file
 from provision.storage.images import building_image
 from provision.storage.partition import TABLES, PartSpec, format_partitions, partition_image
-from provision.storage.safety import refuse_in_use
 from provision.undo import UndoStack
 
 
@@ -54,13 +53,7 @@ def _check_fs_args(fstype: str | None, label: str | None, populate: str | None) 
     if populate and not os.path.exists(populate):
         raise ProvisionError(f"populate source {populate} does not exist")
     limit = 15 if fstype == "swap" else fsmod.FILESYSTEMS[fstype].label_max
-    fsmod._check_label(label, limit, fstype)
-
-
-def _new_image_name(path: str) -> None:
-    """The file name of an image we create: no spaces, commas or shell characters, which
-    break xl disk specs (``'file:/srv/a,b.img,xvda,w'``) and scripts that name the file."""
-    validate.name(os.path.basename(path), "image name", max_len=255)
+    fsmod.check_label(label, limit, fstype)
 
 
 def _make_fs(target: str, args) -> None:
@@ -71,7 +64,7 @@ def _make_fs(target: str, args) -> None:
 
 
 def cmd_create(args) -> int:
-    _new_image_name(args.image)
+    validate.image_path(args.image)
     _check_fs_args(args.fs, args.label, args.populate)
     with UndoStack() as undo:
         with building_image(args.image, args.size, preallocate=args.preallocate, force=args.force,
@@ -82,7 +75,7 @@ def cmd_create(args) -> int:
 
 def cmd_partition(args) -> int:
     if args.size:
-        _new_image_name(args.image)
+        validate.image_path(args.image)
     specs = [parse_part(p) for p in args.part]
     if args.table not in TABLES:
         raise ProvisionError(f"partition table type '{args.table}' is not known", hint="use msdos or gpt")
@@ -105,9 +98,9 @@ def cmd_partition(args) -> int:
 
 
 def cmd_clone(args) -> int:
-    _new_image_name(args.target)
-    with UndoStack():
-        method = clone_file(args.source, args.target, force=args.force)
+    validate.image_path(args.target)
+    with UndoStack() as undo:
+        method = clone_file(args.source, args.target, force=args.force, undo=undo)
     print(method)
     return 0
 
@@ -115,7 +108,7 @@ def cmd_clone(args) -> int:
 def cmd_check(args) -> int:
     if not os.path.exists(args.target):
         raise ProvisionError(f"{args.target} does not exist")
-    refuse_in_use(args.target)
+    inuse.refuse(args.target, writing=True)
     print(f"{args.target}: not in use")
     return 0
 
@@ -283,4 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args.func, args)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from provision import cli
+
+    cli._process["ends_with_run"] = True
+    cli.finish(main())

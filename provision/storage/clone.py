@@ -8,11 +8,11 @@ import fcntl
 import os
 from pathlib import Path
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
-from provision.storage.hooks import critical, pause_point
 from provision.storage.images import make_temp, refuse_non_file
 from provision.storage.safety import check_target_free
+from provision.undo import UndoStack, critical, pause_point
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
@@ -62,21 +62,26 @@ def _sparse_copy(src_fd: int, dst_fd: int, size: int) -> None:
             offset += done
 
 
-def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False) -> str:
+def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
+               undo: UndoStack | None = None) -> str:
     """Copy image ``src`` to ``dst``; return ``"reflink"`` or ``"sparse-copy"``.
 
     The clone is written under a temporary name and renamed into place, so ``dst`` is
-    never half-written; an existing ``dst`` is refused unless ``force``.
+    never half-written; an existing ``dst`` is refused unless ``force``. With ``undo``
+    the clone is removed again if a later step of that stack fails.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise ProvisionError(f"clone source {src} is not an image file")
     if not dst.parent.is_dir():
         raise ProvisionError(f"directory {dst.parent} does not exist", hint="create it first")
-    check_target_free(dst, force=force, what="clone target")
-    refuse_non_file(dst, "clone target")
     if dst.exists() and os.path.samefile(src, dst):
         raise ProvisionError(f"clone source and target are the same file: {src}")
+    check_target_free(dst, force=force, what="clone target")
+    refuse_non_file(dst, "clone target")
+    # A source dom0 is writing (mounted read-write, swapped on, on a loop device) would be
+    # copied torn: the same answer storage check gives.
+    inuse.refuse(src, writing=False, what=f"clone source {src}")
     fd, tmp = -1, None
     try:
         with critical():  # a signal lands only once the temporary file is ours to remove
@@ -95,7 +100,10 @@ def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
         os.close(fd)
         fd = -1
         pause_point("cloned")
-        os.replace(tmp, dst)
+        with critical():  # renamed and registered as one step
+            os.replace(tmp, dst)
+            if undo is not None:
+                undo.rollback(f"remove {dst}", dst.unlink, True, made=str(dst))
     except BaseException:
         if fd >= 0:
             os.close(fd)

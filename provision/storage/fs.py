@@ -14,15 +14,13 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.fsutil import source_date_epoch
 from provision.run import CommandError, require, run
-from provision.storage.hooks import pause_point
 from provision.storage.images import shown
 from provision.storage.mount import mounted
-from provision.storage.safety import _identity, _mounts, refuse_in_use
-from provision.undo import UndoStack
+from provision.undo import UndoStack, pause_point
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ _PREFIX_RE = re.compile(r"^((mkfs\.\w+|mke2fs|mkswap)(: error)?: |ERROR: )+", re
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
-def _check_label(label: str | None, limit: int, fstype: str) -> None:
+def check_label(label: str | None, limit: int, fstype: str) -> None:
     if label is None:
         return
     if not _LABEL_RE.match(label) or len(label) > limit:
@@ -68,7 +66,7 @@ def _check_target(target: str) -> None:
     mode = os.stat(target).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise ProvisionError(f"{target} is neither an image file nor a block device")
-    refuse_in_use(target)
+    inuse.refuse(target, writing=True)
 
 
 def _reason(e: CommandError, target: str) -> str:
@@ -126,7 +124,7 @@ def make_fs(target: str | os.PathLike, fstype: str = "ext4", *, label: str | Non
             f"filesystem type '{fstype}' is not supported",
             hint=f"choose one of: {', '.join(FILESYSTEMS)} (or 'swap')",
         )
-    _check_label(label, kind.label_max, fstype)
+    check_label(label, kind.label_max, fstype)
     if uuid is not None and not (_VOLID_RE if fstype == "vfat" else _UUID_RE).match(uuid):
         form = "8 hex digits" if fstype == "vfat" else "the 8-4-4-4-12 hex form"
         raise ProvisionError(f"UUID '{uuid}' is not valid for {fstype}", hint=f"use {form}")
@@ -170,7 +168,7 @@ def make_swap(target: str | os.PathLike, *, label: str | None = None, uuid: str 
               undo: UndoStack | None = None) -> None:
     """Make swap space on ``target`` (image file, partition or LV)."""
     target = os.fspath(target)
-    _check_label(label, 15, "swap")
+    check_label(label, 15, "swap")
     if uuid is not None and not _UUID_RE.match(uuid):
         raise ProvisionError(f"UUID '{uuid}' is not valid", hint="use the 8-4-4-4-12 hex form")
     _check_target(target)
@@ -201,15 +199,16 @@ def grow_btrfs(device: str | os.PathLike) -> None:
     where dom0 has it mounted, else through a temporary mount. (lvextend --resizefs
     cannot: fsadm in lvm2 2.03.16, Debian bookworm's, does not know btrfs.)"""
     device = os.fspath(device)
-    ident = _identity(device)
+    ident = inuse.identity(device)
     require("btrfs")
-    mountpoint = next((mnt for src, mnt, _ in _mounts() if src.startswith("/") and _identity(src) == ident), None)
+    mountpoint = next((mnt for src, mnt, _ in inuse.mounts() if src.startswith("/") and inuse.identity(src) == ident),
+                      None)
 
     def resize(mnt: str) -> None:
         # A multi-device btrfs grows one device at a time: find ours by its device number.
         listing = run(["btrfs", "filesystem", "show", "--raw", mnt], capture=True, quiet=True).stdout
         devid = next((m.group(1) for m in map(_DEVID_RE.match, listing.splitlines())
-                      if m and _identity(m.group(2)) == ident), "1")
+                      if m and inuse.identity(m.group(2)) == ident), "1")
         run(["btrfs", "filesystem", "resize", f"{devid}:max", mnt], quiet=True)
 
     if mountpoint:

@@ -15,9 +15,8 @@ from pathlib import Path
 from provision import log
 from provision.errors import ProvisionError
 from provision.sizes import format_approx, format_size, parse_size
-from provision.storage.hooks import critical, pause_point
 from provision.storage.safety import check_target_free
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical, pause_point
 
 # Temporary image name -> the final path it is being built for, so log lines name the
 # image the user asked for rather than ".vm1.img.x1y2z3.tmp".
@@ -132,7 +131,7 @@ def building_image(path: str | os.PathLike, size: int | str, *, preallocate: boo
             os.replace(tmp, path)
             _building.pop(tmpname, None)
             if undo is not None:
-                undo.rollback(f"remove {path}", path.unlink, True)
+                undo.rollback(f"remove {path}", path.unlink, True, made=str(path))
     log.info(f"created {'preallocated' if preallocate else 'sparse'} image {path} ({format_size(size)})")
 
 

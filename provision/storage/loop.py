@@ -17,10 +17,10 @@ from pathlib import Path
 from provision import log
 from provision.errors import ProvisionError
 from provision.run import CommandError, output, run
-from provision.storage.hooks import critical, pause_point
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical, pause_point
 
 _made_nodes: dict[str, list[str]] = {}
+_attached_to: dict[str, str] = {}  # loop device -> the image it was attached to
 
 
 def partition_device(disk: str, number: int) -> str:
@@ -82,21 +82,40 @@ def _count_partitions(image: str) -> int | None:
     return sum(1 for line in text.splitlines() if line.startswith("/") and ": start=" in line)
 
 
-def detach_loop(loop: str) -> None:
-    """Detach ``loop`` (retrying while a just-unmounted partition is still busy)."""
+def _backing(loop: str) -> str | None:
+    try:
+        return Path("/sys/block", os.path.basename(loop), "loop", "backing_file").read_text().strip()
+    except OSError:
+        return None
+
+
+def detach_loop(loop: str, image: str | None = None) -> None:
+    """Detach ``loop`` (retrying while a just-unmounted partition is still busy), and wait
+    until the kernel has let go of ``image``: losetup -d on a device that udev is still
+    probing only marks it to be cleared when closed, and the run must not end (nor its
+    temporary image be removed) with the device still attached."""
     for node in _made_nodes.pop(loop, []):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(node)
+    image = image or _attached_to.get(loop)
     for attempt in range(20):
         try:
-            run(["losetup", "-d", loop], quiet=True)
-            return
+            # In a session of its own: a Ctrl-C on the terminal must not kill it half-way.
+            run(["losetup", "-d", loop], quiet=True, group=True)
+            break
         except CommandError as e:
             if "No such device" in e.output or not os.path.exists(loop):
-                return
+                break
             if attempt == 19:
                 raise
             time.sleep(0.1 * (attempt + 1))
+    deadline = time.monotonic() + 10
+    while image and (_backing(loop) or "").removesuffix(" (deleted)") == image:
+        if time.monotonic() > deadline:
+            raise ProvisionError(f"{loop} is still attached to {image} after losetup -d",
+                                 hint=f"something holds it open: see fuser -v {loop}")
+        time.sleep(0.05)
+    _attached_to.pop(loop, None)
 
 
 def attach_loop(image: str | os.PathLike, *, partscan: bool = False, read_only: bool = False,
@@ -115,7 +134,10 @@ def attach_loop(image: str | os.PathLike, *, partscan: bool = False, read_only: 
     if read_only:
         argv.append("--read-only")
     with critical():
-        loop = output([*argv, image], quiet=True)
+        # In a session of its own: a Ctrl-C on the terminal must not kill losetup after it
+        # attached the image but before it said which device it took.
+        loop = output([*argv, image], quiet=True, group=True)
+        _attached_to[loop] = os.path.realpath(image)
         if undo is not None:
             undo.cleanup(f"detach {loop}", detach_loop, loop)
     log.debug(f"attached {image} to {loop}")

@@ -13,14 +13,12 @@ import re
 import time
 from collections.abc import Callable
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
 from provision.sizes import format_size, parse_size
 from provision.storage.fs import grow_btrfs
-from provision.storage.hooks import critical, pause_point
-from provision.storage.safety import refuse_in_use
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical, pause_point
 
 _LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
 # lvm(8): LV names may not contain these (they name LVM's own hidden sub-volumes) ...
@@ -134,7 +132,7 @@ def pvcreate(devices: list[str], *, force: bool = False, undo: UndoStack | None 
     for dev in devices:
         if not os.path.exists(dev):
             raise ProvisionError(f"device {dev} does not exist")
-        refuse_in_use(dev)
+        inuse.refuse(dev, writing=True)
         if not force and run(["blkid", "-p", dev], check=False, quiet=True).returncode == 0:
             raise ProvisionError(f"{dev} already holds a filesystem, partition table or PV",
                                  hint="pass --force to overwrite it")
@@ -142,7 +140,7 @@ def pvcreate(devices: list[str], *, force: bool = False, undo: UndoStack | None 
         with critical():
             _lvm(["pvcreate", "-y", *(["-ff"] if force else []), dev])
             if undo is not None:
-                undo.rollback(f"pvremove {dev}", _pv_remove, dev)
+                undo.rollback(f"pvremove {dev}", _pv_remove, dev, made=f"physical volume {dev}")
         pause_point("pv-created")
     log.info(f"physical volume{'s' if len(devices) > 1 else ''}: {', '.join(devices)}")
 
@@ -163,7 +161,7 @@ def vgcreate(vg: str, devices: list[str], *, force: bool = False, undo: UndoStac
     for dev in devices:
         if not os.path.exists(dev):
             raise ProvisionError(f"device {dev} does not exist")
-        refuse_in_use(dev)
+        inuse.refuse(dev, writing=True)
     # vgcreate makes PVs of plain devices itself; those labels are ours to take away too.
     fresh = [dev for dev in devices if not _report("pvs", "pv_name", dev)]
     for dev in fresh:
@@ -174,8 +172,8 @@ def vgcreate(vg: str, devices: list[str], *, force: bool = False, undo: UndoStac
         _lvm(["vgcreate", "-y", vg, *devices])  # -y: wipes what --force allowed
         if undo is not None:
             for dev in fresh:
-                undo.rollback(f"pvremove {dev}", _pv_remove, dev)
-            undo.rollback(f"vgremove {vg}", _vg_remove, vg)
+                undo.rollback(f"pvremove {dev}", _pv_remove, dev, made=f"physical volume {dev}")
+            undo.rollback(f"vgremove {vg}", _vg_remove, vg, made=f"volume group {vg}")
     pause_point("vg-created")
     log.info(f"volume group {vg} on {', '.join(devices)}")
 
@@ -196,7 +194,7 @@ def _check_new_lv(vg: str, name: str, size: int | None, force: bool) -> None:
         if not force:
             raise ProvisionError(f"logical volume {vg}/{name} already exists",
                                  hint="choose another name, or pass --force to replace it")
-        refuse_in_use(lv_path(vg, name))
+        inuse.refuse(lv_path(vg, name), writing=True)
         free += _lv_size(vg, name)
     if size is not None and size > free:
         raise ProvisionError(
@@ -211,7 +209,7 @@ def _create(vg: str, name: str, argv: list[str], force: bool, undo: UndoStack | 
     with critical():
         _lvm(argv)
         if undo is not None:
-            undo.rollback(f"lvremove {vg}/{name}", remove_lv, vg, name)
+            undo.rollback(f"lvremove {vg}/{name}", remove_lv, vg, name, made=f"logical volume {vg}/{name}")
     pause_point("lv-created")
     return lv_path(vg, name)
 
@@ -372,8 +370,8 @@ def watch_snapshot(vg: str, name: str, *, threshold: float = 80.0, extend_by: in
     """
     if not 0 < threshold < 100:
         raise ProvisionError(f"threshold {threshold} is not a percentage between 0 and 100")
-    if not interval > 0:
-        raise ProvisionError(f"interval {interval} is not a positive number of seconds")
+    if not 0 < interval <= 86400:
+        raise ProvisionError(f"interval {interval} is not a number of seconds between 0 and 86400 (a day)")
     step = parse_size(extend_by, "extend-by size")
     at_largest = False  # room for all of its origin: it cannot fill, extending does nothing
     warned = False

@@ -11,13 +11,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
-from provision.storage.hooks import critical, pause_point
 from provision.storage.loop import attach_loop
-from provision.storage.safety import refuse_in_use
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical, pause_point
 
 
 def _is_mountpoint(path: str) -> bool:
@@ -33,12 +31,12 @@ def umount(mountpoint: str | os.PathLike) -> None:
         if not _is_mountpoint(mountpoint):
             return
         try:
-            run(["umount", mountpoint], quiet=True)
+            run(["umount", mountpoint], quiet=True, group=True)  # a terminal Ctrl-C must not stop it
             return
         except CommandError:
             time.sleep(0.1 * (attempt + 1))
     log.warn(f"{mountpoint} stayed busy; detaching it lazily")
-    run(["umount", "--lazy", mountpoint], quiet=True)
+    run(["umount", "--lazy", mountpoint], quiet=True, group=True)
 
 
 def mount(device: str | os.PathLike, mountpoint: str | os.PathLike, *, options: Sequence[str] = (),
@@ -49,7 +47,7 @@ def mount(device: str | os.PathLike, mountpoint: str | os.PathLike, *, options: 
     read-write destroys it.
     """
     device, mountpoint = os.fspath(device), os.fspath(mountpoint)
-    refuse_in_use(device, writable_only="ro" in options)
+    inuse.refuse(device, writing="ro" not in options)
     argv = ["mount"]
     if fstype:
         argv += ["-t", fstype]
@@ -57,7 +55,7 @@ def mount(device: str | os.PathLike, mountpoint: str | os.PathLike, *, options: 
         argv += ["-o", ",".join(options)]
     with critical():
         try:
-            run([*argv, device, mountpoint], quiet=True)
+            run([*argv, device, mountpoint], quiet=True, group=True)
         except CommandError as e:
             first = next((ln.strip() for ln in e.output.splitlines() if ln.strip()), "")
             raise ProvisionError(f"could not mount {device} on {mountpoint}: {first.split(': ', 1)[-1]}") from None
@@ -82,7 +80,7 @@ def mounted(device_or_image: str | os.PathLike, mountpoint: str | os.PathLike | 
             raise ProvisionError(f"mountpoint {mountpoint} is not a directory")
         device = source
         if stat.S_ISREG(os.stat(source).st_mode):
-            refuse_in_use(source)  # an image already on a loop device may be mounted there
+            inuse.refuse(source, writing="ro" not in options)  # an image already on a loop device may be mounted there
             device = attach_loop(source, read_only="ro" in options, undo=undo)
         mount(device, mountpoint, options=options, fstype=fstype, undo=undo)
         pause_point("mounted")

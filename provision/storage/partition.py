@@ -12,14 +12,12 @@ import stat
 import time
 from dataclasses import dataclass
 
-from provision import log
+from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import run
 from provision.sizes import MiB, format_size, parse_size
-from provision.storage.hooks import critical, pause_point
 from provision.storage.images import shown
-from provision.storage.safety import refuse_in_use
-from provision.undo import UndoStack
+from provision.undo import UndoStack, critical, pause_point
 
 TABLES = {"msdos": "msdos", "dos": "msdos", "mbr": "msdos", "gpt": "gpt"}
 TYPES = ("linux", "swap", "bios_grub", "esp", "lvm", "raid")
@@ -85,6 +83,7 @@ def _check_specs(table: str, parts: list[PartSpec], disk_size: int) -> list[tupl
                                  hint=f"use one of: {', '.join(_PARTED_FS)}")
         if kind == "bios_grub" and table != "gpt":
             raise ProvisionError(f"partition {i}: a bios_grub partition needs a gpt table")
+        _check_part_label(i, spec, table)
         if spec.bootable and table == "gpt":
             log.debug("gpt: 'bootable' is set as legacy_boot")
         checked.append((spec, size, kind))
@@ -97,6 +96,22 @@ def _check_specs(table: str, parts: list[PartSpec], disk_size: int) -> list[tupl
             hint="make the disk larger or the partitions smaller",
         )
     return checked
+
+
+def _check_part_label(i: int, spec: PartSpec, table: str) -> None:
+    """A label is checked before the table is written: as the filesystem's label (its
+    length and characters) and, on gpt, as the partition's name (36 characters)."""
+    from provision.storage.fs import FILESYSTEMS, check_label
+
+    if spec.label is None:
+        return
+    if spec.fs is None and table != "gpt":
+        raise ProvisionError(f"partition {i}: label '{spec.label}' needs fs= (on an msdos table only a "
+                             "filesystem has a label)", hint="add fs=ext4, or use --table gpt to name the partition")
+    if spec.fs is not None:
+        check_label(spec.label, 15 if spec.fs == "swap" else FILESYSTEMS[spec.fs].label_max, spec.fs)
+    else:
+        check_label(spec.label, 36, "a gpt partition name")
 
 
 def _has_signature(path: str) -> bool:
@@ -158,7 +173,7 @@ def partition_image(path: str | os.PathLike, table: str = "msdos", parts: list[P
     mode = os.stat(path).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise ProvisionError(f"{path} is neither an image file nor a block device")
-    refuse_in_use(path)
+    inuse.refuse(path, writing=True)
     size = _disk_size(path)
     checked = _check_specs(label_type, list(parts), size)
     if _has_signature(path) and not force:
@@ -195,7 +210,7 @@ def partition_image(path: str | os.PathLike, table: str = "msdos", parts: list[P
     with critical():
         if undo is not None:
             undo.rollback(f"restore the old partition table of {path}", _restore_ends, path, size,
-                          _save_ends(path, size))
+                          _save_ends(path, size), made=f"the partition table of {path}")
         with _stderr_silenced():  # libparted runs "udevadm settle", absent where udev is
             disk.commit()
     pause_point("partitioned")

@@ -94,7 +94,7 @@ def test_loop_device_and_its_file_are_one_disk_between_domains(run_cli, root, tm
         for access in ("rw", "ro"):
             proc = create(run_cli, root, "b", f"vdev=xvda, access={access}, target={loop}")
             assert proc.returncode != 0
-            assert f"disk {loop} is already given read-write to a as {img}" in proc.stderr
+            assert f"disk {loop} is used read-write by domain a as {img}" in proc.stderr
         # Read-only everywhere is fine, whichever spelling each domain uses.
         ro = tmp_path / "ro.img"
         with open(ro, "wb") as f:
@@ -105,7 +105,7 @@ def test_loop_device_and_its_file_are_one_disk_between_domains(run_cli, root, tm
             proc = create(run_cli, root, "d", f"vdev=xvda, access=ro, target={ro_loop}")
             assert proc.returncode == 0, proc.stderr
             proc = create(run_cli, root, "e", f"vdev=xvda, access=rw, target={ro_loop}")
-            assert proc.returncode != 0 and f"is already given read-only to c as {ro}" in proc.stderr
+            assert proc.returncode != 0 and f"is used read-only by domain c as {ro}" in proc.stderr
         finally:
             sh("losetup", "-d", ro_loop, check=False)
     finally:

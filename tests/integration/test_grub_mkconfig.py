@@ -209,3 +209,32 @@ def test_offline_root_runs_its_own_update_grub(system_root, run_cli):
         (root / "proc.away").rename(root / "proc")
     assert proc.returncode != 0 and "/proc" in proc.stderr
     assert {p: p.read_bytes() for p in (root / "etc").rglob("*") if p.is_file() and not p.is_symlink()} == snapshot
+
+
+def test_failed_update_grub_is_one_line_and_rolled_back(system_root, run_cli):
+    """The root's own update-grub failing (a script in grub.d that prints a broken menu,
+    so grub-mkconfig's syntax check refuses it) was the tool's own message plus a long
+    unshare command line, and left grub.cfg.new behind. Now: one line saying the boot
+    configuration was rolled back; our files back as they were, no grub.cfg.new."""
+    root = system_root
+    assert run_cli("grub", "remove", "--root", root, "--no-getty").returncode == 0  # whatever ran before
+    broken = root / "etc/grub.d/43_broken"
+    broken.write_text("#!/bin/sh\necho 'menuentry \"broken\" {'\n")
+    broken.chmod(0o755)
+    try:
+        snapshot = {p: p.read_bytes() for p in (root / "etc").rglob("*") if p.is_file() and not p.is_symlink()}
+        cfg = (root / "boot/grub/grub.cfg").read_bytes() if (root / "boot/grub/grub.cfg").exists() else None
+        proc = run_cli("grub", "install", "--root", root, "--default", "--no-getty", *ARGS)
+        assert proc.returncode != 0
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert len(errors) == 1, proc.stderr
+        assert errors[0].startswith("error: update-grub failed, so the boot configuration was rolled back "
+                                    "(grub.cfg is unchanged): "), proc.stderr
+        assert "unshare" not in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stderr.splitlines()[0] == errors[0], proc.stderr  # nothing before it
+        assert not (root / "boot/grub/grub.cfg.new").exists()
+        assert {p: p.read_bytes() for p in (root / "etc").rglob("*") if p.is_file() and not p.is_symlink()} == snapshot
+        assert ((root / "boot/grub/grub.cfg").read_bytes() if (root / "boot/grub/grub.cfg").exists() else None) == cfg
+        assert mounts_matching(str(root)) == []
+    finally:
+        broken.unlink()

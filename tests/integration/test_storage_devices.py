@@ -5,6 +5,7 @@ populating through a mount, safety checks against live mounts, and the undo guar
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from provision import inuse
 from provision.errors import ProvisionError
 from provision.sizes import MiB
 from provision.storage import (
@@ -24,7 +26,6 @@ from provision.storage import (
     make_fs,
     mounted,
     partition_image,
-    refuse_in_use,
 )
 from provision.undo import UndoStack
 
@@ -90,27 +91,53 @@ def test_mounted_is_always_undone(tmp_path):
     assert out.stdout == "world\n"
 
 
+def test_clone_of_a_source_dom0_writes_is_refused(tmp_path, run_cli):
+    """storage check calls an image mounted read-write in dom0 in use; storage clone of it
+    exited 0 without a word and copied a filesystem being written. Same answer now; a
+    read-only mount may be cloned."""
+    img = tmp_path / "root.img"
+    create_image(img, "64M")
+    make_fs(img, "ext4")
+    with mounted(img) as mnt:
+        check = run_cli("storage", "check", img)
+        assert check.returncode != 0 and f"{img} is in use in dom0: {img} is mounted on {mnt} read-write" in check.stderr
+        proc = run_cli("storage", "clone", img, tmp_path / "copy.img")
+        assert proc.returncode != 0
+        assert proc.stderr.splitlines()[0] == (f"error: clone source {img} is in use in dom0: "
+                                               f"{img} is mounted on {mnt} read-write"), proc.stderr
+        assert not (tmp_path / "copy.img").exists() and not list(tmp_path.glob(".copy.img.*"))
+    with mounted(img, options=["ro"]):
+        proc = run_cli("storage", "clone", img, tmp_path / "copy.img")
+        assert proc.returncode == 0, proc.stderr
+    loop = subprocess.run(["losetup", "-f", "--show", img], check=True, capture_output=True, text=True).stdout.strip()
+    try:  # attached read-write: whoever has the loop device may be writing it
+        proc = run_cli("storage", "clone", img, tmp_path / "copy2.img")
+        assert proc.returncode != 0 and f"{img} is attached to {loop}" in proc.stderr
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
 def test_mounted_device_is_refused(tmp_path, run_cli):
     img = tmp_path / "root.img"
     create_image(img, "64M")
     make_fs(img, "ext4")
     with mounted(img) as mnt:
         loop = f"/dev/{loops_for(tmp_path)[0]}"
-        with pytest.raises(ProvisionError, match="mounted read-write"):
-            refuse_in_use(loop)
-        with pytest.raises(ProvisionError, match="mounted read-write"):
+        with pytest.raises(ProvisionError, match="is mounted on .* read-write"):
+            inuse.refuse(loop, writing=True)
+        with pytest.raises(ProvisionError, match="is mounted on .* read-write"):
             make_fs(loop, "ext4")
-        with pytest.raises(ProvisionError, match="attached to"):
+        with pytest.raises(ProvisionError, match=f"{img} is in use in dom0: {img} is mounted on {mnt} read-write"):
             make_fs(img, "ext4")
         with pytest.raises(ProvisionError):
             with mounted(loop):
                 pass
         proc = run_cli("storage", "check", loop)
-        assert proc.returncode != 0 and "mounted read-write" in proc.stderr
+        assert proc.returncode != 0 and re.search("is mounted on .* read-write", proc.stderr)
         proc = run_cli("storage", "create", img, "--size", "64M", "--force")
         assert proc.returncode != 0 and "in use" in proc.stderr
         proc = run_cli("storage", "partition", loop, "--part", "rest,fs=ext4", "--force")
-        assert proc.returncode != 0 and "mounted read-write" in proc.stderr
+        assert proc.returncode != 0 and re.search("is mounted on .* read-write", proc.stderr)
         assert proc.stderr.count("error: ") == 1
         assert (mnt / "lost+found").is_dir()  # the filesystem is untouched
     assert blkid(img, "TYPE") == "ext4"
@@ -281,14 +308,15 @@ def test_swap_in_use_is_refused(tmp_path, run_cli):
         try:
             subprocess.run(["swapon", swapfile], check=True)
             try:
-                with pytest.raises(ProvisionError, match="in use as swap"):
+                with pytest.raises(ProvisionError, match="is used as swap"):
                     make_fs(loop, "ext4")
                 proc = run_cli("storage", "partition", loop, "--part", "rest,fs=ext4", "--force")
-                assert proc.returncode != 0 and proc.stderr.startswith(f"error: {loop} is in use as swap")
-                with pytest.raises(ProvisionError, match="in use as a swap file"):
+                assert proc.returncode != 0
+                assert proc.stderr.startswith(f"error: {loop} is in use in dom0: {loop} is used as swap")
+                with pytest.raises(ProvisionError, match=f"in use in dom0: {swapfile} is used as swap"):
                     make_fs(swapfile, "ext4")
                 proc = run_cli("storage", "create", swapfile, "--size", "8M", "--force")
-                assert proc.returncode != 0 and "in use as a swap file" in proc.stderr
+                assert proc.returncode != 0 and f"{swapfile} is used as swap" in proc.stderr
             finally:
                 subprocess.run(["swapoff", swapfile], check=True)
         finally:

@@ -187,7 +187,7 @@ def test_disk_writable_elsewhere_and_read_only_sharing(domain, root, tmp_path):
            "--disk", f"vdev=xvda, access=rw, target={shared}")
     proc = domain("create", "--name", "b", "--memory", "64", "--kernel", KERNEL,
                   "--disk", f"vdev=xvda, access=ro, target={link}", check=False)
-    assert proc.returncode != 0 and f"disk {link} is already given read-write to a" in proc.stderr
+    assert proc.returncode != 0 and f"disk {link} is used read-write by domain a" in proc.stderr
     # Read-only in every domain is fine.
     ro = tmp_path / "ro.img"
     ro.write_bytes(b"\0" * 4096)
@@ -196,7 +196,7 @@ def test_disk_writable_elsewhere_and_read_only_sharing(domain, root, tmp_path):
                "--disk", f"vdev=xvda, access=ro, target={ro}")
     proc = domain("create", "--name", "e", "--memory", "64", "--kernel", KERNEL,
                   "--disk", f"vdev=xvda, access=rw, target={ro}", check=False)
-    assert proc.returncode != 0 and "is already given read-only to c" in proc.stderr
+    assert proc.returncode != 0 and "is used read-only by domain c" in proc.stderr
     assert configs(root) == ["a.cfg", "c.cfg", "d.cfg"]
 
 

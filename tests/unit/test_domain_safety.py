@@ -14,6 +14,7 @@ import os
 
 import pytest
 
+from provision import inuse
 from provision.domain import safety
 from provision.domain.model import Domain
 from provision.errors import ProvisionError
@@ -97,7 +98,7 @@ def test_partitions_and_volumes_on_a_disk(tmp_path):
     def blk(ma, mi):
         return ("blk", os.makedev(ma, mi))
 
-    assert safety._parts_and_holders(blk(8, 16), sys) == {blk(8, 17), blk(8, 18), blk(254, 0)}
-    assert safety._parts_and_holders(blk(8, 18), sys) == {blk(254, 0)}
-    assert safety._parts_and_holders(blk(8, 17), sys) == set()
-    assert safety._parent_disk(blk(8, 18), sys) == {blk(8, 16)}
+    assert inuse._parts_and_holders(blk(8, 16), sys) == {blk(8, 17), blk(8, 18), blk(254, 0)}
+    assert inuse._parts_and_holders(blk(8, 18), sys) == {blk(254, 0)}
+    assert inuse._parts_and_holders(blk(8, 17), sys) == set()
+    assert inuse._parent_disk(blk(8, 18), sys) == {blk(8, 16)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from provision.errors import ProvisionError
@@ -14,6 +16,7 @@ from provision.grub.cmdline import (
     parse_console,
     parse_dom0_mem,
     parse_dom0_options,
+    parse_vcpus,
     parse_xen_options,
     schedulers_from_config,
 )
@@ -245,10 +248,42 @@ def test_dom0_ttyS0_under_serial_xen_warns(capsys):
 
 
 def test_dom0_options():
-    dom0 = parse_dom0_options("root=UUID=0a1b ro quiet console=tty0 console=hvc0", readonly=False)
+    dom0 = parse_dom0_options("root=UUID=0a1b rw quiet console=tty0 console=hvc0", readonly=False)
     assert str(dom0) == "root=UUID=0a1b rw console=tty0 console=hvc0 quiet"
+    assert str(parse_dom0_options("root=UUID=0a1b quiet", readonly=False)) == "root=UUID=0a1b rw quiet"
     assert dom0.serial_device == "hvc0"
     with pytest.raises(ProvisionError, match="root=sda4 is not valid"):
         parse_dom0_options("root=sda4")
     with pytest.raises(ProvisionError, match="shell characters"):
         parse_dom0_options("init=/bin/sh;reboot")
+
+
+def test_dom0_root_given_twice_is_an_error_not_dropped():
+    """--dom0-args 'root=/dev/sda1' with --root-device /dev/sda4 silently booted sda4."""
+    with pytest.raises(ProvisionError) as e:
+        parse_dom0_options("root=/dev/sda1 quiet", root="/dev/sda4")
+    assert e.value.message == "dom0's root is given twice: root=/dev/sda1 in --dom0-args, /dev/sda4 as --root-device"
+    with pytest.raises(ProvisionError, match="dom0's root is 'ro' in --dom0-args but rw by option"):
+        parse_dom0_options("root=/dev/sda4 ro", readonly=False)
+    assert str(parse_dom0_options("root=/dev/sda4 quiet", root="/dev/sda4")) == "root=/dev/sda4 ro quiet"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("99999999999T", "too large: Xen gives a domain, dom0 too, less than 16T"),
+    ("9" * 400, "too large"),
+    ("16T", "too large"),
+    ("1G,max:99999999999T", "max is too large"),
+    ("\u00b2G", "use <size>"),
+])
+def test_dom0_mem_bounded_by_what_xen_gives_a_domain(value, expected):
+    with pytest.raises(ProvisionError, match=re.escape(expected)):
+        parse_dom0_mem(value)
+    assert str(parse_dom0_mem("15T")) == "15T"
+
+
+def test_dom0_max_vcpus_bounded():
+    with pytest.raises(ProvisionError, match="at most 8192 vCPUs"):
+        parse_vcpus("99999")
+    with pytest.raises(ProvisionError, match="at most 8192 vCPUs"):
+        parse_vcpus("1-" + "9" * 400)
+    assert parse_vcpus("8192") == "8192"

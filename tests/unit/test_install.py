@@ -6,16 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from provision.build import install as inst
+from provision.build import stage
 from provision.errors import ProvisionError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +46,7 @@ def make_tree(root: Path, version: str = "4.17.5", conf: str = "autoballoon=0\n"
     put("etc/xen/secret.conf", "key=1\n", 0o600)
     put("etc/default/xendomains", "XENDOMAINS_SAVE=\n")
     (root / "var/lib/xen").mkdir(parents=True)
-    put("manifest.json", json.dumps({"format": 1, "xen": {"version": version}}))
+    stage.seal(root, {"format": 2, "xen": {"version": version}})
     return root
 
 
@@ -221,10 +224,12 @@ def test_conflict_midway_changes_nothing(tree, tmp_path):
 def test_new_destdir_is_removed_again_on_failure(tree, tmp_path):
     (tree / "dev").mkdir()
     os.mkfifo(tree / "dev" / "fifo")
+    stage.seal(tree, {"format": 2, "xen": {"version": "4.17.5"}})
     dest = tmp_path / "new-root"
     proc = run_sh("--from", tree, dest)
     assert proc.returncode == 1
-    assert "only files, directories and symlinks" in proc.stderr
+    # The fifo is no file the manifest lists: refused before DESTDIR is even made.
+    assert "dev/fifo: not in manifest.json" in proc.stderr
     assert not dest.exists()
 
 
@@ -355,6 +360,7 @@ def test_doit_tasks(tree, tmp_path):
     assert tgz.exists() and ".  dist" in out
     assert "-- dist" in doit("run", "dist")  # up to date
     (tree / "usr/sbin/xl").write_text("#!/bin/sh\necho new\n")
+    stage.seal(tree, {"format": 2, "xen": {"version": "4.17.5"}})  # as doit world restages
     assert ".  dist" in doit("run", "dist")  # a changed tree makes a new tarball
     dest = tmp_path / "dest"
     assert "installed 13 files" in doit("run", "install", f"DESTDIR={dest}")
@@ -382,3 +388,187 @@ def test_cli_install_dist_and_bad_input(tree, tmp_path, run_cli):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"error: {tmp_path}/empty/install does not exist",
                                         "hint: run doit world first"]
+
+
+# ------------------------------------------------------------------ issue 14: DESTDIR, integrity
+
+
+def _one_line(proc, expected: str, prefix: str = "install.sh: error: ") -> str:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error: " in ln]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith(prefix) and expected in errors[0], proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t \n"])
+def test_empty_destdir_is_an_error_never_root(tree, tmp_path, run_cli, blank):
+    """'sh install.sh $UNSET' must not install into /: only no DESTDIR at all means /."""
+    before = snapshot(tmp_path)
+    for shell in SHELLS:
+        _one_line(run_sh("--from", tree, blank, shell=shell, cwd=tmp_path), "is empty")
+        _one_line(run_sh("--uninstall", blank, shell=shell, cwd=tmp_path), "is empty")
+    _one_line(run_cli("install", "--from", tree, blank, cwd=tmp_path), "is empty", prefix="error: ")
+    _one_line(run_cli("uninstall", blank, cwd=tmp_path), "is empty", prefix="error: ")
+    with pytest.raises(ProvisionError, match="is empty"):
+        inst.install(blank, tree)
+    assert snapshot(tmp_path) == before
+    assert not Path("/", inst.RECORD).exists() or "xen-provision-test" not in Path("/", inst.RECORD).read_text()
+
+
+def test_doit_install_with_empty_destdir(tree, tmp_path):
+    (tmp_path / "dodo.py").write_text("from provision.build.install_tasks import task_install  # noqa: F401\n")
+    env = {**os.environ, "XEN_PROVISION_DIST": str(tree.parent), "PYTHONPATH": str(ROOT)}
+    before = snapshot(tmp_path)
+    for var in ("DESTDIR=", "destdir= "):
+        proc = subprocess.run([sys.executable, "-m", "doit", "run", "--db-file", str(tmp_path / "db"), "install", var],
+                              cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert "install.sh: error: DESTDIR" in proc.stderr and "is empty" in proc.stderr, proc.stdout + proc.stderr
+        assert "installed" not in proc.stdout
+    after = snapshot(tmp_path)
+    after = {k: v for k, v in after.items() if not k.startswith("db")}
+    assert after == before
+
+
+def _unpacked(tgz: Path, where: Path) -> Path:
+    where.mkdir()
+    subprocess.run(["tar", "zxf", tgz], cwd=where, capture_output=True)  # a damaged one complains
+    return where / tgz.name.removesuffix(".tgz")
+
+
+def test_truncated_tarball_installs_nothing(tree, tmp_path, run_cli):
+    """A tarball cut anywhere unpacks to a tree that install.sh (and python -m provision
+    install) refuses before touching DESTDIR, naming the first bad file."""
+    tgz = inst.make_dist(tmp_path / "dist")
+    data = tgz.read_bytes()
+    refused = set()
+    for i, cut in enumerate(range(len(data) // 12, len(data) - 64, len(data) // 12)):
+        short = tmp_path / f"cut{i}" / tgz.name
+        short.parent.mkdir()
+        short.write_bytes(data[:cut])
+        top = _unpacked(short, tmp_path / f"cut{i}" / "unpacked")
+        if not (top / "install.sh").exists():
+            continue
+        dest = tmp_path / f"cut{i}" / "dest"
+        proc = subprocess.run(["sh", top / "install.sh", dest], capture_output=True, text=True)
+        line = _one_line(proc, "nothing" if (top / "install").is_dir() else "")
+        refused.add(re.sub(r"/tmp/\S+", "PATH", line))
+        assert not dest.exists(), line
+        proc = run_cli("install", "--from", top / "install", dest)
+        _one_line(proc, "", prefix="error: ")
+        assert not dest.exists()
+    assert len(refused) >= 3, refused  # cut at several places, for several reasons
+    whole = _unpacked(tgz, tmp_path / "whole")
+    proc = subprocess.run(["sh", whole / "install.sh", tmp_path / "dest"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda t: (t / "usr/sbin/xl").write_text("#!/bin/sh\necho XL\n"), "usr/sbin/xl: its sha256 differs"),
+    (lambda t: os.truncate(t / "boot/vmlinuz-6.1.176-xen0", 7), "boot/vmlinuz-6.1.176-xen0: 7 bytes, manifest.json says 300 (truncated?)"),
+    (lambda t: (t / "etc/xen/xl.conf").unlink(), "etc/xen/xl.conf: missing"),
+    (lambda t: (t / "var/lib/xen").rmdir(), "var/lib/xen: missing directory"),
+    (lambda t: (t / "usr/sbin/extra").write_text("x"), "usr/sbin/extra: not in manifest.json"),
+    (lambda t: ((t / "boot/xen.gz").unlink(), (t / "boot/xen.gz").symlink_to("xen-4.gz")),
+     "boot/xen.gz: a link to xen-4.gz, manifest.json says xen-4.17.5.gz"),
+    (lambda t: (t / "manifest.json").write_text((t / "manifest.json").read_text()[:500]), "manifest.json is incomplete"),
+    (lambda t: (t / "manifest.json").unlink(), "has no manifest.json"),
+])
+def test_damaged_tree_is_refused_naming_the_first_bad_file(tree, tmp_path, damage, expected):
+    damage(tree)
+    dest = tmp_path / "dest"
+    for shell in SHELLS:
+        _one_line(run_sh("--from", tree, dest, shell=shell), expected)
+        assert not dest.exists()
+        _one_line(run_sh("--verify", "--from", tree, shell=shell), expected)
+    with pytest.raises(ProvisionError, match="manifest.json"):
+        inst.make_dist(tmp_path / "dist") if tree.parent == tmp_path / "dist" else None
+    assert not list((tmp_path / "dist").glob("*.tgz")) and not (tmp_path / "dist" / inst.SUMS).exists()
+
+
+def test_names_json_escapes(tree, tmp_path):
+    """manifest.json escapes quotes and non-ASCII (\\uXXXX, surrogate pairs): install.sh's
+    reader decodes them."""
+    (tree / 'usr/share/doc/xen/caf\u00e9 "q" \U0001F600.txt').write_text("x")
+    stage.seal(tree, {"format": 2, "xen": {"version": "4.17.5"}})
+    assert "\\u00e9" in (tree / "manifest.json").read_text()
+    for shell in SHELLS:
+        proc = run_sh("--verify", "--from", tree, shell=shell)
+        assert proc.returncode == 0 and "match manifest.json" in proc.stdout, proc.stderr
+    (tree / 'usr/share/doc/xen/caf\u00e9 "q" \U0001F600.txt').write_text("xy")
+    _one_line(run_sh("--verify", "--from", tree), 'caf\u00e9 "q" \U0001F600.txt: 2 bytes, manifest.json says 1')
+
+
+def test_verify_alone(tree, tmp_path):
+    proc = run_sh("--verify", "--from", tree)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"{tree}: 25 files, links and directories match manifest.json"
+    assert run_sh("--verify", "--from", tree, tmp_path / "dest").returncode == 2  # no DESTDIR with --verify
+    assert not (tmp_path / "dest").exists()
+
+
+def test_dist_writes_sha256sums(tree, tmp_path):
+    tgz = inst.make_dist(tmp_path / "dist")
+    sums = tmp_path / "dist" / inst.SUMS
+    assert sums.read_text() == f"{hashlib.sha256(tgz.read_bytes()).hexdigest()}  {tgz.name}\n"
+    proc = subprocess.run(["sha256sum", "-c", inst.SUMS], cwd=tmp_path / "dist", capture_output=True, text=True)
+    assert proc.returncode == 0 and f"{tgz.name}: OK" in proc.stdout
+    assert not (tmp_path / "dist" / inst.SIGNATURE).exists()
+
+
+@pytest.fixture
+def gnupg(tmp_path, monkeypatch):
+    """A throwaway gpg home with one passphrase-less signing key; its agent is stopped after."""
+    if not shutil.which("gpg"):
+        pytest.skip("gpg is not installed (apt-get install gnupg)")
+    home = Path(tempfile.mkdtemp(prefix="gpg.", dir="/tmp"))  # the agent's socket path must be short
+    home.chmod(0o700)
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "xen-provision test <test@example.invalid>",
+                    "ed25519", "sign", "never"], check=True, capture_output=True)
+    listing = subprocess.run(["gpg", "--batch", "--with-colons", "--list-secret-keys"],
+                             check=True, capture_output=True, text=True).stdout
+    fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    yield fpr
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_dist_signed_for_real(tree, tmp_path, gnupg, run_cli):
+    dist = tmp_path / "dist"
+    proc = run_cli("dist", "--dist-dir", dist, "--sign", gnupg)
+    assert proc.returncode == 0, proc.stderr
+    asc = dist / inst.SIGNATURE
+    assert asc.read_text().startswith("-----BEGIN PGP SIGNATURE-----")
+    ok = subprocess.run(["gpg", "--batch", "--verify", asc, dist / inst.SUMS], capture_output=True, text=True)
+    assert ok.returncode == 0 and "Good signature" in ok.stderr, ok.stderr
+    # The signature really covers SHA256SUMS: a changed checksum fails it.
+    (dist / inst.SUMS).write_text("0" * 64 + "  xen-4.17.5-install.tgz\n")
+    bad = subprocess.run(["gpg", "--batch", "--verify", asc, dist / inst.SUMS], capture_output=True, text=True)
+    assert bad.returncode != 0 and "BAD signature" in bad.stderr
+    # An unknown key: one line, and nothing changes (not even the stale SHA256SUMS).
+    before = snapshot(dist)
+    _one_line(run_cli("dist", "--dist-dir", dist, "--sign", "nobody@example.invalid"), "no secret key", prefix="error: ")
+    assert snapshot(dist) == before
+    # Unsigned again: the old signature goes, it would not match the new SHA256SUMS.
+    assert run_cli("dist", "--dist-dir", dist).returncode == 0
+    assert not asc.exists() and (dist / inst.SUMS).exists()
+
+
+def test_doit_dist_sign(tree, tmp_path, gnupg):
+    (tmp_path / "dodo.py").write_text("from provision.build.install_tasks import task_dist  # noqa: F401\n")
+    env = {**os.environ, "XEN_PROVISION_DIST": str(tmp_path / "dist"), "PYTHONPATH": str(ROOT)}
+
+    def doit(*args):
+        return subprocess.run([sys.executable, "-m", "doit", "run", "--db-file", str(tmp_path / "db"), *args],
+                              cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    assert doit("dist").returncode == 0
+    assert not (tmp_path / "dist" / inst.SIGNATURE).exists()
+    proc = doit("dist", "--sign", gnupg)  # a new signature is a change: dist runs again
+    assert proc.returncode == 0 and ".  dist" in proc.stdout, proc.stdout + proc.stderr
+    assert (tmp_path / "dist" / inst.SIGNATURE).exists()
+    assert "-- dist" in doit("dist", "--sign", gnupg).stdout
+    proc = doit("dist", "--sign", "nobody@example.invalid")
+    assert proc.returncode != 0 and "error: gpg has no secret key 'nobody@example.invalid'" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

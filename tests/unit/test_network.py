@@ -183,7 +183,7 @@ def test_routed_host_forwarding_proxy_arp_and_xl_defaults(run_cli, networkd_root
 @pytest.mark.parametrize("args, message", [
     (["--name", "xenbr0123456789ab"], "bridge name 'xenbr0123456789ab' is not a valid interface name"),
     (["--name", "xen/br0"], "bridge name 'xen/br0' is not a valid interface name"),
-    (["--name", ""], "bridge name '' is not a valid interface name"),
+    (["--name", ""], "--name '' is empty"),
     (["--uplink", "eth0", "--ip", "192.0.2.9/24", "--gateway", "198.51.100.1"], "gateway 198.51.100.1 is not in 192.0.2.0/24"),
     (["--uplink", "eth0", "--ip", "192.0.2.9/24", "--gateway", "192.0.2.9"], "gateway 192.0.2.9 is the host's own address"),
     (["--uplink", "eth0", "--ip", "198.51.100.9/24"], "--ip 198.51.100.9/24 is outside 192.0.2.0/24, the network eth0 is on now"),

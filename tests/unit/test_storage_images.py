@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from provision import inuse
+from provision.domain.model import parse_disk
 from provision.errors import ProvisionError
 from provision.sizes import GiB, MiB, format_approx
 from provision.storage import (
@@ -18,15 +20,12 @@ from provision.storage import (
     allocated_bytes,
     clone_file,
     create_image,
-    domain_disk_users,
     make_fs,
     partition_image,
-    refuse_in_use,
     validate_lv_name,
     validate_vg_name,
 )
 from provision.storage.cli import parse_part
-from provision.storage.safety import parse_disk_spec
 
 
 def _listing(folder):
@@ -282,8 +281,9 @@ def test_parse_part():
     ("format=raw, vdev=xvda, access=ro, target=/srv/xen/c,d.img", ("/srv/xen/c,d.img", False)),
     ("vdev=xvdb, target=/dev/vg/data", ("/dev/vg/data", True)),
 ])
-def test_parse_disk_spec(spec, expected):
-    assert parse_disk_spec(spec) == expected
+def test_disk_specs_read_by_the_in_use_scan(spec, expected):
+    disk = parse_disk(spec)
+    assert (disk.target, disk.writable) == expected
 
 
 def test_domain_config_users(tmp_path):
@@ -297,11 +297,14 @@ def test_domain_config_users(tmp_path):
         f"name = 'vm1'\ndisk = [ 'file:{img},xvda1,w',\n         '{ro},raw,xvdb,ro' ]\n")
     (xen / "auto" / "vm1.cfg").symlink_to(xen / "vm1.cfg")  # counted once
     (xen / "xl.conf").write_text(f"disk = ['{ro},raw,xvda,w']\n")  # not a domain config
-    users = domain_disk_users(img, xen_dir=xen)
-    assert [(u.config.name, u.writable) for u in users] == [("vm1.cfg", True)]
-    with pytest.raises(ProvisionError, match="used writable by domain config"):
-        refuse_in_use(img, xen_dir=xen)
-    refuse_in_use(ro, xen_dir=xen)  # read-only use does not block
+    users = inuse.users(img, xen_dir=xen)
+    assert [(u.config.name, u.writes) for u in users] == [("vm1.cfg", True)]
+    with pytest.raises(ProvisionError, match="used read-write by domain vm1 "):
+        inuse.refuse(img, writing=True, xen_dir=xen)
+    # A disk a domain reads is not written by dom0 either, but may be read (cloned).
+    with pytest.raises(ProvisionError, match="used read-only by domain vm1"):
+        inuse.refuse(ro, writing=True, xen_dir=xen)
+    inuse.refuse(ro, writing=False, xen_dir=xen)
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "-x", "a b", "a;b", "$x", "", "x" * 128])
@@ -383,9 +386,9 @@ def test_cli_check_reads_domain_configs(run_cli, tmp_path):
     (xen / "vm1").write_text(f"disk = ['format=raw, vdev=xvda, access=rw, target={img}']\n")
     proc = run_cli("storage", "check", img, env=env)
     assert proc.returncode != 0
-    assert f"error: {img} is used writable by domain config {xen / 'vm1'}" in proc.stderr
+    assert f"error: {img} is used read-write by domain ? ({xen / 'vm1'})" in proc.stderr
     proc = run_cli("storage", "create", img, "--size", "2M", "--force", env=env)
-    assert proc.returncode != 0 and "used writable" in proc.stderr
+    assert proc.returncode != 0 and "used read-write by domain" in proc.stderr
     assert img.stat().st_size == MiB
 
 

@@ -13,6 +13,7 @@ import xlcheck  # noqa: E402
 
 def test_install_writes_files_once_and_keeps_admin_settings(run_cli, tmp_path):
     root = tmp_path / "r"
+    root.mkdir()
     proc = run_cli("xendomains", "install", "--root", root, "--save-dir", "/var/lib/xen/save",
                    "--parallel", "3", "--stop-timeout", "120")
     assert proc.returncode == 0, proc.stderr
@@ -34,6 +35,7 @@ def test_install_writes_files_once_and_keeps_admin_settings(run_cli, tmp_path):
 
 def test_redhat_flavour_uses_sysconfig(run_cli, tmp_path):
     root = tmp_path / "r"
+    root.mkdir()
     run_cli("xendomains", "install", "--root", root, "--flavour", "redhat", check=True)
     assert (root / "etc/sysconfig/xendomains").is_file() and not (root / "etc/default").exists()
     assert 'XENDOMAINS_CONFIG="${XENDOMAINS_CONFIG:-/etc/sysconfig/xendomains}"' in (
@@ -53,11 +55,35 @@ def test_redhat_flavour_uses_sysconfig(run_cli, tmp_path):
 )
 def test_bad_settings_write_nothing(run_cli, tmp_path, args, message):
     root = tmp_path / "r"
+    root.mkdir()
     proc = run_cli("xendomains", "install", "--root", root, *args)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0] and "usage:" not in proc.stderr, proc.stderr
-    assert not root.exists()
+    assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("service", ["xen commons", "xen;reboot", "$(id)", "xen\nX-Start-Before: all", "../x"])
+def test_xen_service_must_be_an_lsb_name(run_cli, tmp_path, service):
+    """It goes into the script's LSB header: anything else broke the header (or worse)."""
+    root = tmp_path / "r"
+    root.mkdir()
+    proc = run_cli("xendomains", "install", "--root", root, "--xen-service", service)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "--xen-service" in errors[0] and "is not valid" in errors[0], proc.stderr
+    assert list(root.iterdir()) == []
+    assert run_cli("xendomains", "install", "--root", root, "--xen-service", "xen").returncode == 0
+    assert "# Required-Start:    $syslog $remote_fs xen\n" in (root / "etc/init.d/xendomains").read_text()
+
+
+def test_a_root_that_does_not_exist_is_not_created(run_cli, tmp_path):
+    for argv in (("xendomains", "install"), ("xendomains", "enable"), ("domain", "create", "--name", "a",
+                 "--memory", "64", "--kernel", "/k", "--no-kernel-check"), ("domain", "list"),
+                 ("domain", "autostart", "list")):
+        proc = run_cli(*argv, "--root", tmp_path / "typo")
+        assert proc.returncode != 0 and f"error: --root {tmp_path / 'typo'} does not exist" in proc.stderr, proc.stderr
+        assert not (tmp_path / "typo").exists()
 
 
 def test_enable_needs_the_script(run_cli, tmp_path):
@@ -68,6 +94,7 @@ def test_enable_needs_the_script(run_cli, tmp_path):
 def test_status_lists_links_and_boot_domains(run_cli, tmp_path):
     """'xendomains status': the rc?.d links chkconfig --add would make, and what starts at boot."""
     root = tmp_path / "r"
+    root.mkdir()
     (root / "boot").mkdir(parents=True)
     (root / "boot/vmlinuz").write_text("k")
     run_cli("domain", "create", "--root", root, "--name", "web", "--memory", "64", "--kernel", "/boot/vmlinuz",
