@@ -379,8 +379,9 @@ def test_lvcheck_seeded_from_the_host_cache(workdir, tmp_path):
     host's cached base, on a loop-device PV: with device-mapper all of it passes; without
     it (our CI kernel) it runs up to the first LV, fails saying why, and leaves nothing
     behind. The boot test runs all of it in dom0."""
-    from provision.debootstrap import basecache, lvcheck
+    from provision.debootstrap import basecache
     from provision.debootstrap.bootstrap import resolve
+    from provision.proof.indom0 import lvcheck
     from tests.conftest import have_device_mapper
 
     seed = tmp_path / "seed"
