@@ -85,6 +85,20 @@ def _alive(pid: int | None) -> bool:
 
 # -- the transaction ------------------------------------------------------------------------
 
+SYSTEM_BUS = Path("/run/dbus/system_bus_socket")
+
+
+def _networkd_reload(uplink: str) -> None:
+    """Make systemd-networkd read its files again. networkctl talks to it over D-Bus; a
+    host without dbus (a minbase root) has no bus, and there a restart does the same:
+    networkd reads every file when it starts and configures each link from them."""
+    if SYSTEM_BUS.exists():
+        run(["networkctl", "reload"], quiet=True)
+        run(["networkctl", "reconfigure", uplink], check=False, quiet=True)
+    else:
+        run(["systemctl", "restart", "systemd-networkd"], quiet=True)
+
+
 @dataclass
 class Transaction:
     """A live network change and everything needed to take it back."""
@@ -152,8 +166,7 @@ class Transaction:
             run(["ifup", self.bridge], quiet=True)
         else:
             self._write(root, plan.changes)
-            run(["networkctl", "reload"], quiet=True)
-            run(["networkctl", "reconfigure", self.uplink], check=False, quiet=True)
+            _networkd_reload(self.uplink)
         self._wait_for_bridge(plan)
 
     def _write(self, root: Path, changes: list[Change]) -> None:
@@ -200,8 +213,7 @@ class Transaction:
             attempt(f"remove {self.bridge}", run, ["ip", "link", "del", self.bridge], quiet=True)
         attempt("restore files", self._restore_files)
         if self.backend == "networkd":
-            run(["networkctl", "reload"], check=False, quiet=True)
-            run(["networkctl", "reconfigure", self.uplink], check=False, quiet=True)
+            attempt("reload systemd-networkd", _networkd_reload, self.uplink)
         elif self.ifupdown_had_uplink:
             run(["ifup", "--force", self.uplink], check=False, quiet=True)
         attempt(f"addresses of {self.uplink}", self._ensure_uplink, links)
@@ -363,9 +375,13 @@ def _wait_for_guard(record: Path, guard: subprocess.Popen, timeout: float) -> di
 
 
 def _tty() -> bool:
+    """Whether Enter can confirm: stdin is a terminal and we are its foreground job. A
+    job in the background (``network bridge --apply ... &``) that read the terminal
+    would be stopped by SIGTTIN, and its rollback with it."""
     try:
-        return sys.stdin.isatty()
-    except (ValueError, OSError):
+        fd = sys.stdin.fileno()
+        return os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
+    except (ValueError, OSError, AttributeError):
         return False
 
 

@@ -67,11 +67,18 @@ def boot_to_dom0(vm: Machine, facts: Facts, sched: str, timeout: float) -> None:
     expect(vm, "dom0 runs our kernel", m.group(1), facts.dom0_release)
     # Logged in as soon as the getty is up, so a slow or stuck boot can be examined.
     vm.login("root", PASSWORD, timeout=timeout)
+    # Only warnings and worse from dom0's kernel on the console from here on: the info
+    # lines of every vif and vbd (still in dmesg) would cut into the shell's output.
+    vm.shell("dmesg -n 5", 30, what="console log level")
     shell_check(vm, "dom0 reached multi-user",
                 f"{until(timeout)} [ \"$(systemctl show -P ActiveState multi-user.target)\" = active ] "
                 "&& break; sleep 1; done; systemctl list-jobs --no-pager | tail -8; "
                 "systemctl show -P ActiveState multi-user.target",
                 timeout + 60, expect=r"^active$", failure="dom0 did not reach multi-user")
+    # Where dom0's boot time went, for the log (not a check): the slowest units and the
+    # chain that xendomains, which starts the guests, waited for.
+    vm.shell("timeout 20 systemd-analyze --no-pager 2>&1 | head -3; timeout 40 systemd-analyze "
+             "critical-chain --no-pager xendomains.service 2>&1 | head -20", 90, what="dom0 boot times")
     shell_check(vm, "dom0 has no failed units",
                 "f=$(systemctl --failed --plain --no-legend); [ -z \"$f\" ] || { echo \"$f\"; "
                 "for u in $(echo \"$f\" | awk '{print $1}'); do journalctl -b -u $u --no-pager | tail -12; "
@@ -253,14 +260,28 @@ def _dom0_check(vm: Machine, what: str, command: str, end: str, ok_prefix: str, 
 
 def lvm_checks(vm: Machine, lvm_disk: str, lvimage_disk: str) -> None:
     """The storage library's LVM path and image --debootstrap into LVM, for real in dom0
-    (this machine has no device-mapper; dom0's kernel has). LVM first: xl save and restore
-    balloon out pages, adding holes that once tripped SLOB in mempool_exit."""
+    (this machine has no device-mapper; dom0's kernel has). The two use disks and VGs of
+    their own and dom0 has two vCPUs: the image check runs detached, logging to a file,
+    while the LVM check runs on the console; then its verdict is read from its log."""
     from provision.proof.indom0 import lvcheck
+    log_file = "/tmp/lvcheck.log"
+    command = _in_dom0("lvcheck", "--seed", f"{CODE_MOUNT}/{lvcheck.SEED_DIR}", lvimage_disk)
+    # setsid -f: no job of the console's shell, so no job messages cut into later output.
+    out, status = vm.shell(f"setsid -f sh -c '{command} > {log_file} 2>&1' < /dev/null", 30,
+                           what="starting the image check")
+    if status != 0:
+        vm.record(LV_IMAGE_CHECK, False, f"could not start it: {out.strip()}")
+        raise ProvisionError(f"{LV_IMAGE_CHECK}: could not start it: {out.strip()}", exit_code=1)
     _dom0_check(vm, LVM_CHECK, _in_dom0("lvmcheck", lvm_disk), LVM_CHECK_END, "LVM-CHECK-OK",
                 LVM_CHECK_TIMEOUT)
-    _dom0_check(vm, LV_IMAGE_CHECK, _in_dom0("lvcheck", "--seed", f"{CODE_MOUNT}/{lvcheck.SEED_DIR}",
-                                             lvimage_disk),
-                lvcheck.END, lvcheck.OK, lvcheck.TIMEOUT)
+    out, status = vm.shell(f"{until(lvcheck.TIMEOUT)} grep -Eq '{lvcheck.END}' {log_file} && break; "
+                           f"sleep 2; done; cat {log_file}", lvcheck.TIMEOUT + 60, what=LV_IMAGE_CHECK)
+    m = re.search(lvcheck.END, out, re.M)
+    verdict = m.group(1) if m else "no verdict in its log"
+    ok = status == 0 and verdict.startswith(lvcheck.OK)
+    vm.record(LV_IMAGE_CHECK, ok, "" if ok else verdict)
+    if not ok:
+        raise ProvisionError(f"{LV_IMAGE_CHECK} failed: {verdict}; its log:\n{out[-3000:]}", exit_code=1)
 
 
 def images_on_host(vm: Machine) -> None:
@@ -290,7 +311,8 @@ def live_bridge_rolled_back(vm: Machine, uplink: str, host_ip: str, guest_ip: st
     shell_check(vm, f"network bridge --apply: xenbr9 takes over {uplink} live (networkd)",
                 f"{_provision(f'network bridge --name xenbr9 --uplink {uplink} --apply --confirm-timeout 30')} "
                 f"> /tmp/apply.log 2>&1 & {until(120)} ip -4 -o addr show dev xenbr9 2>/dev/null | grep -q "
-                f"'{host_ip}' && break; sleep 1; done; ip -4 -o addr show dev xenbr9; ip -o link show {uplink}",
+                f"'{host_ip}' && break; sleep 1; done; ip -4 -o addr show dev xenbr9 || cat /tmp/apply.log; "
+                f"ip -o link show {uplink}",
                 180, expect=rf"xenbr9\s+inet {re.escape(host_ip)}(?s:.*)master xenbr9")
     shell_check(vm, f"unconfirmed, the change is rolled back: {uplink} has {host_ip} again, no xenbr9",
                 f"wait; cat /tmp/apply.log; ip -4 -o addr show dev {uplink}; ! ip link show xenbr9 2>/dev/null && "

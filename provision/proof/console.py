@@ -478,7 +478,9 @@ class Console:
         self.send(f"printf '\\n%s-%s\\n' BEGIN {token}; {{ {command}\n}} 2>&1; "
                   f"printf '\\n%s-%s %d\\n' END {token} $?")
         try:
-            m = self.wait_for(rf"^BEGIN-{token}\n(.*?)\n^END-{token} (\d+)$", timeout, what=what,
+            # The END marker's line may begin with a kernel message cut short by it
+            # ("xen-blkback: bacEND-1a2b3c4d 0"); the token makes it unique all the same.
+            m = self.wait_for(rf"^BEGIN-{token}\n(.*?)\n[^\n]*?END-{token} (\d+)$", timeout, what=what,
                               record=False, flags=re.DOTALL)
         except ConsoleTimeout as e:
             self.checks.append(Check(what, False, self.elapsed(), f"no result within {timeout:.0f} s"))

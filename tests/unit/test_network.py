@@ -5,6 +5,8 @@ runs for real in network namespaces: tests/integration/test_network_live.py.)"""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,29 @@ def test_a_bridge_over_a_routed_hosts_uplink_sorts_before_its_file(run_cli, netw
     assert "Address=203.0.113.10/24" in (d / "00-xen-provision-xenbr9.network").read_text()
     assert net(run_cli, "bridge", "--root", r, "--name", "xenbr9").returncode == 0   # and again: no change
     assert sorted(p.name for p in d.iterdir()) == names
+
+
+def test_enter_confirms_only_for_the_terminals_foreground_job():
+    """On a real pty: the foreground job may read Enter; the same command put in the
+    background (its own process group) must not, or SIGTTIN would stop it and its rollback."""
+    import pty
+
+    code = ("import os, sys; from provision.network.apply import _tty; print('fg', _tty(), flush=True); "
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os.setpgid(0, 0); print('bg', _tty(), flush=True); os._exit(0)\n"
+            "os.waitpid(pid, 0)\n")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(sys.executable, [sys.executable, "-c", code])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    assert out.decode().split() == ["fg", "True", "bg", "False"], out

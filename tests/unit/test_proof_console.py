@@ -122,6 +122,25 @@ def test_a_kernel_message_after_the_password_prompt_does_not_hide_it(tmp_path):
         assert console.shell("echo ok", 10) == ("ok\n", 0)
 
 
+def test_a_kernel_message_cut_short_by_the_end_marker_does_not_hide_it(tmp_path):
+    # As on dom0's hvc0: "xen-blkback: bac" + our END line + "kend/vbd/1/51713: ...".
+    fake = tmp_path / "shell.py"
+    fake.write_text(
+        "import re, sys\n"
+        "print('login: ', end='', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    m = re.search(r'(READY|BEGIN|END) ([0-9a-f]{8})', line)\n"
+        "    if not m:\n"
+        "        continue\n"
+        "    kind, tok = m.groups()\n"
+        "    out = {'READY': f'\\nREADY-{tok}', 'BEGIN': f'\\nBEGIN-{tok}\\nout',\n"
+        "           'END': f'\\nxen-blkback: bacEND-{tok} 0\\nkend/vbd/1/51713: using 1 queues'}[kind]\n"
+        "    print(out, flush=True)\n")
+    with Console([sys.executable, str(fake)], tmp_path / "serial.log") as console:
+        console.login("root", timeout=20)
+        assert console.shell("echo out", 10) == ("out\n", 0)
+
+
 def test_login_presses_enter_until_a_prompt_appears(tmp_path):
     # The prompt only comes after a key press, like a getty whose banner scrolled away.
     argv = script(tmp_path, 'read x; printf "login: "; read user; exec sh -i\n')
