@@ -26,7 +26,7 @@ COMMANDS = [
     "provision.grub.cli",        # grub
     "provision.network.cli",     # network
     "provision.storage.cli",     # storage
-    "provision.image",           # image (--debootstrap, templates)
+    "provision.guest.cli",       # image (--debootstrap, templates)
     "provision.domain.cli",      # domain, xendomains
     "provision.proof.cli",       # boottest
 ]

@@ -313,7 +313,7 @@ def assemble(scenario: Scenario, inputs: Inputs, final: Path, work: Path, tarbal
 
 def image_key(scenario: Scenario, inputs: Inputs, tarball_sha: str) -> str:
     hashed, _key, pub = credentials()
-    from provision.debootstrap import basecache, resolve
+    from provision.guest import basecache, resolve
     bases = [basecache.entry_for(resolve(inputs.suite, mirror=inputs.mirror, include=list(pkgs))).key
              for pkgs in (HOST_PACKAGES, ("openssh-server", *GUEST_PACKAGES))]
     return manifest_key({"format": 2, "scenario": asdict(scenario), "suite": inputs.suite, "mirror": inputs.mirror,

@@ -213,8 +213,8 @@ def settings_from_args(args) -> Settings:
     parse_dom0_mem(args.dom0_mem)
     if args.timeout <= 0:
         raise ProvisionError(f"--timeout {args.timeout} must be positive")
-    from provision.debootstrap import resolve
-    from provision.debootstrap.mirror import host_mirror
+    from provision.guest import resolve
+    from provision.guest.mirror import host_mirror
     mirror = args.mirror or host_mirror("debian") or "http://deb.debian.org/debian"
     spec = resolve(args.suite, mirror=mirror)   # the suite and mirror, as `image` checks them
     scenarios = tuple(SCENARIOS) if args.scenario in (None, "all") else (args.scenario,)

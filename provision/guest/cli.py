@@ -85,7 +85,7 @@ def register(subparsers) -> None:
 
 
 def _target(args, release=None):
-    from provision.debootstrap.build import Target
+    from provision.guest.build import Target
 
     if args.fstype is None:
         args.fstype = "ext3" if release is not None and release.old_glibc else "ext4"
@@ -121,7 +121,7 @@ def _hostname(args, target) -> str:
 
 
 def _settings(args, target, release, mirror, components):
-    from provision.debootstrap.configure import (
+    from provision.guest.configure import (
         GuestSettings,
         Network,
         apt_sources,
@@ -153,7 +153,7 @@ def _settings(args, target, release, mirror, components):
 
 
 def run_image(args) -> int:
-    from provision.debootstrap import suites
+    from provision.guest import suites
 
     if args.list_suites:
         for r in suites.RELEASES:
@@ -161,7 +161,7 @@ def run_image(args) -> int:
             print(f"{r.name:10} {r.distro:7} {r.version:9} {r.status:9} {r.init:9} {r.network:9}{extra}")
         return 0
     if args.list_templates:
-        from provision.debootstrap import templates
+        from provision.guest import templates
 
         for name in templates.names():
             print(f"{name:16} {templates.where(name)}")
@@ -179,8 +179,8 @@ def run_image(args) -> int:
     if args.refresh and args.offline:
         raise ProvisionError("--refresh bootstraps again, which --offline forbids", hint="give one of them")
 
-    from provision.debootstrap.bootstrap import resolve
-    from provision.debootstrap.build import build, plan
+    from provision.guest.bootstrap import resolve
+    from provision.guest.build import build, plan
 
     include = list(args.include)
     if args.ssh_key:
@@ -196,7 +196,7 @@ def run_image(args) -> int:
         for line in plan(spec, settings, target, refresh=args.refresh, offline=args.offline):
             print(line)
         if args.save_template:
-            from provision.debootstrap import templates
+            from provision.guest import templates
 
             root = f"/dev/{target.path}" if target.kind == "lv" else target.path
             for line in templates.save_plan(args.save_template, root, target.size, template_vg):
@@ -207,7 +207,7 @@ def run_image(args) -> int:
     info = build(spec, settings, target, refresh=args.refresh, quiet=not sys.stderr.isatty(),
                  offline=args.offline)
     if args.save_template:
-        from provision.debootstrap import templates
+        from provision.guest import templates
 
         templates.save(args.save_template, info, vg=template_vg)
     _report(info, target)
@@ -227,7 +227,7 @@ def _template_vg(args, target) -> str | None:
     LV template (None: a file template)."""
     if not args.save_template:
         return None
-    from provision.debootstrap import templates
+    from provision.guest import templates
 
     validate.name(args.save_template, "template name")
     if target.kind not in ("file", "lv"):
@@ -246,7 +246,7 @@ def _template_vg(args, target) -> str | None:
 
 
 def _from_template(args) -> int:
-    from provision.debootstrap import templates
+    from provision.guest import templates
 
     if args.save_template:
         raise ProvisionError("--save-template goes with --debootstrap", hint="the template already exists")

@@ -7,7 +7,7 @@ keys made on first boot.
 
 :func:`guest_files` decides the changes as a list of operations, from the settings and
 whatever it needs to read of the tree (shadow, inittab); :func:`apply_to_dir` makes them
-in a directory, and ``provision.debootstrap.ext4edit`` in an ext4 image without mounting
+in a directory, and ``provision.guest.ext4edit`` in an ext4 image without mounting
 it (templates). Same settings, same bytes.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import jinja2
 
 from provision import validate
-from provision.debootstrap.suites import Release
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
+from provision.guest.suites import Release
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(os.path.dirname(__file__)),

@@ -1,6 +1,6 @@
 """Xen-ready Debian and Ubuntu root filesystems: bootstrap (cached), configure, image.
 
-    from provision.debootstrap import resolve, GuestSettings, Network, Target, build
+    from provision.guest import resolve, GuestSettings, Network, Target, build
 
     spec = resolve("bookworm", include=["openssh-server"])     # suite table, mirror, keyring
     settings = GuestSettings("vm1", Network.make(ip="192.0.2.10/24", gateway="192.0.2.1"),
@@ -12,10 +12,10 @@ Lower level: ``basecache.obtain(spec, dir)`` puts the (cached) base tree in a di
 a build would do. ``templates.save`` / ``templates.instantiate`` handle named templates.
 """
 
-from provision.debootstrap.bootstrap import BaseSpec, command, resolve
-from provision.debootstrap.build import Target, build, plan
-from provision.debootstrap.configure import GuestSettings, Network, apt_sources, configure
-from provision.debootstrap.suites import RELEASES, Release, lookup
+from provision.guest.bootstrap import BaseSpec, command, resolve
+from provision.guest.build import Target, build, plan
+from provision.guest.configure import GuestSettings, Network, apt_sources, configure
+from provision.guest.suites import RELEASES, Release, lookup
 
 __all__ = [
     "RELEASES",

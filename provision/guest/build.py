@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision import log
-from provision.debootstrap import basecache
-from provision.debootstrap.bootstrap import BaseSpec, command
-from provision.debootstrap.configure import (
+from provision.errors import ProvisionError
+from provision.fsutil import atomic_write
+from provision.guest import basecache
+from provision.guest.bootstrap import BaseSpec, command
+from provision.guest.configure import (
     GuestSettings,
     TreeReader,
     apply_to_dir,
@@ -32,8 +34,6 @@ from provision.debootstrap.configure import (
     dir_reader,
     guest_files,
 )
-from provision.errors import ProvisionError
-from provision.fsutil import atomic_write
 from provision.run import run
 from provision.sizes import MiB, format_size, parse_size
 from provision.undo import UndoStack, critical
@@ -399,7 +399,7 @@ def staging_path(path: str) -> Path:
 
 def _configure_image(image: str | os.PathLike, release, settings: GuestSettings) -> None:
     """Configure the guest inside a finished ext image, without mounting it (debugfs)."""
-    from provision.debootstrap import ext4edit
+    from provision.guest import ext4edit
 
     ext4edit.apply(image, guest_files(release, settings, ext4edit.reader(image)))
 

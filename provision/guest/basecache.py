@@ -21,10 +21,10 @@ from pathlib import Path
 
 from provision import log
 from provision.cache import cache_dir, manifest_key
-from provision.debootstrap.bootstrap import BaseSpec, backend_version, bootstrap
-from provision.debootstrap.mirror import probe
 from provision.errors import ProvisionError
 from provision.fsutil import Lock, atomic_path, atomic_write
+from provision.guest.bootstrap import BaseSpec, backend_version, bootstrap
+from provision.guest.mirror import probe
 from provision.run import run
 
 TAR_OPTS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
