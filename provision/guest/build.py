@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision import log
+from provision import cache, log
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.guest import basecache
@@ -249,9 +249,9 @@ def plan(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bo
     if rel.kernel_args:
         lines.append(f"kernel:   the domain needs {' '.join(rel.kernel_args)} on its command line (old glibc)")
     fs_cached = None
-    if target.kind == "file" and not target.preallocate and not refresh:
-        cached = fs_cache_path(spec, target, create=False) if hit else None
-        fs_cached = cached if cached is not None and cached.is_file() and _sum_path(cached).is_file() else None
+    if target.kind == "file" and not target.preallocate and not refresh and hit:
+        entry = fs_cache_entry(spec, target, create=False)
+        fs_cached = entry.path if entry.record() is not None else None
     if fs_cached is not None:
         lines.append(f"clone:    {fs_cached} -> {target.path} (cached {target.fstype} of the base)")
         for line in describe(guest_files(rel, settings, _plan_reader(spec, settings))):
@@ -337,14 +337,15 @@ def _make_target(root: Path, target: Target, undo: UndoStack, settings: GuestSet
         storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo), uuid=swap_uuid)
 
 
+def fs_cache_entry(spec: BaseSpec, target: Target, create: bool = True) -> cache.Entry:
+    """The cached pristine filesystem of a base, for file targets of one fstype and size:
+    ``<key>.<fstype>.<size>.img``, stamped by ``.img.json`` (its extents' sha256)."""
+    base = basecache.entry_for(spec, create=create)
+    return cache.Entry(base.tarball.with_name(f"{base.key}.{target.fstype}.{target.size}.img"))
+
+
 def fs_cache_path(spec: BaseSpec, target: Target, create: bool = True) -> Path:
-    """The cached pristine filesystem of a base, for file targets of one fstype and size."""
-    entry = basecache.entry_for(spec, create=create)
-    return entry.tarball.with_name(f"{entry.key}.{target.fstype}.{target.size}.img")
-
-
-def _sum_path(cached: Path) -> Path:
-    return cached.with_name(cached.name + ".sha256")
+    return fs_cache_entry(spec, target, create).path
 
 
 def extents_sha256(path: str | os.PathLike) -> str:
@@ -371,21 +372,31 @@ def extents_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _store_fs_cache(image: Path, cached: Path) -> threading.Thread:
-    """Keep a pristine copy of the filesystem made from the base; its checksum is
-    written last, by the returned thread (join it): a copy without one is never used."""
+def _store_fs_cache(image: Path, entry: cache.Entry) -> threading.Thread:
+    """Keep a pristine copy of the filesystem made from the base; its stamp (the
+    checksum) is written last, by the returned thread (join it), which also releases
+    the entry's lock: a copy without its stamp is never used."""
     from provision import storage
 
-    _sum_path(cached).unlink(missing_ok=True)
-    storage.clone_file(image, cached, force=True)
+    lock = entry.locked()
+    lock.acquire()
+    try:
+        entry.remove()
+        with cache.staging(entry.path) as tmp:
+            storage.clone_file(image, tmp)
+    except BaseException:
+        lock.release()
+        raise
 
-    def write_sum():
+    def stamp():
         try:
-            atomic_write(_sum_path(cached), extents_sha256(cached) + "\n")
+            entry.finish({"sha256": extents_sha256(entry.path)})
         except OSError as e:
-            log.warn(f"could not checksum the cached filesystem {cached.name}: {e}")
+            log.warn(f"could not checksum the cached filesystem {entry.path.name}: {e}")
+        finally:
+            lock.release()
 
-    thread = threading.Thread(target=write_sum, name="cache-fs-sum", daemon=True)
+    thread = threading.Thread(target=stamp, name="cache-fs-sum", daemon=True)
     thread.start()
     return thread
 
@@ -422,15 +433,13 @@ def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo
     the clone with debugfs. None when there is no intact cached filesystem."""
     from provision import storage
 
-    cached = fs_cache_path(spec, target)
-    entry = basecache.entry_for(spec)
+    entry = fs_cache_entry(spec, target)
+    cached = entry.path
     try:
-        expected = _sum_path(cached).read_text().strip()
-        meta = entry.info()
-    except (OSError, ValueError):
+        expected = (entry.record() or {})["sha256"]
+        meta = basecache.entry_for(spec).info()
+    except (OSError, ValueError, KeyError):
         return None  # no pristine filesystem with its checksum (yet)
-    if not cached.is_file():
-        return None
     check_room(target, meta)
     # The checksum runs beside the clone and debugfs, so checking costs little time.
     result: dict = {}
@@ -460,8 +469,7 @@ def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo
         problem = "it fails its checksum"
     if problem is not None:
         log.warn(f"cached filesystem {cached.name} is broken ({problem}); rebuilding it from the base")
-        _sum_path(cached).unlink(missing_ok=True)
-        cached.unlink(missing_ok=True)
+        entry.remove()
         tmp.unlink(missing_ok=True)
         return None
     os.replace(tmp, target.path)
@@ -493,7 +501,7 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
     fs_cache = target.kind == "file" and not target.preallocate and after_configure is None
     with UndoStack() as undo:
         meta = None
-        if fs_cache and not refresh and _sum_path(fs_cache_path(spec, target, create=False)).is_file():
+        if fs_cache and not refresh and fs_cache_entry(spec, target, create=False).record() is not None:
             with log.step(f"Cloning the cached {spec.release} filesystem and configuring {settings.hostname}"):
                 meta = _from_fs_cache(spec, settings, target, undo)
                 if meta is not None:
@@ -525,7 +533,7 @@ def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: b
                         storage.make_fs(tmp, target.fstype, populate=root)
                         if storing is not None:
                             storing.wait()  # the tarball first: it removes older cached filesystems
-                        summing = _store_fs_cache(tmp, fs_cache_path(spec, target))
+                        summing = _store_fs_cache(tmp, fs_cache_entry(spec, target))
                         try:
                             set_fs_uuid(tmp, settings.root_uuid)
                             _configure_image(tmp, spec.release, settings)

@@ -160,7 +160,7 @@ def test_broken_cached_filesystem_is_rebuilt_never_used(first_image, workdir, en
     warm, _ = cli(*common(workdir), "--file", workdir / f"pre-{damage}.img", "--hostname", "pre", env=env)
     assert warm.returncode == 0, warm.stderr
     cached = _cached_filesystem(workdir)
-    assert cached.is_file() and Path(str(cached) + ".sha256").is_file()
+    assert cached.is_file() and Path(str(cached) + ".json").is_file()
     with open(cached, "r+b") as f:
         if damage == "superblock":
             f.seek(1024)
@@ -178,7 +178,7 @@ def test_broken_cached_filesystem_is_rebuilt_never_used(first_image, workdir, en
     assert f"cached filesystem {cached.name} is broken" in p.stderr
     assert debugfs_cat(img, "/etc/hostname") == "healed\n"
     fsck_clean(img)
-    assert extents_sha256(cached) == Path(str(cached) + ".sha256").read_text().strip()
+    assert extents_sha256(cached) == json.loads(Path(str(cached) + ".json").read_text())["sha256"]
     assert json.loads(Path(str(img) + ".json").read_text())["base"]["cache"] == "hit"  # the base tarball
 
 
