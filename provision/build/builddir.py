@@ -29,7 +29,8 @@ FORMAT = 1  # bump to invalidate every cached build tree
 
 
 def jobs() -> int:
-    """-j for make: $XEN_PROVISION_JOBS, else the number of CPUs we may use."""
+    """The default -j for make: $XEN_PROVISION_JOBS (the user's), else the number of CPUs
+    we may use. doit's jobs= reaches make as an argument, not through here."""
     value = os.environ.get("XEN_PROVISION_JOBS", "")
     if value.isdigit() and int(value) > 0:
         return int(value)
@@ -52,8 +53,10 @@ def build_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def make(*args: str | os.PathLike, directory: Path, quiet: bool = False, env=None) -> None:
-    run(["nice", "make", "-C", directory, f"-j{jobs()}", *args], quiet=quiet, env=build_env(env))
+def make(*args: str | os.PathLike, directory: Path, quiet: bool = False, env=None,
+         parallel: int | None = None) -> None:
+    """make in ``directory`` with ``-j parallel`` (the build's setting; default :func:`jobs`)."""
+    run(["nice", "make", "-C", directory, f"-j{parallel or jobs()}", *args], quiet=quiet, env=build_env(env))
 
 
 def key(name: str, inputs: dict) -> str:

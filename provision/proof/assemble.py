@@ -35,13 +35,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from provision import cache, log
+from provision import cache, log, paths
 from provision.cache import cache_dir, manifest_key, sha256_file
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.undo import UndoStack
 
-PACKAGE = Path(__file__).resolve().parents[1]       # provision/
+PACKAGE = paths.PACKAGE       # provision/
 HOST_DISK_SIZE = "6G"
 # No swap disk: every disk of a file-backed guest is a loop device that Xen's block
 # hotplug script sets up, and under TCG two guests' scripts at once come close to

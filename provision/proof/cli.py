@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision import log
+from provision import log, paths
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.proof import assemble, checks
@@ -202,7 +202,7 @@ def run_boottest(settings: Settings) -> Result:
 
 
 def settings_from_args(args) -> Settings:
-    dist = Path(args.dist or assemble.PACKAGE.parent / "dist" / "install").resolve()
+    dist = Path(args.dist).resolve() if args.dist else paths.dist() / "install"
     if not (dist / "manifest.json").is_file():
         raise ProvisionError(f"{dist} holds no staged build (no manifest.json)", hint="run `doit world` first")
     assemble.dist_release(dist)
@@ -220,7 +220,8 @@ def settings_from_args(args) -> Settings:
     scenarios = tuple(SCENARIOS) if args.scenario in (None, "all") else (args.scenario,)
     inputs = Inputs(dist=dist, suite=spec.suite, mirror=spec.mirror, sched=args.sched,
                     dom0_mem=args.dom0_mem, refresh=args.refresh)
-    return Settings(inputs=inputs, out=Path(args.out).resolve(), scenarios=scenarios, memory=args.memory,
+    out = Path(args.out).resolve() if args.out else paths.dist() / "boottest"
+    return Settings(inputs=inputs, out=out, scenarios=scenarios, memory=args.memory,
                     timeout=args.timeout, extra_checks=not args.boot_only, lvmcheck=args.lvmcheck)
 
 
@@ -239,9 +240,9 @@ def register(subparsers) -> None:
         description="Make Xen hosts with the public commands (dist tarball and install.sh, grub "
                     "install, xendomains, network, image, domain create) and boot each under QEMU "
                     "with TCG on a LAN that ends inside QEMU, checking the serial console.")
-    p.add_argument("--dist", default=None, help="the staged tree (default dist/install)")
-    p.add_argument("--out", default=str(assemble.PACKAGE.parent / "dist" / "boottest"),
-                   help="where the logs and report go (default dist/boottest)")
+    p.add_argument("--dist", default=None, help="the staged tree (default: DIST/install, DIST as for doit: "
+                                                "$XEN_PROVISION_DIST, else ./dist)")
+    p.add_argument("--out", default=None, help="where the logs and report go (default: DIST/boottest)")
     p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all",
                    help="bridged (two guests on xenbr0), routed (vif-route) or all (default)")
     p.add_argument("--suite", default="bookworm", help="dom0's and the guests' suite")
