@@ -275,6 +275,7 @@ def apply_live(plan: Plan, timeout: float) -> int:
                                  hint="python -m provision network confirm (keep it) or "
                                       "network rollback (undo it) first")
         txn = Transaction.begin(plan)
+        log.release()  # live work begins: what was held back is shown now
         atomic_write(record, json.dumps({"state": "applying", "pid": os.getpid(), "guard": None,
                                          "timeout": timeout, "deadline": None, "problems": [],
                                          "txn": txn.to_dict()}, indent=1, sort_keys=True) + "\n", 0o600)

@@ -88,7 +88,7 @@ def cmd_configure(args) -> int:
         log.note(note)
     if s.apply:
         if not any(differs(s.root, ch) for ch in plan.changes) and live.is_live_already(plan):
-            log.info(f"nothing to change: {summary}, and it is live")
+            log.info(f"nothing to change: {summary}, already live")
             return 0
         return live.apply_live(plan, s.confirm_timeout)
     with UndoStack() as undo:

@@ -434,7 +434,8 @@ class Console:
         self.checks.append(Check(what, True, self.elapsed()))
         self.send(user)
         if password is not None:
-            self.wait_for(r"[Pp]assword: ?$", 60, what="password prompt", record=False)
+            # Not anchored at the line's end: a kernel message may follow on the same line.
+            self.wait_for(r"[Pp]assword: ?", 60, what="password prompt", record=False)
             self._type((password + "\n").encode())
         # A plain shell: no colours, no pager, no prompts in the output.
         token = secrets.token_hex(4)

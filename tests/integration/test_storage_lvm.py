@@ -101,7 +101,7 @@ def test_pv_refuses_a_device_in_use(disk, tmp_path):
         pvcreate([disk])
     assert pv_label(disk) == "ext4"
     with mounted(disk):
-        with pytest.raises(ProvisionError, match="mounted read-write"):
+        with pytest.raises(ProvisionError, match="mounted on .* read-write"):
             pvcreate([disk], force=True)
     pvcreate([disk], force=True)
     assert pv_label(disk) == "LVM2_member"

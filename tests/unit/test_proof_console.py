@@ -112,6 +112,16 @@ def test_login_and_shell_return_output_and_status(tmp_path):
     assert [c.what for c in console.checks][:2] == ["login prompt", "shell after login"]
 
 
+def test_a_kernel_message_after_the_password_prompt_does_not_hide_it(tmp_path):
+    # As on dom0's hvc0: "Password: vif vif-1-0 vif1.0: Guest Rx ready", one line.
+    argv = script(tmp_path, 'printf "xenhost login: "; read user; '
+                            'printf "Password: vif vif-1-0 vif1.0: Guest Rx ready\\n"; read pw; '
+                            'echo "pw=$pw"; exec sh -i\n')
+    with Console(argv, tmp_path / "serial.log") as console:
+        console.login("root", "secret", timeout=20)
+        assert console.shell("echo ok", 10) == ("ok\n", 0)
+
+
 def test_login_presses_enter_until_a_prompt_appears(tmp_path):
     # The prompt only comes after a key press, like a getty whose banner scrolled away.
     argv = script(tmp_path, 'read x; printf "login: "; read user; exec sh -i\n')
