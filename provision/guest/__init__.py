@@ -13,9 +13,10 @@ a build would do. ``templates.save`` / ``templates.instantiate`` handle named te
 """
 
 from provision.guest.bootstrap import BaseSpec, command, resolve
-from provision.guest.build import Target, build, plan
+from provision.guest.build import build, plan
 from provision.guest.configure import GuestSettings, Network, apt_sources, configure
 from provision.guest.suites import RELEASES, Release, lookup
+from provision.guest.target import Target
 
 __all__ = [
     "RELEASES",

@@ -18,10 +18,11 @@ import secrets
 import shlex
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision import cache, log
+from provision import cache, log, steps
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.guest import basecache
@@ -34,121 +35,13 @@ from provision.guest.configure import (
     dir_reader,
     guest_files,
 )
+from provision.guest.target import Target, check_room, needed_bytes, smallest_size
 from provision.run import run
-from provision.sizes import MiB, format_size, parse_size
+from provision.sizes import MiB, format_size
+from provision.steps import Step
 from provision.undo import UndoStack, critical
 
 SIDECAR_FORMAT = "xen-provision-image/1"
-FSTYPES = ("ext4", "ext3", "ext2")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the guest goes: a directory, a file image, a partitioned disk image or an LV."""
-
-    kind: str  # "dir" | "file" | "disk" | "lv"
-    path: str  # directory, image file, disk image, or "VG/LV"
-    size: int | None = None
-    swap: int | None = None  # swap size: an image or LV beside it, or partition 2
-    fstype: str = "ext4"
-    preallocate: bool = False
-
-    @classmethod
-    def dir(cls, path) -> Target:
-        return cls("dir", os.path.abspath(path))
-
-    @classmethod
-    def file(cls, path, size="2G", *, swap=None, fstype="ext4", preallocate=False) -> Target:
-        return cls._sized("file", os.path.abspath(path), size, swap, fstype, preallocate)
-
-    @classmethod
-    def disk(cls, path, size="2G", *, swap=None, fstype="ext4", preallocate=False) -> Target:
-        return cls._sized("disk", os.path.abspath(path), size, swap, fstype, preallocate)
-
-    @classmethod
-    def lv(cls, vg_lv: str, size="2G", *, swap=None, fstype="ext4") -> Target:
-        from provision.storage import validate_lv_name, validate_vg_name
-
-        vg, _, lv = vg_lv.partition("/")
-        if not lv:
-            raise ProvisionError(f"LV '{vg_lv}' is not VG/NAME", hint="e.g. --lv vg0/vm1")
-        validate_vg_name(vg)
-        validate_lv_name(lv)
-        return cls._sized("lv", vg_lv, size, swap, fstype, False)
-
-    @classmethod
-    def _sized(cls, kind, path, size, swap, fstype, preallocate) -> Target:
-        if fstype not in FSTYPES:
-            raise ProvisionError(f"filesystem type '{fstype}' is not supported for a root image",
-                                 hint=f"use one of: {', '.join(FSTYPES)}")
-        # No size: a snapshot of a template, which has its origin's size.
-        nbytes = parse_size(size, "image size", minimum=32 * MiB) if size is not None else None
-        swap_bytes = parse_size(swap, "swap size", minimum=MiB) if swap else None
-        return cls(kind, path, nbytes, swap_bytes, fstype, preallocate)
-
-    @property
-    def swap_path(self) -> str | None:
-        """Where the swap goes: ``vm1.img`` -> ``vm1-swap.img``, ``vg/vm1`` -> ``vg/vm1-swap``."""
-        if not self.swap or self.kind == "disk":
-            return None
-        stem, ext = os.path.splitext(self.path)
-        return f"{stem}-swap{ext}" if self.kind == "file" else f"{self.path}-swap"
-
-    @property
-    def sidecar(self) -> str:
-        if self.kind == "lv":
-            vg, lv = self.path.split("/", 1)
-            return str(basecache.cache_root(create=False).parent / "images" / vg / f"{lv}.json")
-        return self.path.rstrip("/") + ".json"
-
-    def check_free(self, extra: int = 0) -> None:
-        """A target that exists, or an LV target whose VG is missing or has no room for
-        it (and ``extra`` bytes more: a snapshot's room for changes), is refused before
-        anything is done."""
-        if self.kind == "lv":
-            from provision.storage import lv_exists, vg_free
-
-            vg, lv = self.path.split("/", 1)
-            free = vg_free(vg)  # one line when the VG does not exist
-            for name in filter(None, (lv, self.swap_path and self.swap_path.split("/", 1)[1])):
-                if lv_exists(vg, name):
-                    raise ProvisionError(f"logical volume {vg}/{name} already exists",
-                                         hint="choose another name, or remove it with lvremove")
-            need = (self.size or 0) + (self.swap or 0) + extra
-            if need > free:
-                raise ProvisionError(f"volume group '{vg}' has no room for {format_size(need)}: "
-                                     f"{format_size(free)} free", hint="choose smaller sizes or add a PV (vgextend)")
-            return
-        for path in filter(None, (self.path, self.swap_path)):
-            if os.path.lexists(path):
-                raise ProvisionError(f"target {path} already exists", hint="choose another path or remove it first")
-        parent = os.path.dirname(self.path)
-        if not os.path.isdir(parent):
-            raise ProvisionError(f"directory {parent} does not exist", hint="create it first")
-
-
-def needed_bytes(meta: dict) -> int:
-    """Room a filesystem needs for the tree: data, inode tables and journal, with a margin."""
-    return int(meta.get("unpacked_bytes", 0) * 1.25) + meta.get("inodes", 0) * 256 + 48 * MiB
-
-
-def smallest_size(meta: dict) -> int:
-    """The smallest root size for the base ``meta`` describes, in whole 64 MiB."""
-    return -(-needed_bytes(meta) // (64 * MiB)) * 64 * MiB
-
-
-def check_room(target: Target, meta: dict) -> None:
-    """Refuse a file or disk image whose filesystem has no room for the tree: a sparse
-    image would otherwise fail half-way through mkfs."""
-    if target.kind not in ("file", "disk"):
-        return
-    st = os.statvfs(os.path.dirname(target.path))
-    free = st.f_bavail * st.f_frsize
-    need = target.size if target.preallocate else needed_bytes(meta)
-    if free < need:
-        raise ProvisionError(f"not enough space in {os.path.dirname(target.path)}: {format_size(free)} free, "
-                             f"the image needs about {need >> 20} MiB",
-                             hint="free some space or choose another directory")
 
 
 def _work_parent(target: Target, expected: int) -> str | None:
@@ -227,53 +120,6 @@ def _plan_reader(spec: BaseSpec, settings: GuestSettings) -> TreeReader:
     if "openssh-server" in spec.include:
         files["/etc/ssh/sshd_config"] = ""
     return TreeReader(files.get, lambda path: [])
-
-
-def plan(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False,
-         offline: bool = False) -> list[str]:
-    """What a build would do: the commands and the files, without doing any of it."""
-    entry = basecache.entry_for(spec, create=False)
-    hit = basecache.is_cached(spec) and not refresh
-    if not hit:
-        basecache.check_can_bootstrap(spec, offline)
-    rel = spec.release
-    lines = [
-        f"release:  {rel} [{rel.status}], init {rel.init}, network {rel.network}",
-        f"arch:     {spec.arch}",
-        f"mirror:   {spec.mirror}" + (f" (proxy {spec.proxy})" if spec.proxy else ""),
-        f"keyring:  {spec.keyring}" if spec.keyring else "keyring:  NONE (--no-check-gpg: signatures NOT checked)",
-        f"backend:  {spec.backend} ({spec.variant})",
-        f"packages: {' '.join(spec.include) or '-'}" + (f"; excluded: {' '.join(spec.exclude)}" if spec.exclude else ""),
-        f"cache:    {entry.tarball} ({'hit' if hit else 'miss: will bootstrap'})",
-    ]
-    if rel.kernel_args:
-        lines.append(f"kernel:   the domain needs {' '.join(rel.kernel_args)} on its command line (old glibc)")
-    fs_cached = None
-    if target.kind == "file" and not target.preallocate and not refresh and hit:
-        entry = fs_cache_entry(spec, target, create=False)
-        fs_cached = entry.path if entry.record() is not None else None
-    if fs_cached is not None:
-        lines.append(f"clone:    {fs_cached} -> {target.path} (cached {target.fstype} of the base)")
-        for line in describe(guest_files(rel, settings, _plan_reader(spec, settings))):
-            lines.append("debugfs:  " + line)
-        lines.append(f"run:      e2fsck -fn {target.path}")
-        if target.swap:
-            lines += [f"target:   sparse image {target.swap_path} ({format_size(target.swap)})",
-                      f"target:   mkswap {target.swap_path}"]
-        lines.append(f"write:    {target.sidecar}")
-        return lines
-    if not hit:
-        argv, env = command(spec, "ROOT")
-        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()) if k == "http_proxy")
-        lines.append("run:      " + (envs + " " if envs else "") + shlex.join(argv))
-        lines.append(f"run:      tar {' '.join(basecache.TAR_OPTS)} --sort=name -C ROOT -cf {entry.tarball} .")
-    else:
-        lines.append(f"run:      tar {' '.join(basecache.TAR_OPTS)} -xpf {entry.tarball} -C ROOT")
-    for line in describe(guest_files(rel, settings, _plan_reader(spec, settings))):
-        lines.append("config:   " + line)
-    lines += [f"target:   {line}" for line in _target_plan(target)]
-    lines.append(f"write:    {target.sidecar}")
-    return lines
 
 
 def _target_plan(t: Target) -> list[str]:
@@ -478,77 +324,219 @@ def _from_fs_cache(spec: BaseSpec, settings: GuestSettings, target: Target, undo
     return meta
 
 
+class _CacheBroken(Exception):
+    """The cached filesystem failed its checks (and is removed): build from the base."""
+
+
+@dataclass
+class _Work:
+    """The mutable state of one build, shared by its steps (as mkosi's Context)."""
+
+    undo: UndoStack
+    root: Path | None = None   # the configured tree, on the paths through a tree
+    meta: dict | None = None   # the base's description (its manifest, sizes)
+    status: str = "hit"        # where the base came from: "hit" (cache) or "miss"
+    storing: basecache.Storing | None = None
+    info: dict | None = None   # the sidecar, once written
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Build:
+    """One guest build: what it is made of and where it goes, parsed and checked.
+    ``plan()`` and ``run()`` walk the same :meth:`steps`.
+
+    The fstab's filesystem type and swap come from the target, the one source of them.
+    ``reserve``: bytes more that must be free in an LV target's VG (a template saved
+    beside it). ``after_configure(root)`` may change the configured tree before it is
+    packed (the boot test adds the host's own files)."""
+
+    spec: BaseSpec
+    settings: GuestSettings
+    target: Target
+    refresh: bool = False
+    offline: bool = False
+    quiet: bool = False
+    check_mirror: bool = True
+    after_configure: Callable[[Path], None] | None = None
+    reserve: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "settings", self.settings.on(self.target))
+
+    @property
+    def _fs_cacheable(self) -> bool:
+        """A sparse file image, configured only by us: its pristine filesystem is cached."""
+        t = self.target
+        return t.kind == "file" and not t.preallocate and self.after_configure is None
+
+    def _base_cached(self) -> bool:
+        return not self.refresh and basecache.is_cached(self.spec)
+
+    def _fs_cached(self) -> bool:
+        return (self._fs_cacheable and self._base_cached()
+                and fs_cache_entry(self.spec, self.target, create=False).record() is not None)
+
+    def _header(self, base_hit: bool) -> list[str]:
+        spec, rel = self.spec, self.spec.release
+        entry = basecache.entry_for(spec, create=False)
+        lines = [
+            f"release:  {rel} [{rel.status}], init {rel.init}, network {rel.network}",
+            f"arch:     {spec.arch}",
+            f"mirror:   {spec.mirror}" + (f" (proxy {spec.proxy})" if spec.proxy else ""),
+            f"keyring:  {spec.keyring}" if spec.keyring else "keyring:  NONE (--no-check-gpg: signatures NOT checked)",
+            f"backend:  {spec.backend} ({spec.variant})",
+            f"packages: {' '.join(spec.include) or '-'}"
+            + (f"; excluded: {' '.join(spec.exclude)}" if spec.exclude else ""),
+            f"cache:    {entry.tarball} ({'hit' if base_hit else 'miss: will bootstrap'})",
+        ]
+        if rel.kernel_args:
+            lines.append(f"kernel:   the domain needs {' '.join(rel.kernel_args)} on its command line (old glibc)")
+        return lines
+
+    def steps(self, *, fs_hit: bool, base_hit: bool) -> list[Step]:
+        """The build, step by step: from the cached filesystem (``fs_hit``), or from the
+        base (from the cache when ``base_hit``, else bootstrapped)."""
+        spec, settings, t = self.spec, self.settings, self.target
+        config = describe(guest_files(spec.release, settings, _plan_reader(spec, settings)))
+        swap = [] if not (t.swap and t.kind == "file") else [Step(
+            "swap", None, (f"target:   sparse image {t.swap_path} ({format_size(t.swap)})",
+                           f"target:   mkswap {t.swap_path}"),
+            lambda w: _make_swap_beside(t, w.undo, settings.swap_uuid))]
+        sidecar = Step("sidecar", None, (f"write:    {t.sidecar}",), self._write_sidecar)
+        if fs_hit:
+            cached = fs_cache_entry(spec, t, create=False).path
+            return [Step("clone", f"Cloning the cached {spec.release} filesystem and configuring {settings.hostname}",
+                         (f"clone:    {cached} -> {t.path} (cached {t.fstype} of the base)",
+                          *("debugfs:  " + line for line in config), f"run:      e2fsck -fn {t.path}"),
+                         self._clone), *swap, sidecar]
+        tarball = basecache.entry_for(spec, create=False).tarball
+        if base_hit:
+            base = [f"run:      tar {' '.join(basecache.TAR_OPTS)} -xpf {tarball} -C ROOT"]
+        else:
+            argv, env = command(spec, "ROOT")
+            envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()) if k == "http_proxy")
+            base = ["run:      " + (envs + " " if envs else "") + shlex.join(argv),
+                    f"run:      tar {' '.join(basecache.TAR_OPTS)} --sort=name -C ROOT -cf {tarball} ."]
+        out = [Step("base", f"Base system: {spec.release} {spec.arch} {spec.variant}", tuple(base), self._base)]
+        if self._fs_cacheable:
+            image = _target_plan(t)[:2]  # the image and its filesystem; the swap is a step of its own
+            store = fs_cache_entry(spec, t, create=False).path
+            out.append(Step("filesystem", f"Making the file target {t.path} and configuring {settings.hostname}",
+                              (*(f"target:   {line}" for line in image),
+                               f"cache:    {store} (the pristine filesystem, for the next image like it)",
+                               *("config:   " + line for line in config)),
+                              self._filesystem))
+            return [*out, *swap, sidecar]
+        return [*out,
+                Step("configure", f"Configuring {settings.hostname}", tuple("config:   " + line for line in config),
+                     self._configure),
+                Step("target", f"Making the {t.kind} target {t.path}",
+                     tuple(f"target:   {line}" for line in _target_plan(t)),
+                     lambda w: _make_target(w.root, t, w.undo, settings)),
+                sidecar]
+
+    def plan(self) -> list[str]:
+        """What :meth:`run` would do, checked as far as it can be without root: the
+        commands and the files, without doing any of it."""
+        if self.target.kind != "lv":  # an LV target is checked against its VG by the real run
+            self.target.check_free(self.reserve)
+        base_hit = self._base_cached()
+        if not base_hit:
+            basecache.check_can_bootstrap(self.spec, self.offline)
+        return self._header(base_hit) + steps.describe(self.steps(fs_hit=self._fs_cached(), base_hit=base_hit))
+
+    def run(self) -> tuple[dict, dict[str, float]]:
+        """Make the guest; returns its sidecar and the seconds each step took. Nothing
+        is left behind on failure or SIGINT/SIGTERM: no work tree, no mounts, no
+        half-made image."""
+        self.target.check_free(self.reserve)
+        with UndoStack() as undo:
+            work = _Work(undo)
+            try:
+                steps.run(self.steps(fs_hit=self._fs_cached(), base_hit=self._base_cached()), work,
+                          work.seconds)
+            except _CacheBroken:
+                steps.run(self.steps(fs_hit=False, base_hit=self._base_cached()), work, work.seconds)
+        log.debug(f"steps: {steps.table(work.seconds)}")
+        return work.info, work.seconds
+
+    # -- the steps' actions --------------------------------------------------------------
+
+    def _clone(self, work: _Work) -> None:
+        work.meta = _from_fs_cache(self.spec, self.settings, self.target, work.undo)
+        if work.meta is None:
+            raise _CacheBroken
+        work.status = "hit"
+
+    def _base(self, work: _Work) -> None:
+        spec, t = self.spec, self.target
+        parent = _work_parent(t, 512 * MiB)
+        os.makedirs(parent, exist_ok=True)
+        tree = tempfile.mkdtemp(prefix=".xen-provision-root.", dir=parent)
+        work.undo.cleanup(f"remove {tree}", remove_tree, tree)
+        work.root = Path(tree) / "root"
+        work.status, work.meta, work.storing = basecache.start(
+            spec, work.root, refresh=self.refresh, quiet=self.quiet, check_mirror=self.check_mirror,
+            offline=self.offline)
+        if work.storing is not None:
+            # Runs before the tree is removed, also when we fail or are interrupted.
+            work.undo.cleanup("finish caching the base", work.storing.wait)
+            if not self._fs_cacheable:
+                work.storing.wait()  # the tree is about to be configured
+        if t.size and t.size < needed_bytes(work.meta):
+            raise ProvisionError(
+                f"image size {format_size(t.size)} is too small for this {spec.release} tree "
+                f"({work.meta['unpacked_bytes'] >> 20} MiB)",
+                hint=f"use --size {smallest_size(work.meta) >> 20}M or more")
+        check_room(t, work.meta)
+
+    def _filesystem(self, work: _Work) -> None:
+        """The file image made from the unconfigured base, its pristine copy cached,
+        then configured with debugfs."""
+        from provision import storage
+
+        spec, settings, t = self.spec, self.settings, self.target
+        with storage.building_image(t.path, t.size, undo=work.undo) as tmp:
+            storage.make_fs(tmp, t.fstype, populate=work.root)
+            if work.storing is not None:
+                work.storing.wait()  # the tarball first: it removes older cached filesystems
+            summing = _store_fs_cache(tmp, fs_cache_entry(spec, t))
+            try:
+                set_fs_uuid(tmp, settings.root_uuid)
+                _configure_image(tmp, spec.release, settings)
+            finally:
+                with critical():  # its checksum file is written whole, or not at all
+                    summing.join()
+
+    def _configure(self, work: _Work) -> None:
+        apply_to_dir(work.root, guest_files(self.spec.release, self.settings, dir_reader(work.root)))
+        if self.after_configure is not None:
+            self.after_configure(work.root)
+
+    def _write_sidecar(self, work: _Work) -> None:
+        t = self.target
+        work.info = sidecar_info({**work.meta["manifest"], "cache": work.status}, self.settings, t,
+                                 self.spec.release)
+        atomic_write(t.sidecar, json.dumps(work.info, indent=2, sort_keys=True) + "\n")
+        work.undo.rollback(f"remove {t.sidecar}", Path(t.sidecar).unlink, True, made=t.sidecar)
+
+
+def plan(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False,
+         offline: bool = False, reserve: int = 0) -> list[str]:
+    """What a build would do: the commands and the files, without doing any of it."""
+    return Build(spec, settings, target, refresh=refresh, offline=offline, reserve=reserve).plan()
+
+
 def build(spec: BaseSpec, settings: GuestSettings, target: Target, *, refresh: bool = False,
           quiet: bool = False, check_mirror: bool = True, after_configure=None,
-          offline: bool = False) -> dict:
+          offline: bool = False, reserve: int = 0) -> dict:
     """Make a configured guest at ``target``; returns the sidecar written beside it.
     ``offline``: the base must come from the cache; a miss is an error, not a bootstrap.
-
-    ``after_configure(root)`` may change the configured tree before it is packed (the
-    boot test uses it to add the host's own files). Nothing is left behind on failure or
-    SIGINT/SIGTERM: no work tree, no mounts, no half-made image.
 
     A sparse file image also caches the pristine filesystem made from the base (per
     fstype and size); the next such image is a clone of it configured by debugfs.
     """
-    from provision import storage
-
-    if settings.fstype != target.fstype and target.kind != "dir":
-        raise ProvisionError(f"settings say {settings.fstype} but the target is {target.fstype}")
-    if bool(settings.swap) != bool(target.swap) and target.kind != "dir":
-        raise ProvisionError("the fstab's swap entry and the target's swap disagree")
-    target.check_free()
-    fs_cache = target.kind == "file" and not target.preallocate and after_configure is None
-    with UndoStack() as undo:
-        meta = None
-        if fs_cache and not refresh and fs_cache_entry(spec, target, create=False).record() is not None:
-            with log.step(f"Cloning the cached {spec.release} filesystem and configuring {settings.hostname}"):
-                meta = _from_fs_cache(spec, settings, target, undo)
-                if meta is not None:
-                    _make_swap_beside(target, undo, settings.swap_uuid)
-                    status = "hit"
-        if meta is None:
-            parent = _work_parent(target, 512 * MiB)
-            os.makedirs(parent, exist_ok=True)
-            work = tempfile.mkdtemp(prefix=".xen-provision-root.", dir=parent)
-            undo.cleanup(f"remove {work}", remove_tree, work)
-            root = Path(work) / "root"
-            with log.step(f"Base system: {spec.release} {spec.arch} {spec.variant}"):
-                status, meta, storing = basecache.start(spec, root, refresh=refresh, quiet=quiet,
-                                                        check_mirror=check_mirror, offline=offline)
-            if storing is not None:
-                # Runs before the tree is removed, also when we fail or are interrupted.
-                undo.cleanup("finish caching the base", storing.wait)
-                if not fs_cache:
-                    storing.wait()  # the tree is about to be configured
-            if target.size and target.size < needed_bytes(meta):
-                raise ProvisionError(
-                    f"image size {format_size(target.size)} is too small for this {spec.release} tree "
-                    f"({meta['unpacked_bytes'] >> 20} MiB)",
-                    hint=f"use --size {smallest_size(meta) >> 20}M or more")
-            check_room(target, meta)
-            if fs_cache:
-                with log.step(f"Making the file target {target.path} and configuring {settings.hostname}"):
-                    with storage.building_image(target.path, target.size, undo=undo) as tmp:
-                        storage.make_fs(tmp, target.fstype, populate=root)
-                        if storing is not None:
-                            storing.wait()  # the tarball first: it removes older cached filesystems
-                        summing = _store_fs_cache(tmp, fs_cache_entry(spec, target))
-                        try:
-                            set_fs_uuid(tmp, settings.root_uuid)
-                            _configure_image(tmp, spec.release, settings)
-                        finally:
-                            with critical():  # its checksum file is written whole, or not at all
-                                summing.join()
-                    _make_swap_beside(target, undo, settings.swap_uuid)
-            else:
-                with log.step(f"Configuring {settings.hostname}"):
-                    apply_to_dir(root, guest_files(spec.release, settings, dir_reader(root)))
-                    if after_configure is not None:
-                        after_configure(root)
-                with log.step(f"Making the {target.kind} target {target.path}"):
-                    _make_target(root, target, undo, settings)
-        info = sidecar_info({**meta["manifest"], "cache": status}, settings, target, spec.release)
-        atomic_write(target.sidecar, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        undo.rollback(f"remove {target.sidecar}", Path(target.sidecar).unlink, True, made=target.sidecar)
+    info, _ = Build(spec, settings, target, refresh=refresh, quiet=quiet, check_mirror=check_mirror,
+                    after_configure=after_configure, offline=offline, reserve=reserve).run()
     return info

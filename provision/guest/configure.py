@@ -17,7 +17,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -107,6 +107,14 @@ class GuestSettings:
     apt_sources: tuple[str, ...] = ()  # one-line sources.list entries
     root_uuid: str | None = None       # fstab names the root (and swap) by UUID, not device
     swap_uuid: str | None = None
+
+    def on(self, target) -> GuestSettings:
+        """These settings for a guest made at ``target`` (a guest.target.Target): the
+        fstab's filesystem type and swap are the target's, their one source. A
+        directory has neither, so the settings say."""
+        if target.kind == "dir":
+            return self
+        return replace(self, fstype=target.fstype, swap=bool(target.swap))
 
     @property
     def root_device(self) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from provision.errors import ProvisionError
 from provision.guest import basecache, ext4edit, templates
-from provision.guest.build import Target, build, remove_tree, smallest_size
+from provision.guest.build import build, remove_tree
 from provision.guest.configure import (
     GuestSettings,
     Mkdir,
@@ -43,6 +43,7 @@ from provision.guest.configure import (
     apt_sources,
     guest_files,
 )
+from provision.guest.target import Target, smallest_size
 from provision.proof.indom0.lvmcheck import verdict
 from provision.run import require, run
 from provision.sizes import MiB, format_size
