@@ -100,7 +100,7 @@ class GuestSettings:
     hostname: str
     network: Network = field(default_factory=Network)
     devices: str = "xvd"  # fstab names: xvda1/xvda2, or the manual's sda1/sda2
-    fstype: str = "ext4"
+    fstype: str = "ext4"   # the fstab's; a build takes both from its target (see ``on``)
     swap: bool = False
     root_hash: str | None = field(default=None, repr=False)  # a crypt hash, never a password
     ssh_keys: tuple[str, ...] = ()
