@@ -68,6 +68,19 @@ def test_image_dry_run_from_the_installed_package(venv, tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == []  # a dry run: no image, no cache
 
 
+def test_grub_entries_from_the_installed_package(venv, tmp_path):
+    """The boot entries come from grub/templates/*.j2, shipped in the package."""
+    boot = tmp_path / "root" / "boot"
+    boot.mkdir(parents=True)
+    (boot / "xen-4.17.5.gz").write_bytes(b"")
+    (boot / "vmlinuz-6.1.1-xen0").write_bytes(b"")
+    for fmt, expected in (("grub2", "menuentry 'Xen 4.17.5 / Linux 6.1.1-xen0'"),
+                          ("menu.lst", "kernel /boot/xen-4.17.5.gz"), ("xen.cfg", "[global]")):
+        p = xen_provision(venv, "grub", "render", "--root", tmp_path / "root", "--root-device", "/dev/sda1",
+                          "--loader", "multiboot2", "--format", fmt, cwd=tmp_path)
+        assert p.returncode == 0 and expected in p.stdout, (fmt, p.stdout, p.stderr)
+
+
 def test_buildconfigs_and_install_sh_come_with_the_package(venv, tmp_path):
     code = "from provision import paths; print(paths.buildconfigs()); print(paths.install_sh())"
     out = subprocess.run([venv / "bin" / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True,
