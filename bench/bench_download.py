@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from provision import log  # noqa: E402
 from provision.build import download as dl  # noqa: E402
 from provision.build import sources  # noqa: E402
+from provision.cache import cache_dir  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -88,7 +89,7 @@ def bench_debian(reps: int) -> dict:
     # The version apt would pick that this mirror serves, from the shared cache: both sides
     # then fetch exactly that version.
     known = sources.fetch(sources.SourceSpec("debian", package="xen"))
-    dsc = next((sources.cache_dir("debian") / known.identity).glob("xen_*.dsc"))
+    dsc = next((cache_dir("debian") / known.identity).glob("xen_*.dsc"))
     version = dsc.name[len("xen_"):-len(".dsc")]
     shared = sources.PrivateApt(entries)
     spec = sources.SourceSpec("debian", package="xen", version=version)

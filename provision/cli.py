@@ -26,7 +26,7 @@ COMMANDS = [
     "provision.grub.cli",        # grub
     "provision.network.cli",     # network
     "provision.storage.cli",     # storage
-    "provision.image",           # image (--debootstrap, templates)
+    "provision.guest.cli",       # image (--debootstrap, templates)
     "provision.domain.cli",      # domain, xendomains
     "provision.proof.cli",       # boottest
 ]
@@ -81,7 +81,8 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="python -m provision",
+        # The console script says its own name; python -m provision says how it was run.
+        prog="xen-provision" if os.path.basename(sys.argv[0]) == "xen-provision" else "python -m provision",
         description="Build, install and provision Xen hosts.",
     )
     parser.add_argument("--version", action="version", version=f"xen-provision {__version__}")

@@ -13,19 +13,15 @@ clone, takes that directory and runs no make at all.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from provision import log
+from provision import cache, log
 from provision.cache import cache_dir, manifest_key
-from provision.fsutil import atomic_write
 from provision.run import run
 
 DONE = "build.json"
@@ -33,7 +29,8 @@ FORMAT = 1  # bump to invalidate every cached build tree
 
 
 def jobs() -> int:
-    """-j for make: $XEN_PROVISION_JOBS, else the number of CPUs we may use."""
+    """The default -j for make: $XEN_PROVISION_JOBS (the user's), else the number of CPUs
+    we may use. doit's jobs= reaches make as an argument, not through here."""
     value = os.environ.get("XEN_PROVISION_JOBS", "")
     if value.isdigit() and int(value) > 0:
         return int(value)
@@ -56,45 +53,38 @@ def build_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def make(*args: str | os.PathLike, directory: Path, quiet: bool = False, env=None) -> None:
-    run(["nice", "make", "-C", directory, f"-j{jobs()}", *args], quiet=quiet, env=build_env(env))
+def make(*args: str | os.PathLike, directory: Path, quiet: bool = False, env=None,
+         parallel: int | None = None) -> None:
+    """make in ``directory`` with ``-j parallel`` (the build's setting; default :func:`jobs`)."""
+    run(["nice", "make", "-C", directory, f"-j{parallel or jobs()}", *args], quiet=quiet, env=build_env(env))
 
 
 def key(name: str, inputs: dict) -> str:
     return manifest_key({"format": FORMAT, "name": name, **inputs})
 
 
-@contextlib.contextmanager
-def locked(name: str) -> Iterator[None]:
-    """One builder per tree name at a time, across processes (tests, parallel doit)."""
-    path = cache_dir("locks") / f"build-{name}.lock"
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _lock(name: str) -> Path:
+    """One builder per tree name at a time (the work tree is shared by its outputs)."""
+    return cache_dir("locks") / f"build-{name}.lock"
+
+
+def entry(name: str, inputs: dict) -> cache.Entry:
+    """The output directory of a build of ``name`` with ``inputs``, stamped by build.json."""
+    return cache.Entry(output_dir(name, inputs), stamp=DONE, lock=_lock(name))
 
 
 def done(directory: Path) -> dict | None:
-    try:
-        return json.loads((directory / DONE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return cache.Entry(directory, stamp=DONE).record()
 
 
 def reuse(directory: Path) -> dict | None:
     """The record of a finished tree, marked as just used (so pruning keeps it)."""
-    record = done(directory)
-    if record:
-        os.utime(directory / DONE)
-    return record
+    return cache.Entry(directory, stamp=DONE).use()
 
 
 def finish(directory: Path, record: dict) -> dict:
-    record = {**record, "finished_at": time.time()}  # tells a fresh build from a reused one
-    atomic_write(directory / DONE, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return record
+    # finished_at tells a fresh build from a reused one (world's summary).
+    return cache.Entry(directory, stamp=DONE).finish({**record, "finished_at": time.time()})
 
 
 def output_dir(name: str, inputs: dict) -> Path:
@@ -103,7 +93,7 @@ def output_dir(name: str, inputs: dict) -> Path:
 
 
 def work_dir(name: str) -> Path:
-    """The stable work tree of ``name``; use it with :func:`locked` held."""
+    """The stable work tree of ``name``; build in it only inside :func:`build_once` (its lock)."""
     path = cache_dir("build") / f"{name}.work"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -113,55 +103,39 @@ def publish(work: Path, out: Path, files: list[str], trees: dict[str, Path] | No
     """Copy ``files`` (relative to ``work``; missing optional ones are skipped when they
     start with "?") and whole ``trees`` (name in ``out`` -> directory) into ``out``,
     built under a temporary name and renamed, so ``out`` is complete or absent."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _fill(work, tmp, files, trees or {})
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)  # an unfinished one from an interrupted run
-    os.replace(tmp, out)
-
-
-def _fill(work: Path, tmp: Path, files: list[str], trees: dict[str, Path]) -> None:
-    for rel in files:
-        optional = rel.startswith("?")
-        rel = rel.removeprefix("?")
-        src = work / rel
-        if optional and not src.exists():
-            continue
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, tmp / rel)
-    for name, tree in trees.items():
-        run(["cp", "-a", "--reflink=auto", f"{tree}/.", tmp / name])
+    with cache.staging(out) as tmp:
+        tmp.mkdir()
+        for rel in files:
+            optional = rel.startswith("?")
+            rel = rel.removeprefix("?")
+            src = work / rel
+            if optional and not src.exists():
+                continue
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / rel)
+        for name, tree in (trees or {}).items():
+            run(["cp", "-a", "--reflink=auto", f"{tree}/.", tmp / name])
 
 
 def build_once(name: str, inputs: dict, label: str, build: Callable[[Path, Path], dict]) -> dict:
     """The build record of ``name`` for ``inputs``: the finished output directory's when
     there is one, else ``build(work, out)``'s, which compiles in the stable work tree,
-    publishes into ``out`` and returns the record; that is then finished and older output
-    directories pruned. The tree's lock is held throughout."""
-    with locked(name):
-        out = output_dir(name, inputs)
-        if record := reuse(out):
-            log.info(f"{label}: reusing the cached build {out.name}")
-            return record
-        record = finish(out, build(work_dir(name), out))
-        prune(name)
-        return record
+    publishes into ``out`` and returns the record; older output directories are then
+    pruned. The tree's lock is held throughout (:func:`provision.cache.obtain`)."""
+    out = entry(name, inputs)
+    record, hit = cache.obtain(out, lambda path: {**build(work_dir(name), path), "finished_at": time.time()})
+    if hit:
+        log.info(f"{label}: reusing the cached build {out.path.name}")
+    else:
+        with out.locked():
+            prune(name)
+    return record
 
 
 def prune(name: str, keep: int = 3) -> None:
     """Keep only the ``keep`` most recently finished or reused output directories of
-    ``name``, and drop unfinished ones. Call with :func:`locked` held: then no other
+    ``name``, and drop unfinished ones. Call with the tree's lock held: then no other
     process is publishing for this name."""
-    root = cache_dir("build")
-    trees = [p for p in root.glob(f"{name}-*")
+    trees = [p for p in cache_dir("build").glob(f"{name}-*")
              if re.fullmatch(r"[0-9a-f]{32}", p.name[len(name) + 1:]) and p.is_dir()]
-    finished = sorted((p for p in trees if (p / DONE).exists()),
-                      key=lambda p: (p / DONE).stat().st_mtime_ns, reverse=True)
-    for old in finished[keep:] + [p for p in trees if not (p / DONE).exists()]:
-        log.debug(f"pruning build tree {old}")
-        shutil.rmtree(old, ignore_errors=True)
+    cache.prune((cache.Entry(p, stamp=DONE) for p in trees), keep, unfinished=True)

@@ -61,16 +61,16 @@ def schedulers(config: dict[str, str]) -> tuple[list[str], str | None]:
     return built, default
 
 
-def build(settings: XenSettings, source: Source) -> dict:
-    """Build (or reuse) the hypervisor for these inputs; returns its build record."""
+def build(settings: XenSettings, source: Source, *, jobs: int | None = None) -> dict:
+    """Build (or reuse) the hypervisor for these inputs (make -j ``jobs``); returns its build record."""
     return builddir.build_once(NAME, inputs(settings, source), "hypervisor",
-                               functools.partial(_compile, settings, source))
+                               functools.partial(_compile, settings, source, jobs))
 
 
-def _compile(settings: XenSettings, source: Source, work: Path, out: Path) -> dict:
+def _compile(settings: XenSettings, source: Source, jobs: int | None, work: Path, out: Path) -> dict:
     with log.step(f"Building the Xen {source.version} hypervisor in {work}"):
         final = configure(source.tree, work, settings)
-        builddir.make(f"O={work}", directory=source.tree / "xen")
+        builddir.make(f"O={work}", directory=source.tree / "xen", parallel=jobs)
     version = output(["make", "-s", "-C", source.tree / "xen", f"O={work}", "xenversion"])
     built, default = schedulers(final)
     builddir.publish(work, out, OUTPUTS)

@@ -30,17 +30,13 @@ from pathlib import Path
 
 import jinja2
 
-from provision import log
+from provision import log, paths
 from provision.cache import sha256_file
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_path, source_date_epoch
 from provision.run import CommandError, run
 from provision.undo import critical, keep
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-INSTALL_SH = ROOT / "install.sh"
-# $XEN_PROVISION_DIST moves dist/ (tests, out-of-checkout builds).
-DIST = Path(os.environ.get("XEN_PROVISION_DIST") or ROOT / "dist")
 RECORD = "var/lib/xen-provision/installed.list"
 SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.asc"
@@ -121,19 +117,21 @@ def _sign(key: str, sums: Path, out: Path) -> None:
                              hint="a key with a passphrase needs a running gpg-agent that has it") from None
 
 
-def make_dist(dist_dir: str | os.PathLike = DIST, sign: str | None = None) -> Path:
+def make_dist(dist_dir: str | os.PathLike | None = None, sign: str | None = None) -> Path:
     """Build ``dist_dir/xen-<version>-install.tgz`` from ``dist_dir/install`` and return it.
 
     The tree is checked against its manifest.json first (install.sh --verify): a tarball
     is never made from a tree that would not install. ``SHA256SUMS`` is written beside
     it and, with ``sign`` (a gpg key), ``SHA256SUMS.asc``, its detached signature. The
-    three files are renamed into place together, at the end."""
-    dist_dir = Path(dist_dir)
+    three files are renamed into place together, at the end. ``dist_dir``: as
+    :func:`provision.paths.dist` says."""
+    dist_dir = paths.dist(dist_dir)
     install_dir = dist_dir / "install"
     if not install_dir.is_dir():
         raise ProvisionError(f"{install_dir} does not exist", hint="run doit world first")
-    if not INSTALL_SH.is_file():
-        raise ProvisionError(f"{INSTALL_SH} is missing from this checkout")
+    install_sh = paths.install_sh()
+    if not install_sh.is_file():
+        raise ProvisionError(f"{install_sh} is missing", hint="reinstall xen-provision, or run from its checkout")
     if sign is not None:
         _check_key(sign)
     version = dist_version(install_dir)
@@ -143,7 +141,7 @@ def make_dist(dist_dir: str | os.PathLike = DIST, sign: str | None = None) -> Pa
     if "SOURCE_DATE_EPOCH" in os.environ:
         mtime = source_date_epoch()
     else:  # same inputs, same bytes: the newest input decides
-        mtime = int(max([p.lstat().st_mtime for _, p in entries] + [INSTALL_SH.stat().st_mtime]))
+        mtime = int(max([p.lstat().st_mtime for _, p in entries] + [install_sh.stat().st_mtime]))
     readme = _readme(version, install_dir).encode()
 
     def info(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
@@ -162,8 +160,8 @@ def make_dist(dist_dir: str | os.PathLike = DIST, sign: str | None = None) -> Pa
                 gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
             tar.addfile(info("", tarfile.DIRTYPE, 0o755))
-            with open(INSTALL_SH, "rb") as f:
-                tar.addfile(info("install.sh", tarfile.REGTYPE, 0o755, INSTALL_SH.stat().st_size), f)
+            with open(install_sh, "rb") as f:
+                tar.addfile(info("install.sh", tarfile.REGTYPE, 0o755, install_sh.stat().st_size), f)
             for name, path in entries:
                 st = path.lstat()
                 mode = stat.S_IMODE(st.st_mode)
@@ -201,7 +199,7 @@ def _install_sh(args: list[str], done: str | None = None) -> None:
     to end: before its commit it rolls back, once in it it finishes (it ignores signals
     there). Then the interrupt goes on, and if install.sh finished, ``done`` (what it
     did) is recorded as kept, so the message of the interrupted run is true."""
-    argv = ["sh", str(INSTALL_SH), *args]
+    argv = ["sh", str(paths.install_sh()), *args]
     log.debug(shlex.join(argv))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True, start_new_session=True)
@@ -233,7 +231,7 @@ def install(destdir: str | os.PathLike | None = None, tree: str | os.PathLike | 
     which checks the tree against its manifest.json first; an empty ``destdir`` is refused."""
     if tree is not None and not str(tree).strip():
         raise ProvisionError("--from '' names no tree", hint="leave --from out to install dist/install")
-    tree = Path(tree) if tree is not None else DIST / "install"
+    tree = Path(tree) if tree is not None else paths.dist() / "install"
     if not tree.is_dir():
         raise ProvisionError(f"{tree} does not exist", hint="run doit world first")
     _install_sh(["--from", str(tree), *([] if destdir is None else [str(destdir)])],
@@ -250,7 +248,7 @@ def register(subparsers) -> None:
     """Add ``dist``, ``install`` and ``uninstall`` to ``python -m provision`` (called from
     provision.build.cli, which owns the command list)."""
     p = subparsers.add_parser("dist", help="make dist/xen-<version>-install.tgz and SHA256SUMS from dist/install")
-    p.add_argument("--dist-dir", default=str(DIST), help="the dist directory (default: %(default)s)")
+    p.add_argument("--dist-dir", help="the dist directory (default: $XEN_PROVISION_DIST, else ./dist)")
     p.add_argument("--sign", metavar="KEYID", help="also sign SHA256SUMS with this gpg key (SHA256SUMS.asc)")
     p.set_defaults(func=_cmd_dist)
     p = subparsers.add_parser("install", help="install dist/install into DESTDIR (default /), checked and recorded")

@@ -4,7 +4,7 @@
     doit install [DESTDIR=/mnt/root]  # install dist/install, recorded (destdir= works too)
     doit uninstall [DESTDIR=...]      # remove exactly what the record lists
 
-``dist=DIR`` moves dist/ as it does for ``doit world``.
+``dist=DIR`` moves dist/ as it does for ``doit world`` (provision/paths.py).
 
 dodo.py imports these; the logic is in :mod:`provision.build.install` and install.sh.
 """
@@ -18,14 +18,16 @@ from pathlib import Path
 from doit import get_var
 from doit.exceptions import TaskFailed
 
+from provision import paths
 from provision.build import install as inst
 from provision.errors import ProvisionError
+from provision.tasks import variables
 
-_CODE = [inst.INSTALL_SH, Path(inst.__file__), Path(inst.__file__).with_name("install_readme.txt.j2")]
+_CODE = [paths.install_sh(), Path(inst.__file__), Path(inst.__file__).with_name("install_readme.txt.j2")]
 
 
 def _dist() -> Path:
-    return Path(get_var("dist", None) or inst.DIST).resolve()
+    return variables().dist
 
 
 def _install_dir() -> Path:
@@ -100,8 +102,8 @@ def task_dist():
 def task_install():
     """Install dist/install into DESTDIR (default /; doit install DESTDIR=/mnt/root), recorded."""
     return {
-        "actions": [["sh", str(inst.INSTALL_SH), "--from", str(_install_dir()), *_destdir()]],
-        "file_dep": [str(_manifest()), str(inst.INSTALL_SH)],
+        "actions": [["sh", str(paths.install_sh()), "--from", str(_install_dir()), *_destdir()]],
+        "file_dep": [str(_manifest()), str(paths.install_sh())],
         # install.sh compares every file itself (and is quick when nothing changed); the
         # target may have changed under us, so always let it look.
         "uptodate": [False],
@@ -112,7 +114,7 @@ def task_install():
 def task_uninstall():
     """Remove from DESTDIR (default /) exactly what the last install recorded there."""
     return {
-        "actions": [["sh", str(inst.INSTALL_SH), "--uninstall", *_destdir()]],
+        "actions": [["sh", str(paths.install_sh()), "--uninstall", *_destdir()]],
         "uptodate": [False],
         "verbosity": 2,
     }

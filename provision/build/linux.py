@@ -38,8 +38,8 @@ def inputs(recipe: KernelRecipe, source: Source) -> dict:
     return {"source": source.identity, **recipe.inputs()}
 
 
-def _make(out: Path, tree: Path, *targets: str, quiet: bool = False) -> None:
-    builddir.make(f"O={out}", ARCH, *targets, directory=tree, quiet=quiet, env=ENV)
+def _make(out: Path, tree: Path, *targets: str, quiet: bool = False, jobs: int | None = None) -> None:
+    builddir.make(f"O={out}", ARCH, *targets, directory=tree, quiet=quiet, env=ENV, parallel=jobs)
 
 
 def fragments(recipe: KernelRecipe, tree: Path) -> list[dict[str, str]]:
@@ -80,22 +80,22 @@ def configure(recipe: KernelRecipe, tree: Path, out: Path) -> dict[str, str]:
     return final
 
 
-def build(recipe: KernelRecipe, source: Source) -> dict:
-    """Build (or reuse) one kernel; returns its build record."""
+def build(recipe: KernelRecipe, source: Source, *, jobs: int | None = None) -> dict:
+    """Build (or reuse) one kernel (make -j ``jobs``); returns its build record."""
     if not (source.version == recipe.series or source.version.startswith(recipe.series + ".")):
         raise ProvisionError(
             f"{recipe.name} is a recipe for Linux {recipe.series} but the Linux source is {source.version}",
             hint=f"point [linux] source in world.toml at a {recipe.series}.x tree, or use a matching recipe",
         )
     return builddir.build_once(tree_name(recipe), inputs(recipe, source), recipe.name,
-                               functools.partial(_compile, recipe, source))
+                               functools.partial(_compile, recipe, source, jobs))
 
 
-def _compile(recipe: KernelRecipe, source: Source, work: Path, out: Path) -> dict:
+def _compile(recipe: KernelRecipe, source: Source, jobs: int | None, work: Path, out: Path) -> dict:
     with log.step(f"Building {recipe.name} (Linux {source.version}) in {work}"):
         final = configure(recipe, source.tree, work)
         modules = final.get("MODULES") == "y"
-        _make(work, source.tree, "bzImage", *(["modules"] if modules else []))
+        _make(work, source.tree, "bzImage", *(["modules"] if modules else []), jobs=jobs)
     release = output(["make", "-s", "-C", source.tree, f"O={work}", ARCH, "kernelrelease"], env=ENV)
     trees = {}
     if modules:

@@ -20,7 +20,6 @@ either the previous complete tree or the new complete one.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from provision import log
 from provision.cache import sha256_file
-from provision.fsutil import atomic_write
+from provision.fsutil import Lock, atomic_write
 from provision.run import run
 from provision.undo import UndoStack
 
@@ -164,8 +163,7 @@ def stage(dest: Path, xen: dict, tools: dict | None, kernels: dict[str, dict]) -
     tmp = dest.with_name(f".{dest.name}.new")
     old = dest.with_name(f".{dest.name}.old")
     # Two runs staging into the same place (parallel test sessions) take turns.
-    with open(dest.with_name(f".{dest.name}.lock"), "w") as lock, UndoStack() as undo:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with Lock(dest.with_name(f".{dest.name}.lock")), UndoStack() as undo:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         undo.rollback(f"remove {tmp}", shutil.rmtree, tmp, True)

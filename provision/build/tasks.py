@@ -1,11 +1,11 @@
 """doit tasks for `doit world`: sources, hypervisor, tools, kernels, staging.
 
-dodo.py re-exports these; ``python -m provision world`` runs the same tasks. Command-line
-variables (``doit world name=value``):
+dodo.py loads these (through provision/tasks.py, which also reads the command-line
+variables); ``python -m provision world`` runs the same tasks. ``doit world name=value``:
 
     kernels=mk.linux-6.1-xenU    override the KERNELS list (space or comma separated)
-    buildconfigs=DIR             another buildconfigs directory (default: buildconfigs)
-    dist=DIR                     where to stage (DIR/install; default: dist)
+    buildconfigs=DIR             another buildconfigs directory (provision/paths.py)
+    dist=DIR                     where to stage (DIR/install; provision/paths.py)
     jobs=N                       make -j (default: the number of CPUs)
 
 Each build task's target is a small JSON stamp (in DIST/.stamps) holding the build
@@ -21,12 +21,10 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
-from doit import get_var
 from doit.task import clean_targets
 from doit.tools import config_changed
 
@@ -36,31 +34,23 @@ from provision.build.sources import Source, SourceSpec, fetch
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.grub.tasks import OUTPUTS as GRUB_OUTPUTS
+from provision.tasks import fail, variables
 
-DOIT_CONFIG = {
-    "default_tasks": ["world"],
-    "verbosity": 2,
-    "cleandep": True,
-    "dep_file": ".doit.db",  # as in pyproject.toml's [tool.doit]
-    "backend": "sqlite3",
-}
-
-
-def _fail(e: ProvisionError):
-    e.report()
-    raise SystemExit(e.exit_code)
+# When this doit run began: a build record finished after it was built by this run.
+STARTED = time.time()
 
 
 @functools.cache
 def world() -> config.World:
+    v = variables()
     try:
-        return config.load(get_var("buildconfigs", "buildconfigs"), kernels=get_var("kernels", None))
+        return config.load(v.buildconfigs, kernels=v.kernels)
     except ProvisionError as e:
-        _fail(e)
+        fail(e)
 
 
 def dist() -> Path:
-    return Path(get_var("dist", "dist")).resolve()
+    return variables().dist
 
 
 def install_dir() -> Path:
@@ -75,12 +65,6 @@ def _stamp(name: str) -> Path:
     return stamps() / f"{name}.json"
 
 
-def _jobs() -> None:
-    value = get_var("jobs", None)
-    if value:
-        os.environ["XEN_PROVISION_JOBS"] = str(value)
-
-
 def _write(path: Path, record: dict) -> None:
     atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -89,20 +73,13 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _built(what: str, record: dict, started: float) -> None:
-    """Note in this run's log that ``what`` was really (re)built, for world's summary."""
-    if record.get("finished_at", 0) >= started:
-        with open(stamps() / "rebuilt.log", "a") as f:
-            f.write(f"{os.getpid()} {what}\n")
-
-
 def _tree_ok(stamp_path: Path, key: str = "dir") -> bool:
     """The stamp's finished build tree (or its source tree) is still in the cache."""
     try:
         path = Path(_read(stamp_path)[key])
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
         return False
-    return (path / builddir.DONE).exists() if key == "dir" else path.is_dir()
+    return builddir.done(path) is not None if key == "dir" else path.is_dir()
 
 
 def _source_of(stamp_path: Path) -> Source:
@@ -113,7 +90,6 @@ def _source_of(stamp_path: Path) -> Source:
 
 def _guard(fn, *args):
     """Run a build step; a ProvisionError becomes one line and a failed task."""
-    _jobs()
     try:
         fn(*args)
     except ProvisionError as e:
@@ -159,10 +135,8 @@ def _build(task: str, build, settings, source: str, needs: str) -> None:
     build dependencies (``needs``: a switch of preflight.check), build or reuse ``settings``
     with ``build`` from the tree of the ``source`` stamp, and write the task's stamp."""
     preflight.check(**{needs: True}, staging=True)
-    started = time.time()
-    record = build(settings, _source_of(_stamp(f"source-{source}")))
-    _write(_stamp(task.replace(":", "-")), record)
-    _built(task, record, started)
+    record = build(settings, _source_of(_stamp(f"source-{source}")), jobs=variables().jobs)
+    _write(_stamp(task.replace(":", "-")), {**record, "task": task})
 
 
 def task_xen():
@@ -239,18 +213,15 @@ def task_stage():
 
 
 def _report() -> None:
-    log_file = stamps() / "rebuilt.log"
-    mine = []
-    if log_file.exists():
-        pid = str(os.getpid())
-        mine = [line.split(" ", 1)[1] for line in log_file.read_text().splitlines()
-                if line.split(" ", 1)[0] == pid]
-        log_file.unlink()
-    where = install_dir()
-    if mine:
-        print(f"world: rebuilt {', '.join(mine)}; staged in {where}")
+    """What this run compiled: the build records (the stamps) finished since it began."""
+    w = world()
+    names = ["xen", *(["tools"] if w.xen.tools else []), *(f"kernel-{r.name}" for r in w.kernels)]
+    records = [_read(_stamp(name)) for name in names if _stamp(name).exists()]
+    rebuilt = [r.get("task", "?") for r in records if r.get("finished_at", 0) >= STARTED]
+    if rebuilt:
+        print(f"world: rebuilt {', '.join(rebuilt)}; staged in {install_dir()}")
     else:
-        print(f"world: nothing was rebuilt; {where} is up to date")
+        print(f"world: nothing was rebuilt; {install_dir()} is up to date")
 
 
 def task_world():

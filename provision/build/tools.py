@@ -55,13 +55,13 @@ def _autoconf(src: Path) -> None:
         run(["./autogen.sh"], cwd=src, quiet=True)
 
 
-def build(settings: XenSettings, source: Source) -> dict:
-    """Build (or reuse) the control tools for these inputs; returns their build record."""
+def build(settings: XenSettings, source: Source, *, jobs: int | None = None) -> dict:
+    """Build (or reuse) the control tools for these inputs (make -j ``jobs``); returns their build record."""
     return builddir.build_once(NAME, inputs(settings, source), "tools",
-                               functools.partial(_compile, settings, source))
+                               functools.partial(_compile, settings, source, jobs))
 
 
-def _compile(settings: XenSettings, source: Source, work: Path, out: Path) -> dict:
+def _compile(settings: XenSettings, source: Source, jobs: int | None, work: Path, out: Path) -> dict:
     src = work / "src"
     flags = list(settings.tools_configure)
     with log.step(f"Building the Xen {source.version} control tools in {work}"):
@@ -77,7 +77,7 @@ def _compile(settings: XenSettings, source: Source, work: Path, out: Path) -> di
             stamp.write_text(wanted)
         dist = work / "dist"
         shutil.rmtree(dist, ignore_errors=True)  # a stale file must not be staged
-        builddir.make("dist-tools", f"DISTDIR={dist}", directory=src)
+        builddir.make("dist-tools", f"DISTDIR={dist}", directory=src, parallel=jobs)
     builddir.publish(work, out, [], {"install": dist / "install"})
     files = [p for p in (out / "install").rglob("*") if p.is_file() or p.is_symlink()]
     return {

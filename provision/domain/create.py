@@ -85,7 +85,7 @@ def _lv_sidecar(image: Path) -> Path | None:
     parts = image.parts[2:] if image.parts[:2] == ("/", "dev") else image.parts
     if len(parts) != 2 or (not image.is_absolute() and image.exists()):
         return None
-    from provision.debootstrap.build import Target  # the owner of the sidecar's location
+    from provision.guest.build import Target  # the owner of the sidecar's location
 
     try:
         return Path(Target.lv("/".join(parts)).sidecar)

@@ -84,8 +84,8 @@ def build(args) -> tuple[Path, list[render.BootEntry], cmdline.Dom0Options, str,
         config = cmdline.config_beside(within(root, xen))
     schedulers = cmdline.schedulers_from_config(config) if config.is_file() else None
     xen_opts = cmdline.parse_xen_options(xen_words(args), machine_memory=machine_memory(args, root), schedulers=schedulers)
-    if xen_opts.sched and schedulers is None:
-        log.note(f"sched={xen_opts.sched}: not checked against the hypervisor, {config.name} is not beside it")
+    if schedulers is None:
+        cmdline.with_sched_checked(xen_opts, config)  # says the check was skipped
     dom0 = cmdline.parse_dom0_options(args.dom0_args or "", root=args.root_device,
                                       readonly=False if args.rw else None, xen=xen_opts)
     entry_id = validate.name(args.id, "--id") if args.id else None

@@ -2,7 +2,7 @@
 
     doit grub                                   # dist/grub/{42_xen_provision,custom.cfg,menu.lst,xen.cfg}
     doit grub XEN_ARGS="dom0_mem=2G,max:2G com1=115200,8n1 sched=credit" DOM0_ARGS="root=/dev/sda2 ro"
-    doit grub dist=DIR                          # the same dist= as doit world
+    doit grub dist=DIR                          # the same dist= as doit world (provision/paths.py)
 
 The entries name the staged files as they will be after ``doit install`` (/boot/...);
 ``sched=`` is checked against the staged xen-<ver>.config. To install them beside the
@@ -11,7 +11,6 @@ user's own entries, use ``python -m provision grub install``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from doit import get_var
@@ -22,8 +21,8 @@ from provision.errors import ProvisionError
 from provision.fsutil import write_if_changed
 from provision.grub import cmdline, render
 from provision.grub.cli import newest
+from provision.tasks import variables
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_XEN_ARGS = "dom0_mem=1G,max:1G com1=115200,8n1 console=com1,vga"
 DEFAULT_DOM0_ARGS = "root=/dev/sda1 ro"
 OUTPUTS = ("42_xen_provision", "custom.cfg", "menu.lst", "xen.cfg")
@@ -39,8 +38,9 @@ def render_staged(install: Path, out: Path, xen_args: str, dom0_args: str) -> li
         raise ProvisionError(f"{install}/boot has no xen-*.gz or vmlinuz-*-xen0", hint="run doit world first")
     config = cmdline.config_beside(install / xen.lstrip("/"))
     schedulers = cmdline.schedulers_from_config(config) if config.is_file() else None
-    xen_opts = cmdline.parse_xen_options(xen_args, schedulers=schedulers)
-    xen_opts = cmdline.with_sched_checked(xen_opts, config)
+    xen_opts = cmdline.parse_xen_options(xen_args, schedulers=schedulers)  # checks sched= when it can
+    if schedulers is None:
+        cmdline.with_sched_checked(xen_opts, config)  # says the check was skipped
     dom0 = cmdline.parse_dom0_options(dom0_args, xen=xen_opts)
     entries = [render.make_entry(xen, kernel, xen_opts, dom0)]
     grub2 = render.render_grub2(entries)
@@ -57,12 +57,6 @@ def render_staged(install: Path, out: Path, xen_args: str, dom0_args: str) -> li
     return [out / name for name in OUTPUTS]
 
 
-def _dist() -> Path:
-    """Where `doit world` staged: its dist= variable, $XEN_PROVISION_DIST, or ./dist."""
-    value = get_var("dist", None) or os.environ.get("XEN_PROVISION_DIST")
-    return Path(value).resolve() if value else ROOT / "dist"
-
-
 def _action(install: Path, out: Path, xen_args: str, dom0_args: str):
     try:
         for path in render_staged(install, out, xen_args, dom0_args):
@@ -76,7 +70,7 @@ def task_grub():
     """Render GRUB 2, menu.lst and xen.cfg entries for the staged hypervisor and xen0 kernel."""
     xen_args = get_var("XEN_ARGS", DEFAULT_XEN_ARGS)
     dom0_args = get_var("DOM0_ARGS", DEFAULT_DOM0_ARGS)
-    install, out = _dist() / "install", _dist() / "grub"
+    install, out = variables().dist / "install", variables().dist / "grub"
     return {
         "actions": [(_action, [install, out, xen_args, dom0_args])],
         # manifest.json is `doit stage`'s target, so doit builds the world first if needed.

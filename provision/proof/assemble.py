@@ -23,7 +23,6 @@ and the bases the commands bootstrap.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -36,13 +35,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from provision import log
+from provision import cache, log, paths
 from provision.cache import cache_dir, manifest_key, sha256_file
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.undo import UndoStack
 
-PACKAGE = Path(__file__).resolve().parents[1]       # provision/
+PACKAGE = paths.PACKAGE       # provision/
 HOST_DISK_SIZE = "6G"
 # No swap disk: every disk of a file-backed guest is a loop device that Xen's block
 # hotplug script sets up, and under TCG two guests' scripts at once come close to
@@ -313,7 +312,7 @@ def assemble(scenario: Scenario, inputs: Inputs, final: Path, work: Path, tarbal
 
 def image_key(scenario: Scenario, inputs: Inputs, tarball_sha: str) -> str:
     hashed, _key, pub = credentials()
-    from provision.debootstrap import basecache, resolve
+    from provision.guest import basecache, resolve
     bases = [basecache.entry_for(resolve(inputs.suite, mirror=inputs.mirror, include=list(pkgs))).key
              for pkgs in (HOST_PACKAGES, ("openssh-server", *GUEST_PACKAGES))]
     return manifest_key({"format": 2, "scenario": asdict(scenario), "suite": inputs.suite, "mirror": inputs.mirror,
@@ -323,16 +322,33 @@ def image_key(scenario: Scenario, inputs: Inputs, tarball_sha: str) -> str:
 
 
 def host_image(scenario: Scenario, inputs: Inputs, tarball: Path, out: Path) -> tuple[Path, Facts]:
-    """The scenario's host image, from the cache when its inputs are unchanged."""
-    tarball_sha = sha256_file(tarball)
-    key = image_key(scenario, inputs, tarball_sha)
+    """The scenario's host image, from the cache when its inputs are unchanged: an entry
+    ``host-<scenario>-<key>.img`` stamped by its facts, ``.json``. Each is gigabytes:
+    only the two most recently used of a scenario are kept."""
+    key = image_key(scenario, inputs, sha256_file(tarball))
     images = cache_dir("boottest", "images")
-    final = images / f"host-{scenario.name}-{key}.img"
-    facts_path = final.with_suffix(".json")
-    if final.exists() and facts_path.exists() and not inputs.refresh:
-        log.info(f"host image ({scenario.name}): cached {final.name}")
-        os.utime(final)   # the newest: pruning keeps it
-        return final, Facts(**json.loads(facts_path.read_text()))
+    this = _entry(images / f"host-{scenario.name}-{key}.img")
+    record, hit = cache.obtain(this, lambda path: asdict(_assemble(scenario, inputs, tarball, out, key, path)),
+                               refresh=inputs.refresh)
+    if hit:
+        log.info(f"host image ({scenario.name}): cached {this.path.name}")
+    _prune(images, scenario.name, keep=this.path)
+    return this.path, Facts(**record)
+
+
+def _entry(image: Path) -> cache.Entry:
+    return cache.Entry(image, stamp=image.with_suffix(".json"))
+
+
+def _prune(images: Path, scenario: str, keep: Path, newest: int = 2) -> None:
+    """All but the ``newest`` recently used images of this scenario go, ``keep`` (the one
+    just used) never: each is gigabytes."""
+    _entry(keep).use()
+    cache.prune(map(_entry, images.glob(f"host-{scenario}-*.img")), keep=newest)
+
+
+def _assemble(scenario: Scenario, inputs: Inputs, tarball: Path, out: Path, key: str, final: Path) -> Facts:
+    """Assemble the image in a work directory and move it to ``final``."""
     transcript = Transcript(out / f"assemble-{scenario.name}.log")
     with UndoStack() as undo:
         work = cache_dir("boottest", "work") / f"{scenario.name}-{key}"
@@ -348,9 +364,7 @@ def host_image(scenario: Scenario, inputs: Inputs, tarball: Path, out: Path) -> 
                 transcript.close()
         facts.key = key
         os.replace(work / "host.img", final)
-        atomic_write(facts_path, json.dumps(asdict(facts), indent=1, sort_keys=True) + "\n")
-    _prune(images, scenario.name, keep=final)
-    return final, facts
+    return facts
 
 
 def _remove_work(work: Path) -> None:
@@ -359,15 +373,3 @@ def _remove_work(work: Path) -> None:
     if os.path.ismount(root):
         subprocess.run(["umount", "--lazy", str(root)], check=False)
     shutil.rmtree(work, ignore_errors=True)
-
-
-def _prune(images: Path, scenario: str, keep: Path, newest: int = 2) -> None:
-    """All but the ``newest`` recently used images of this scenario go: each is gigabytes."""
-    def mtime(p: Path) -> float:
-        with contextlib.suppress(FileNotFoundError):
-            return p.stat().st_mtime
-        return 0.0
-    others = sorted((p for p in images.glob(f"host-{scenario}-*.img") if p != keep), key=mtime, reverse=True)
-    for old in others[newest - 1:]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".json").unlink(missing_ok=True)

@@ -29,18 +29,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision import log
+from provision import log, paths
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.proof import assemble, checks
 from provision.proof.assemble import SCENARIOS, Facts, Inputs, Scenario
 from provision.proof.machine import Disk, Lan, Machine
-from provision.sizes import parse_size
+from provision.sizes import GiB, MiB, parse_size
 from provision.undo import UndoStack
 
-CODE_SIZE = "64M"
-LVM_SIZE = "1G"
-LVIMAGE_SIZE = "2G"
+CODE_SIZE = 64 * MiB
+LVM_SIZE = 1 * GiB
+LVIMAGE_SIZE = 2 * GiB
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Settings:
     inputs: Inputs
     out: Path
     scenarios: tuple[str, ...] = ("bridged", "routed")
-    memory: str = "3G"
+    memory: int = 3 * 1024            # MiB, the QEMU machine's
     smp: int = 2
     timeout: float = 300.0            # for each long wait (boot to multi-user, guest boot)
     extra_checks: bool = True         # LVM, save/restore, mem-set, the bad-disk guest (bridged)
@@ -101,7 +101,7 @@ def code_disk(out: Path, settings: Settings, scenario: Scenario) -> Path:
         shutil.copytree(assemble.PACKAGE, Path(stage) / "provision",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copyfile(key, Path(stage) / "id_ed25519")
-        size = parse_size(CODE_SIZE)
+        size = CODE_SIZE
         if _lvm(settings, scenario):
             seed = lvcheck.seed(Path(stage) / lvcheck.SEED_DIR, settings.inputs.suite, settings.inputs.mirror)
             size += sum(f.stat().st_size for f in seed) * 11 // 10
@@ -202,25 +202,29 @@ def run_boottest(settings: Settings) -> Result:
 
 
 def settings_from_args(args) -> Settings:
-    dist = Path(args.dist or assemble.PACKAGE.parent / "dist" / "install").resolve()
+    dist = Path(args.dist).resolve() if args.dist else paths.dist() / "install"
     if not (dist / "manifest.json").is_file():
         raise ProvisionError(f"{dist} holds no staged build (no manifest.json)", hint="run `doit world` first")
     assemble.dist_release(dist)
     from provision.grub.cmdline import check_scheduler, parse_dom0_mem, schedulers_from_config
     configs = sorted(p for p in (dist / "boot").glob("xen-*.config") if not p.is_symlink())
-    # Caught here, before anything is built, as `grub install` would catch it.
+    # Caught here, before anything is built, as `grub install` would catch it. They stay
+    # text in Inputs: the boot test hands them to the public `grub install` it tests (and
+    # they key the cached host image); nothing in the boot test parses them again.
     check_scheduler(args.sched, schedulers_from_config(configs[-1]) if configs else None)
     parse_dom0_mem(args.dom0_mem)
     if args.timeout <= 0:
         raise ProvisionError(f"--timeout {args.timeout} must be positive")
-    from provision.debootstrap import resolve
-    from provision.debootstrap.mirror import host_mirror
+    memory = parse_size(args.memory, "--memory", minimum=512 * MiB) // MiB
+    from provision.guest import resolve
+    from provision.guest.mirror import host_mirror
     mirror = args.mirror or host_mirror("debian") or "http://deb.debian.org/debian"
     spec = resolve(args.suite, mirror=mirror)   # the suite and mirror, as `image` checks them
     scenarios = tuple(SCENARIOS) if args.scenario in (None, "all") else (args.scenario,)
     inputs = Inputs(dist=dist, suite=spec.suite, mirror=spec.mirror, sched=args.sched,
                     dom0_mem=args.dom0_mem, refresh=args.refresh)
-    return Settings(inputs=inputs, out=Path(args.out).resolve(), scenarios=scenarios, memory=args.memory,
+    out = Path(args.out).resolve() if args.out else paths.dist() / "boottest"
+    return Settings(inputs=inputs, out=out, scenarios=scenarios, memory=memory,
                     timeout=args.timeout, extra_checks=not args.boot_only, lvmcheck=args.lvmcheck)
 
 
@@ -239,9 +243,9 @@ def register(subparsers) -> None:
         description="Make Xen hosts with the public commands (dist tarball and install.sh, grub "
                     "install, xendomains, network, image, domain create) and boot each under QEMU "
                     "with TCG on a LAN that ends inside QEMU, checking the serial console.")
-    p.add_argument("--dist", default=None, help="the staged tree (default dist/install)")
-    p.add_argument("--out", default=str(assemble.PACKAGE.parent / "dist" / "boottest"),
-                   help="where the logs and report go (default dist/boottest)")
+    p.add_argument("--dist", default=None, help="the staged tree (default: DIST/install, DIST as for doit: "
+                                                "$XEN_PROVISION_DIST, else ./dist)")
+    p.add_argument("--out", default=None, help="where the logs and report go (default: DIST/boottest)")
     p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all",
                    help="bridged (two guests on xenbr0), routed (vif-route) or all (default)")
     p.add_argument("--suite", default="bookworm", help="dom0's and the guests' suite")

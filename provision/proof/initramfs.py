@@ -12,7 +12,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from provision.cache import cache_dir, manifest_key, sha256_file
+from provision import cache
+from provision.cache import cache_dir, manifest_key, sha256_file, staging
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_path
 from provision.run import require, run
@@ -48,18 +49,22 @@ def busybox_initramfs(init: str, *, files: dict[str, str | bytes | Path] | None 
         else:
             data = content.encode() if isinstance(content, str) else content
             manifest["files"][name] = "sha256:" + hashlib.sha256(data).hexdigest()
-    cached = cache_dir("initramfs") / f"{manifest_key(manifest)}.cpio.gz"
-    if not cached.exists():
+    entry = cache.Entry(cache_dir("initramfs") / f"{manifest_key(manifest)}.cpio.gz")
+
+    def build(path: Path) -> dict:
         with tempfile.TemporaryDirectory(prefix="initramfs.") as tmp:
             root = Path(tmp)
             _populate(root, busybox, init, files)
             names = sorted(_walk(root))
             archive = run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible"],
                           input=("\n".join(names) + "\n").encode(), capture=True, cwd=root).stdout
-            with atomic_path(cached) as tmp_out:
-                with open(tmp_out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb",
-                                                               mtime=0, filename="") as gz:
-                    gz.write(archive)
+        with staging(path) as tmp_out, open(tmp_out, "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+            gz.write(archive)
+        return manifest
+
+    cache.obtain(entry, build)
+    cached = entry.path
     if out is not None:
         with atomic_path(out) as tmp_out:
             shutil.copyfile(cached, tmp_out)

@@ -108,7 +108,7 @@ def test_image_holds_every_configured_file(first_image, workdir):
     assert debugfs_cat(img, "/root/.ssh/authorized_keys") == KEY + "\n"
     assert "Mode:  0600" in debugfs(img, "stat /root/.ssh/authorized_keys")
     # The host's own configured mirror, into the image's apt sources too.
-    from provision.debootstrap.mirror import host_mirror
+    from provision.guest.mirror import host_mirror
 
     mirror = host_mirror("debian") or "http://deb.debian.org/debian"
     assert debugfs_cat(img, "/etc/apt/sources.list").startswith(f"deb {mirror} {host_suite()} main\n")
@@ -143,8 +143,8 @@ def test_warm_run_comes_from_the_cache(first_image, workdir, env):
 
 
 def _cached_filesystem(workdir) -> Path:
-    from provision.debootstrap.bootstrap import resolve
-    from provision.debootstrap.build import Target, fs_cache_path
+    from provision.guest.bootstrap import resolve
+    from provision.guest.build import Target, fs_cache_path
 
     spec = resolve(host_suite(), include=["openssh-server"])
     return fs_cache_path(spec, Target.file(workdir / "x.img", "2G"), create=False)
@@ -154,13 +154,13 @@ def _cached_filesystem(workdir) -> Path:
 def test_broken_cached_filesystem_is_rebuilt_never_used(first_image, workdir, env, damage):
     """One flipped byte in a file's data (only the checksum sees it), or a wiped
     superblock (debugfs cannot open it): the next image is made from the base instead."""
-    from provision.debootstrap.build import extents_sha256
+    from provision.guest.build import extents_sha256
     from provision.storage.clone import _data_extents
 
     warm, _ = cli(*common(workdir), "--file", workdir / f"pre-{damage}.img", "--hostname", "pre", env=env)
     assert warm.returncode == 0, warm.stderr
     cached = _cached_filesystem(workdir)
-    assert cached.is_file() and Path(str(cached) + ".sha256").is_file()
+    assert cached.is_file() and Path(str(cached) + ".json").is_file()
     with open(cached, "r+b") as f:
         if damage == "superblock":
             f.seek(1024)
@@ -178,7 +178,7 @@ def test_broken_cached_filesystem_is_rebuilt_never_used(first_image, workdir, en
     assert f"cached filesystem {cached.name} is broken" in p.stderr
     assert debugfs_cat(img, "/etc/hostname") == "healed\n"
     fsck_clean(img)
-    assert extents_sha256(cached) == Path(str(cached) + ".sha256").read_text().strip()
+    assert extents_sha256(cached) == json.loads(Path(str(cached) + ".json").read_text())["sha256"]
     assert json.loads(Path(str(img) + ".json").read_text())["base"]["cache"] == "hit"  # the base tarball
 
 
@@ -354,7 +354,7 @@ def test_dry_run_with_a_warm_cache_changes_nothing(first_image, workdir, env):
 
 def test_python_api_with_after_configure(first_image, workdir, monkeypatch):
     """The boot test builds its host image through the library, adding its own files."""
-    from provision.debootstrap import GuestSettings, Network, Target, apt_sources, build, resolve
+    from provision.guest import GuestSettings, Network, Target, apt_sources, build, resolve
 
     monkeypatch.setenv("PATH", SBIN_PATH)
     spec = resolve(host_suite(), include=["openssh-server"])
@@ -379,8 +379,8 @@ def test_lvcheck_seeded_from_the_host_cache(workdir, tmp_path):
     host's cached base, on a loop-device PV: with device-mapper all of it passes; without
     it (our CI kernel) it runs up to the first LV, fails saying why, and leaves nothing
     behind. The boot test runs all of it in dom0."""
-    from provision.debootstrap import basecache
-    from provision.debootstrap.bootstrap import resolve
+    from provision.guest import basecache
+    from provision.guest.bootstrap import resolve
     from provision.proof.indom0 import lvcheck
     from tests.conftest import have_device_mapper
 

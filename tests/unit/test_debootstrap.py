@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from provision.debootstrap import basecache, ext4edit, mirror, suites
-from provision.debootstrap.bootstrap import command, resolve
-from provision.debootstrap.configure import (
+from provision.errors import ProvisionError
+from provision.guest import basecache, ext4edit, mirror, suites
+from provision.guest.bootstrap import command, resolve
+from provision.guest.configure import (
     GuestSettings,
     Network,
     apply_to_dir,
@@ -25,7 +26,6 @@ from provision.debootstrap.configure import (
     read_root_hash,
     read_ssh_keys,
 )
-from provision.errors import ProvisionError
 
 HASH = "$y$j9T$abcdefghijklmnopqrstu.$0123456789abcdefghijklmnopqrstuvwxyzABCD"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyMaterialForTestsOnly0123456789abc test@host"
@@ -65,7 +65,7 @@ def test_every_suite_of_the_installed_debootstrap_is_in_the_table():
         name for name in os.listdir(DEBOOTSTRAP_SCRIPTS)
         if not any(mark in name for mark in (".", "-m68k", "-kfreebsd"))
         and name not in NOT_DEBIAN_OR_UBUNTU and name not in known)
-    assert missing == [], f"add these releases to provision/debootstrap/suites.py: {missing}"
+    assert missing == [], f"add these releases to provision/guest/suites.py: {missing}"
     # And every alias points at a release of the table.
     assert all(target in suites.names() for target in suites.ALIASES.values())
 
@@ -469,7 +469,7 @@ def test_truncated_cache_entry(tmp_path, monkeypatch):
 
 
 def test_extents_checksum_sees_data_not_holes(tmp_path):
-    from provision.debootstrap.build import extents_sha256
+    from provision.guest.build import extents_sha256
 
     a, b = tmp_path / "a.img", tmp_path / "b.img"
     for p in (a, b):
@@ -499,8 +499,8 @@ def test_seeded_base_keeps_its_key_where_the_backend_is_missing(tmp_path, monkey
     seed.chmod(0o555)  # the code disk is mounted read-only
     script = f"""
 import os, sys
-from provision.debootstrap import basecache
-from provision.debootstrap.bootstrap import BaseSpec, backend_version
+from provision.guest import basecache
+from provision.guest.bootstrap import BaseSpec, backend_version
 from provision.errors import ProvisionError
 assert backend_version("mmdebstrap") == "missing", backend_version("mmdebstrap")
 spec = basecache.import_entry({str(seed)!r})
@@ -568,7 +568,7 @@ def test_lvcheck_reads_a_configured_guest_back_and_catches_a_wrong_file(tmp_path
     """The dom0 check's reader, on an ext4 image instead of an LV."""
     if not shutil.which("mkfs.ext4", path=os.environ.get("PATH", "") + ":/sbin:/usr/sbin"):
         pytest.skip("e2fsprogs is not installed")
-    from provision.debootstrap.configure import Write
+    from provision.guest.configure import Write
     from provision.proof.indom0 import lvcheck
 
     rel = suites.lookup("bookworm")

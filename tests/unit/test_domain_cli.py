@@ -234,7 +234,7 @@ def test_from_image_facts(domain, root, tmp_path, checker):
     img.write_bytes(b"\0" * 4096)
     swap = tmp_path / "sarge-swap.img"
     swap.write_bytes(b"\0" * 4096)
-    # The sidecar as provision/debootstrap writes it (format xen-provision-image/1).
+    # The sidecar as provision/guest writes it (format xen-provision-image/1).
     (tmp_path / "sarge.img.json").write_text(json.dumps({
         "format": "xen-provision-image/1", "name": "sarge", "suite": "sarge", "target": "file",
         "root": "/dev/xvda1", "fstype": "ext3", "console": "hvc0", "kernel_args": ["vsyscall=emulate"],

@@ -1,6 +1,6 @@
 """``domain create --from-image``: the sidecar that ``image --debootstrap`` really writes.
 
-The sidecars here come from provision.debootstrap's own writer (``sidecar_info``), for
+The sidecars here come from provision.guest's own writer (``sidecar_info``), for
 each kind of target it makes (file image with swap, partitioned disk, LV, directory),
 so a change on either side of that interface fails here. Every config is read by Xen's
 own parser (tests/xlcheck).
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from provision.debootstrap import suites
-from provision.debootstrap.build import Target, sidecar_info
-from provision.debootstrap.configure import GuestSettings
+from provision.guest import suites
+from provision.guest.build import Target, sidecar_info
+from provision.guest.configure import GuestSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "xlcheck"))
 import xlcheck  # noqa: E402

@@ -316,8 +316,8 @@ def test_lv_guest_saved_as_an_lv_template_plan(run_cli, tmp_path, clean_env):
 
 
 def test_snapshot_commands():
-    from provision.debootstrap import templates
-    from provision.debootstrap.build import Target
+    from provision.guest import templates
+    from provision.guest.build import Target
 
     info = {"lv": "vg0/template-web", "size": 2 << 30, "fstype": "ext4"}
     assert templates.snapshot_commands("web", info, Target.lv("vg0/vm2", None, swap="64M"), "512M") == [

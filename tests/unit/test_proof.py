@@ -130,7 +130,7 @@ def test_prune_keeps_the_most_recently_used_images_of_one_scenario(tmp_path):
     for i, name in enumerate(["bridged-a", "bridged-b", "bridged-c", "routed-a"]):
         (tmp_path / f"host-{name}.img").write_bytes(b"")
         (tmp_path / f"host-{name}.json").write_text("{}")
-        os.utime(tmp_path / f"host-{name}.img", (1000 + i, 1000 + i))
+        os.utime(tmp_path / f"host-{name}.json", (1000 + i, 1000 + i))  # its last use
     assemble._prune(tmp_path, "bridged", keep=tmp_path / "host-bridged-a.img")
     assert sorted(p.name for p in tmp_path.glob("*.img")) == \
         ["host-bridged-a.img", "host-bridged-c.img", "host-routed-a.img"]

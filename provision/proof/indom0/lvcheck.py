@@ -30,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from provision.debootstrap import basecache, ext4edit, templates
-from provision.debootstrap.build import Target, build, remove_tree, smallest_size
-from provision.debootstrap.configure import (
+from provision.errors import ProvisionError
+from provision.guest import basecache, ext4edit, templates
+from provision.guest.build import build, remove_tree
+from provision.guest.configure import (
     GuestSettings,
     Mkdir,
     Network,
@@ -42,7 +43,7 @@ from provision.debootstrap.configure import (
     apt_sources,
     guest_files,
 )
-from provision.errors import ProvisionError
+from provision.guest.target import Target, smallest_size
 from provision.proof.indom0.lvmcheck import verdict
 from provision.run import require, run
 from provision.sizes import MiB, format_size
@@ -71,7 +72,7 @@ def seed(dest: str | os.PathLike, suite: str = "bookworm", mirror: str | None = 
     """Put the cached base that ``image --debootstrap SUITE`` uses into the new or empty
     directory ``dest`` (bootstrapping it first, once, when it is not cached); returns
     the files. The boot test puts ``dest`` on the code disk as ``SEED_DIR``."""
-    from provision.debootstrap.bootstrap import resolve
+    from provision.guest.bootstrap import resolve
 
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):

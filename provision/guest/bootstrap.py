@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import log
-from provision.debootstrap import mirror as mirrors
-from provision.debootstrap.suites import Release, lookup
 from provision.errors import ProvisionError
+from provision.guest import mirror as mirrors
+from provision.guest.suites import Release, lookup
 from provision.run import output, run, which
 
 BACKENDS = ("mmdebstrap", "debootstrap")

@@ -26,12 +26,13 @@ from pathlib import Path
 
 from provision import log, validate
 from provision.cache import cache_dir
-from provision.debootstrap import ext4edit
-from provision.debootstrap.build import Target, set_fs_uuid, sidecar_info, staging_path
-from provision.debootstrap.configure import GuestSettings, describe, guest_files
-from provision.debootstrap.suites import Release, lookup
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
+from provision.guest import ext4edit
+from provision.guest.build import set_fs_uuid, sidecar_info, staging_path
+from provision.guest.configure import GuestSettings, describe, guest_files
+from provision.guest.suites import Release, lookup
+from provision.guest.target import Target
 from provision.run import run
 from provision.sizes import MiB, format_size, parse_size
 from provision.undo import UndoStack
@@ -48,7 +49,7 @@ def template_dir(create: bool = True) -> Path:
         return path
     if create:
         return cache_dir("templates")
-    from provision.debootstrap.basecache import cache_root
+    from provision.guest.basecache import cache_root
 
     return cache_root(create=False).parent / "templates"
 
@@ -234,6 +235,7 @@ def snapshot_commands(name: str, info: dict, target: Target, snapshot_size) -> l
 
 def plan(name: str, settings: GuestSettings, target: Target, snapshot_size=None) -> list[str]:
     image, info, release = load(name)
+    settings = settings.on(target)
     if store(info) == "lv":
         commands = snapshot_commands(name, info, target, snapshot_size)
         vg, origin = info["lv"].split("/", 1)
@@ -275,6 +277,7 @@ def instantiate(name: str, settings: GuestSettings, target: Target, *, snapshot_
     from provision import storage
 
     image, info, release = load(name)
+    settings = settings.on(target)
     if store(info) == "lv":
         return _snapshot(name, info, release, settings, target, snapshot_size)
     _file_target(name, target, snapshot_size)

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from provision import log, validate
 from provision.errors import ProvisionError
+
+if TYPE_CHECKING:
+    from provision.guest.bootstrap import BaseSpec
+    from provision.guest.configure import GuestSettings
+    from provision.guest.target import Target
 
 
 def register(subparsers) -> None:
@@ -84,11 +91,78 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_image)
 
 
-def _target(args, release=None):
-    from provision.debootstrap.build import Target
+@dataclass(frozen=True)
+class ImageSettings:
+    """The image command's arguments, parsed and checked once, at the edge (as mkosi's
+    Config): sizes in bytes, the bootstrap spec resolved, the target and the guest's
+    settings made. The pipeline below trusts it and parses nothing again."""
 
-    if args.fstype is None:
-        args.fstype = "ext3" if release is not None and release.old_glibc else "ext4"
+    target: Target
+    guest: GuestSettings
+    spec: BaseSpec | None = None         # --debootstrap: the base to build from
+    template: str | None = None          # --from-template: the template to clone
+    save_template: str | None = None
+    template_vg: str | None = None       # the VG of an LV template to save; None: a file template
+    snapshot_size: int | None = None     # bytes of room for a snapshot's changes
+    refresh: bool = False
+    offline: bool = False
+    dry_run: bool = False
+
+    @property
+    def reserve(self) -> int:
+        """Room the target's VG needs besides the guest: a template saved in the same VG."""
+        t = self.target
+        return t.size if self.template_vg and t.kind == "lv" and t.path.startswith(self.template_vg + "/") else 0
+
+
+def parse(args) -> ImageSettings:
+    """The one place the image command's arguments are read."""
+    from provision.sizes import MiB, parse_size
+
+    if bool(args.debootstrap) == bool(args.from_template):
+        raise ProvisionError("give --debootstrap SUITE or --from-template NAME",
+                             hint="e.g. python -m provision image --debootstrap bookworm --file vm1.img")
+    if args.template_vg and not args.save_template:
+        raise ProvisionError("--template-vg goes with --save-template")
+    common = {"refresh": args.refresh, "offline": args.offline, "dry_run": args.dry_run}
+    if args.from_template:
+        from provision.guest import templates
+
+        if args.save_template:
+            raise ProvisionError("--save-template goes with --debootstrap", hint="the template already exists")
+        if args.offline or args.refresh:
+            raise ProvisionError(f"--{'offline' if args.offline else 'refresh'} is about the bootstrapped base; "
+                                 "a template needs none")
+        _, info, release = templates.load(args.from_template)
+        # No --size: a clone keeps the template's size.
+        fstype = args.fstype or info.get("fstype") or ("ext3" if release.old_glibc else "ext4")
+        target = _target(args, fstype, args.size)
+        base = info.get("base", {})
+        guest = _guest(args, target, release, base.get("mirror") or "", base.get("components") or ["main"])
+        room = parse_size(args.snapshot_size, "snapshot size", minimum=4 * MiB) if args.snapshot_size else None
+        return ImageSettings(target, guest, template=args.from_template, snapshot_size=room, **common)
+    if args.snapshot_size:
+        raise ProvisionError("--snapshot-size goes with --from-template (an LVM template)",
+                             hint="a new LV of its own takes --size")
+    if args.refresh and args.offline:
+        raise ProvisionError("--refresh bootstraps again, which --offline forbids", hint="give one of them")
+    from provision.guest.bootstrap import resolve
+
+    include = list(args.include)
+    if args.ssh_key:
+        include.append("openssh-server")  # root's key is of no use without an SSH server
+    spec = resolve(args.debootstrap, arch=args.arch, mirror=args.mirror, variant=args.variant,
+                   include=include, exclude=args.exclude, backend=args.backend, keyring=args.keyring,
+                   check_gpg=not args.no_check_gpg, proxy=args.proxy, boot_packages=not args.no_boot_packages)
+    fstype = args.fstype or ("ext3" if spec.release.old_glibc else "ext4")
+    target = _target(args, fstype, args.size if args.size is not None else "2G")
+    guest = _guest(args, target, spec.release, spec.mirror, spec.components)
+    return ImageSettings(target, guest, spec=spec, save_template=args.save_template,
+                         template_vg=_template_vg(args, target), **common)
+
+
+def _target(args, fstype: str, size) -> Target:
+    from provision.guest.target import Target
 
     chosen = [(k, getattr(args, k)) for k in ("dir", "file", "disk", "lv") if getattr(args, k)]
     if len(chosen) != 1:
@@ -99,12 +173,11 @@ def _target(args, release=None):
         if args.swap is not None or args.size is not None:
             raise ProvisionError("a --dir target has no size and no swap", hint="use --file, --disk or --lv")
         return Target.dir(path)
-    size = args.size if args.size is not None else "2G"
     if kind in ("file", "disk"):
         validate.image_path(path)  # the names storage create refuses, refused here too
     if kind == "lv":
-        return Target.lv(path, size, swap=args.swap, fstype=args.fstype)
-    return getattr(Target, kind)(path, size, swap=args.swap, fstype=args.fstype, preallocate=args.preallocate)
+        return Target.lv(path, size, swap=args.swap, fstype=fstype)
+    return getattr(Target, kind)(path, size, swap=args.swap, fstype=fstype, preallocate=args.preallocate)
 
 
 def _hostname(args, target) -> str:
@@ -120,8 +193,8 @@ def _hostname(args, target) -> str:
                              hint="give --hostname NAME") from None
 
 
-def _settings(args, target, release, mirror, components):
-    from provision.debootstrap.configure import (
+def _guest(args, target, release, mirror, components) -> GuestSettings:
+    from provision.guest.configure import (
         GuestSettings,
         Network,
         apt_sources,
@@ -144,82 +217,10 @@ def _settings(args, target, release, mirror, components):
         hostname=_hostname(args, target),
         network=network,
         devices=args.devices,
-        fstype=target.fstype,
-        swap=bool(target.swap),
         root_hash=read_root_hash(args.root_password_file) if args.root_password_file else None,
         ssh_keys=read_ssh_keys(args.ssh_key) if args.ssh_key else (),
         apt_sources=apt_sources(release, mirror, components),
-    )
-
-
-def run_image(args) -> int:
-    from provision.debootstrap import suites
-
-    if args.list_suites:
-        for r in suites.RELEASES:
-            extra = f" [{' '.join(r.kernel_args)}]" if r.kernel_args else ""
-            print(f"{r.name:10} {r.distro:7} {r.version:9} {r.status:9} {r.init:9} {r.network:9}{extra}")
-        return 0
-    if args.list_templates:
-        from provision.debootstrap import templates
-
-        for name in templates.names():
-            print(f"{name:16} {templates.where(name)}")
-        return 0
-    if bool(args.debootstrap) == bool(args.from_template):
-        raise ProvisionError("give --debootstrap SUITE or --from-template NAME",
-                             hint="e.g. python -m provision image --debootstrap bookworm --file vm1.img")
-    if args.template_vg and not args.save_template:
-        raise ProvisionError("--template-vg goes with --save-template")
-    if args.from_template:
-        return _from_template(args)
-    if args.snapshot_size:
-        raise ProvisionError("--snapshot-size goes with --from-template (an LVM template)",
-                             hint="a new LV of its own takes --size")
-    if args.refresh and args.offline:
-        raise ProvisionError("--refresh bootstraps again, which --offline forbids", hint="give one of them")
-
-    from provision.debootstrap.bootstrap import resolve
-    from provision.debootstrap.build import build, plan
-
-    include = list(args.include)
-    if args.ssh_key:
-        include.append("openssh-server")  # root's key is of no use without an SSH server
-    spec = resolve(args.debootstrap, arch=args.arch, mirror=args.mirror, variant=args.variant,
-                   include=include, exclude=args.exclude, backend=args.backend, keyring=args.keyring,
-                   check_gpg=not args.no_check_gpg, proxy=args.proxy, boot_packages=not args.no_boot_packages)
-    target = _target(args, spec.release)
-    settings = _settings(args, target, spec.release, spec.mirror, spec.components)
-    template_vg = _template_vg(args, target)
-    if args.dry_run:
-        _check_target(target)
-        for line in plan(spec, settings, target, refresh=args.refresh, offline=args.offline):
-            print(line)
-        if args.save_template:
-            from provision.debootstrap import templates
-
-            root = f"/dev/{target.path}" if target.kind == "lv" else target.path
-            for line in templates.save_plan(args.save_template, root, target.size, template_vg):
-                print(line)
-        return 0
-    # Before anything is built: a template in the guest's own VG needs room there too.
-    target.check_free(extra=target.size if template_vg and target.path.startswith(template_vg + "/") else 0)
-    info = build(spec, settings, target, refresh=args.refresh, quiet=not sys.stderr.isatty(),
-                 offline=args.offline)
-    if args.save_template:
-        from provision.debootstrap import templates
-
-        templates.save(args.save_template, info, vg=template_vg)
-    _report(info, target)
-    return 0
-
-
-def _check_target(target) -> None:
-    """What a dry run can check of the target without lvm2 (and without root): a path that
-    exists (a directory given as --file) or whose directory does not. An LV target is
-    checked against its VG by the real run."""
-    if target.kind != "lv":
-        target.check_free()
+    ).on(target)
 
 
 def _template_vg(args, target) -> str | None:
@@ -227,7 +228,7 @@ def _template_vg(args, target) -> str | None:
     LV template (None: a file template)."""
     if not args.save_template:
         return None
-    from provision.debootstrap import templates
+    from provision.guest import templates
 
     validate.name(args.save_template, "template name")
     if target.kind not in ("file", "lv"):
@@ -245,29 +246,56 @@ def _template_vg(args, target) -> str | None:
     return vg
 
 
-def _from_template(args) -> int:
-    from provision.debootstrap import templates
+def run_image(args) -> int:
+    from provision.guest import suites
 
-    if args.save_template:
-        raise ProvisionError("--save-template goes with --debootstrap", hint="the template already exists")
-    if args.offline or args.refresh:
-        raise ProvisionError(f"--{'offline' if args.offline else 'refresh'} is about the bootstrapped base; "
-                             "a template needs none")
-    image, info, release = templates.load(args.from_template)
-    args.fstype = args.fstype or info.get("fstype")
-    target = _target(args, release)
-    base = info.get("base", {})
-    mirror = base.get("mirror") or ""
-    settings = _settings(args, target, release, mirror, base.get("components") or ["main"])
-    if args.size is None:
-        target = type(target)(target.kind, target.path, None, target.swap, target.fstype, target.preallocate)
-    if args.dry_run:
-        _check_target(target)
-        for line in templates.plan(args.from_template, settings, target, args.snapshot_size):
+    if args.list_suites:
+        for r in suites.RELEASES:
+            extra = f" [{' '.join(r.kernel_args)}]" if r.kernel_args else ""
+            print(f"{r.name:10} {r.distro:7} {r.version:9} {r.status:9} {r.init:9} {r.network:9}{extra}")
+        return 0
+    if args.list_templates:
+        from provision.guest import templates
+
+        for name in templates.names():
+            print(f"{name:16} {templates.where(name)}")
+        return 0
+    settings = parse(args)
+    return _from_template(settings) if settings.template else _bootstrap(settings)
+
+
+def _bootstrap(s: ImageSettings) -> int:
+    from provision.guest import templates
+    from provision.guest.build import Build
+
+    job = Build(s.spec, s.guest, s.target, refresh=s.refresh, offline=s.offline, quiet=not sys.stderr.isatty(),
+                reserve=s.reserve)
+    if s.dry_run:
+        for line in job.plan():
+            print(line)
+        if s.save_template:
+            root = f"/dev/{s.target.path}" if s.target.kind == "lv" else s.target.path
+            for line in templates.save_plan(s.save_template, root, s.target.size, s.template_vg):
+                print(line)
+        return 0
+    info, _ = job.run()  # --debug logs the seconds of each step
+    if s.save_template:
+        templates.save(s.save_template, info, vg=s.template_vg)
+    _report(info, s.target)
+    return 0
+
+
+def _from_template(s: ImageSettings) -> int:
+    from provision.guest import templates
+
+    if s.dry_run:
+        if s.target.kind != "lv":  # an LV target is checked against its VG by the real run
+            s.target.check_free()
+        for line in templates.plan(s.template, s.guest, s.target, s.snapshot_size):
             print(line)
         return 0
-    new = templates.instantiate(args.from_template, settings, target, snapshot_size=args.snapshot_size)
-    _report(new, target)
+    new = templates.instantiate(s.template, s.guest, s.target, snapshot_size=s.snapshot_size)
+    _report(new, s.target)
     return 0
 
 
@@ -276,4 +304,3 @@ def _report(info: dict, target) -> None:
     log.info(f"{info['name']}: {info['distro']} {info['suite']} ({info['arch']}) in {disks}")
     args = " ".join(info["kernel_args"])
     log.info(f"boot with root={info['root']} console=hvc0{' ' + args if args else ''}; details in {target.sidecar}")
-

@@ -12,8 +12,8 @@ import shlex
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from provision.debootstrap.configure import Mkdir, Op, Remove, Symlink, TreeReader, Write
 from provision.errors import ProvisionError
+from provision.guest.configure import Mkdir, Op, Remove, Symlink, TreeReader, Write
 from provision.run import require, run
 
 # debugfs reports these for steps that found nothing to do; anything else is an error.

@@ -7,7 +7,7 @@ keys made on first boot.
 
 :func:`guest_files` decides the changes as a list of operations, from the settings and
 whatever it needs to read of the tree (shadow, inittab); :func:`apply_to_dir` makes them
-in a directory, and ``provision.debootstrap.ext4edit`` in an ext4 image without mounting
+in a directory, and ``provision.guest.ext4edit`` in an ext4 image without mounting
 it (templates). Same settings, same bytes.
 """
 
@@ -17,15 +17,15 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
 
 from provision import validate
-from provision.debootstrap.suites import Release
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
+from provision.guest.suites import Release
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(os.path.dirname(__file__)),
@@ -100,13 +100,21 @@ class GuestSettings:
     hostname: str
     network: Network = field(default_factory=Network)
     devices: str = "xvd"  # fstab names: xvda1/xvda2, or the manual's sda1/sda2
-    fstype: str = "ext4"
+    fstype: str = "ext4"   # the fstab's; a build takes both from its target (see ``on``)
     swap: bool = False
     root_hash: str | None = field(default=None, repr=False)  # a crypt hash, never a password
     ssh_keys: tuple[str, ...] = ()
     apt_sources: tuple[str, ...] = ()  # one-line sources.list entries
     root_uuid: str | None = None       # fstab names the root (and swap) by UUID, not device
     swap_uuid: str | None = None
+
+    def on(self, target) -> GuestSettings:
+        """These settings for a guest made at ``target`` (a guest.target.Target): the
+        fstab's filesystem type and swap are the target's, their one source. A
+        directory has neither, so the settings say."""
+        if target.kind == "dir":
+            return self
+        return replace(self, fstype=target.fstype, swap=bool(target.swap))
 
     @property
     def root_device(self) -> str:

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.debootstrap.suites import Release
 from provision.errors import ProvisionError
+from provision.guest.suites import Release
 
 DEFAULTS = {
     ("debian", "current"): "http://deb.debian.org/debian",

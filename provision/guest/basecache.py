@@ -3,9 +3,12 @@
     <cache>/debootstrap/<key>.tar    the base, uncompressed (unpacking it is the warm path)
     <cache>/debootstrap/<key>.json   the manifest, the tarball's sha256 and size, its unpacked size
 
-The JSON is written last, so an entry without it is unfinished and is never used. An
-entry whose tarball does not match its recorded size or checksum is broken: it is
-removed and rebuilt, never used.
+Each base is a :class:`provision.cache.Entry` whose stamp is the JSON, written last: an
+entry without it is unfinished and is never used. An entry whose tarball does not match
+its recorded size or checksum is broken: it is removed and rebuilt, never used. The
+base is bootstrapped into the caller's tree (not into the cache), so a miss is tarred
+into the cache beside the caller's work (:class:`Storing`), with the entry's lock held
+until it is done.
 """
 
 from __future__ import annotations
@@ -16,47 +19,48 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from provision import log
-from provision.cache import cache_dir, manifest_key
-from provision.debootstrap.bootstrap import BaseSpec, backend_version, bootstrap
-from provision.debootstrap.mirror import probe
+from provision import cache, log
+from provision.cache import cache_dir, manifest_key, sha256_file, staging
 from provision.errors import ProvisionError
 from provision.fsutil import Lock, atomic_path, atomic_write
+from provision.guest.bootstrap import BaseSpec, backend_version, bootstrap
+from provision.guest.mirror import probe
 from provision.run import run
 
 TAR_OPTS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 
 
 def cache_root(create: bool = True) -> Path:
-    if create:
-        return cache_dir("debootstrap")
-    base = os.environ.get("XEN_PROVISION_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xen-provision")
-    return Path(base, "debootstrap")
+    return cache_dir("debootstrap", create=create)
 
 
-@dataclass(frozen=True)
-class Entry:
-    key: str
-    tarball: Path
-    meta: Path
+class Entry(cache.Entry):
+    """A base in the cache: ``<key>.tar``, stamped by ``<key>.json``."""
+
+    def __init__(self, key: str, root: Path):
+        super().__init__(root / f"{key}.tar", stamp=root / f"{key}.json")
+        self.key = key
+
+    @property
+    def tarball(self) -> Path:
+        return self.path
+
+    @property
+    def meta(self) -> Path:
+        return self.stamp
 
     def info(self) -> dict:
         return json.loads(self.meta.read_text())
 
 
 def entry_for(spec: BaseSpec, create: bool = True) -> Entry:
-    root = cache_root(create)
-    key = manifest_key(spec.manifest())
-    return Entry(key, root / f"{key}.tar", root / f"{key}.json")
+    return Entry(manifest_key(spec.manifest()), cache_root(create))
 
 
 def is_cached(spec: BaseSpec) -> bool:
-    entry = entry_for(spec, create=False)
-    return entry.meta.is_file() and entry.tarball.is_file()
+    return entry_for(spec, create=False).record() is not None
 
 
 def _tree_size(root: Path) -> tuple[int, int]:
@@ -71,35 +75,13 @@ def _tree_size(root: Path) -> tuple[int, int]:
     return total, count
 
 
-def _remove(entry: Entry) -> None:
-    for path in (entry.meta, entry.tarball):
-        path.unlink(missing_ok=True)
-
-
-def _lock(entry: Entry) -> Lock:
-    """One bootstrap per key at a time; a second run waits and then finds it cached. The
-    lock file goes away with its last holder."""
-    lock = Lock(entry.tarball.with_suffix(".lock"), 0o644)  # held until the base is cached
-    lock.acquire()
-    return lock
-
-
-def _unlock(lock: Lock) -> None:
-    lock.release()
-
-
 def _write_tarball(entry: Entry, tree: Path) -> dict:
-    with atomic_path(entry.tarball) as tmp:
+    with staging(entry.tarball) as tmp:
         run(["tar", *TAR_OPTS, "--sort=name", "-C", tree, "-cf", tmp, "."], quiet=True)
-        h = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        size = os.path.getsize(tmp)
-    for pattern in (f"{entry.key}.*.img.sha256", f"{entry.key}.*.img"):
-        for stale in entry.tarball.parent.glob(pattern):
-            stale.unlink(missing_ok=True)  # filesystems made from the base this one replaces
-    return {"sha256": h.hexdigest(), "size": size}
+        sha256, size = sha256_file(tmp), os.path.getsize(tmp)
+    for stale in entry.tarball.parent.glob(f"{entry.key}.*.img*"):
+        stale.unlink(missing_ok=True)  # filesystems made from the base this one replaces
+    return {"sha256": sha256, "size": size}
 
 
 def _tree_meta(spec: BaseSpec, tree: Path) -> dict:
@@ -110,9 +92,9 @@ def _tree_meta(spec: BaseSpec, tree: Path) -> dict:
 def store(entry: Entry, spec: BaseSpec, tree: Path) -> dict:
     """Tar ``tree`` into the cache under ``entry``; returns the recorded metadata."""
     meta = _tree_meta(spec, tree)
+    entry.stamp.unlink(missing_ok=True)  # a refreshed base: the old stamp must not name the new tarball
     meta.update(_write_tarball(entry, tree))
-    atomic_write(entry.meta, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return meta
+    return entry.finish(meta)
 
 
 class Storing:
@@ -120,7 +102,7 @@ class Storing:
     unchanged tree (mkfs reads it too). Call :meth:`wait` before the tree is changed or
     removed; the entry's lock is held until then."""
 
-    def __init__(self, entry: Entry, spec: BaseSpec, tree: Path, lock):
+    def __init__(self, entry: Entry, spec: BaseSpec, tree: Path, lock: Lock):
         self.entry, self.tree, self._lock = entry, tree, lock
         self.meta = _tree_meta(spec, tree)
         self.error: BaseException | None = None
@@ -129,8 +111,9 @@ class Storing:
 
     def _work(self) -> None:
         try:
+            self.entry.stamp.unlink(missing_ok=True)  # a refreshed base: the old stamp goes first
             self.meta.update(_write_tarball(self.entry, self.tree))
-            atomic_write(self.entry.meta, json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+            self.entry.finish(self.meta)
         except BaseException as e:  # reported by wait(): a cache we could not fill is no failure
             self.error = e
 
@@ -138,7 +121,7 @@ class Storing:
         if self._lock is None:
             return
         self._thread.join()
-        _unlock(self._lock)
+        self._lock.release()
         self._lock = None
         if self.error is not None:
             log.warn(f"could not cache the base: {self.error}")
@@ -221,25 +204,26 @@ def start(spec: BaseSpec, dest: str | os.PathLike, *, refresh: bool = False, qui
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     entry = entry_for(spec)
-    lock = _lock(entry)
+    lock = entry.locked()  # one bootstrap per key; a second run waits, then finds it cached
+    lock.acquire()
     try:
-        if not refresh and entry.meta.is_file() and entry.tarball.is_file():
+        if not refresh and entry.record() is not None:
             meta = unpack(entry, dest)
             if meta is not None:
                 log.info(f"base {spec.suite}/{spec.arch}/{spec.variant} from the cache ({entry.key[:12]})")
-                _unlock(lock)
+                lock.release()
                 return "hit", meta, None
-            _remove(entry)
+            entry.remove()
             _empty(dest)
-        elif not refresh and entry.tarball.exists():
-            _remove(entry)  # a tarball without its JSON was never finished
+        elif not refresh:
+            entry.remove()  # a tarball without its JSON was never finished
         check_can_bootstrap(spec, offline)
         if check_mirror:
             probe(spec.mirror, spec.suite, spec.proxy)
         bootstrap(spec, dest, quiet=quiet)
         storing = Storing(entry, spec, dest, lock)
     except BaseException:
-        _unlock(lock)
+        lock.release()
         raise
     return "miss", storing.meta, storing
 
@@ -279,7 +263,7 @@ def export_entry(spec: BaseSpec, dest: str | os.PathLike) -> list[Path] | None:
         return None
     except _Broken:
         log.warn(f"cached base {entry.tarball.name} fails its checksum; removing it")
-        _remove(entry)
+        entry.remove()
         return None
     atomic_write(js, entry.meta.read_bytes())
     return [tar, js]
@@ -310,7 +294,7 @@ def import_entry(seed: str | os.PathLike) -> BaseSpec:
     tarball = found[0].with_suffix(".tar")
     if not tarball.is_file():
         raise ProvisionError(f"the base tarball {tarball} is missing")
-    _remove(entry)
+    entry.remove()
     entry.tarball.symlink_to(tarball.resolve())
-    atomic_write(entry.meta, found[0].read_bytes())
+    atomic_write(entry.meta, found[0].read_bytes())  # the stamp last, as the seed has it
     return spec
