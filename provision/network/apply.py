@@ -195,9 +195,9 @@ class Transaction:
         """Put the network back as it was; every step is tried, failures are reported."""
         problems: list[str] = []
 
-        def attempt(what: str, fn, *args) -> None:
+        def attempt(what: str, fn, *args, **kw) -> None:
             try:
-                fn(*args)
+                fn(*args, **kw)
             except Exception as e:   # keep going: get as much back as we can
                 problems.append(f"{what}: {e}")
 
@@ -324,6 +324,8 @@ def apply_live(plan: Plan, timeout: float) -> int:
                 state = rec.get("state") if rec else "gone"
                 if state not in ("applied",):
                     break
+                if guard.poll() is not None:
+                    break   # the guard is gone (killed, or failed): roll back here, now
                 if _tty() and _enter_pressed(POLL):
                     update_record(record, state="confirmed")
                     continue
@@ -367,7 +369,7 @@ def _wait_for_guard(record: Path, guard: subprocess.Popen, timeout: float) -> di
     with contextlib.suppress(subprocess.TimeoutExpired):
         guard.wait(timeout)
     rec = read_record(record) or {"state": "gone"}
-    if rec.get("state") in PENDING and rec.get("state") != "applied" and not _alive(rec.get("guard")):
+    if rec.get("state") in PENDING and guard.poll() is not None:
         rec = run_rollback(record)   # the guard died: roll back here
     # The record stays with its final state: `network rollback` asked from another
     # shell reads the outcome there, and a new --apply replaces it.

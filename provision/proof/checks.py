@@ -310,12 +310,15 @@ def live_bridge_rolled_back(vm: Machine, uplink: str, host_ip: str, guest_ip: st
     the guest answers again through its routed vif."""
     shell_check(vm, f"network bridge --apply: xenbr9 takes over {uplink} live (networkd)",
                 f"{_provision(f'network bridge --name xenbr9 --uplink {uplink} --apply --confirm-timeout 30')} "
-                f"> /tmp/apply.log 2>&1 & {until(120)} ip -4 -o addr show dev xenbr9 2>/dev/null | grep -q "
+                f"> /tmp/apply.log 2>&1 & p=$!; {until(120)} ip -4 -o addr show dev xenbr9 2>/dev/null | grep -q "
                 f"'{host_ip}' && break; sleep 1; done; ip -4 -o addr show dev xenbr9 || cat /tmp/apply.log; "
                 f"ip -o link show {uplink}",
                 180, expect=rf"xenbr9\s+inet {re.escape(host_ip)}(?s:.*)master xenbr9")
     shell_check(vm, f"unconfirmed, the change is rolled back: {uplink} has {host_ip} again, no xenbr9",
-                f"wait; cat /tmp/apply.log; ip -4 -o addr show dev {uplink}; ! ip link show xenbr9 2>/dev/null && "
+                f"{until(200)} kill -0 $p 2>/dev/null || break; sleep 1; done; "
+                f"ps -o pid,stat,wchan:20,args -p $p --ppid $p 2>/dev/null | grep -v ' Z'; kill -0 $p 2>/dev/null && echo 'apply still running' || wait $p; "
+                f"cat /tmp/apply.log /run/xen-provision/network-*.log; "
+                f"ip -4 -o addr show dev {uplink}; ! ip link show xenbr9 2>/dev/null && "
                 f"ls /etc/systemd/network && ping -c1 -W5 {guest_ip}", 240,
                 expect=rf"not confirmed within 30 s: the previous network configuration is back(?s:.*)"
                        rf"{uplink}\s+inet {re.escape(host_ip)}(?s:.*) 0% packet loss")

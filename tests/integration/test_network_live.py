@@ -269,6 +269,41 @@ def test_the_guard_rolls_back_when_the_command_is_killed(host):
     host.assert_as_before()
 
 
+def test_the_command_rolls_back_when_its_guard_is_killed(host):
+    """No guard, no safety net: the waiting command rolls back itself, at once."""
+    proc = host.popen("network", "bridge", "--name", host.bridge, "--apply", "--confirm-timeout", "120")
+    try:
+        _wait_for(proc, "is live")
+        guards = [p for p in _pids_in_netns(host.ns) if "network.guard" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(guards) == 1, guards
+        start = time.monotonic()
+        os.kill(guards[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - start < 30, "the command waited for its deadline"
+    assert proc.returncode == 1 and "the previous network configuration is back" in err, err
+    time.sleep(1)
+    host.assert_as_before()
+
+
+def test_networkd_rollback_removes_a_live_bridge(host):
+    """The systemd-networkd backend's rollback with its bridge still up (ifupdown's ifdown
+    removes it first; networkd leaves it): the bridge goes, every step is tried, and a
+    networkd that is not running here is reported as a problem, not a crash."""
+    host.in_ns("ip", "link", "add", host.bridge, "type", "bridge", check=True)
+    host.in_ns("ip", "link", "set", host.bridge, "up", check=True)
+    code = ("from provision.network.apply import Transaction; "
+            f"t = Transaction.from_dict({{'kind': 'bridge', 'backend': 'networkd', 'bridge': '{host.bridge}', "
+            f"'uplink': '{host.uplink}'}}); print(t.rollback())")
+    proc = host.in_ns(sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert not host.exists(host.bridge)
+    assert "remove" not in proc.stdout, proc.stdout   # the bridge's removal itself worked
+    host.assert_as_before()
+
+
 def test_rollback_command_undoes_a_pending_change(host):
     proc = host.popen("network", "bridge", "--name", host.bridge, "--apply", "--confirm-timeout", "120")
     try:
