@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from provision import log, validate
@@ -66,8 +67,20 @@ def xen_words(args) -> list[str]:
     return words
 
 
-def build(args) -> tuple[Path, list[render.BootEntry], cmdline.Dom0Options, str, cmdline.XenOptions]:
-    """Validate everything the user gave; returns (root, entries, dom0 options, loader)."""
+@dataclass(frozen=True)
+class Settings:
+    """What ``grub render|install`` were asked, parsed once: the target root, the boot
+    entry, dom0's and Xen's options and the loader GRUB uses for Xen."""
+
+    root: Path
+    entries: tuple[render.BootEntry, ...]
+    dom0: cmdline.Dom0Options | None
+    loader: str
+    xen: cmdline.XenOptions | None
+
+
+def build(args) -> Settings:
+    """Validate everything the user gave, into one :class:`Settings`."""
     root = Path(args.root)
     if not root.is_dir():
         raise ProvisionError(f"--root {root} is not a directory")
@@ -104,11 +117,12 @@ def build(args) -> tuple[Path, list[render.BootEntry], cmdline.Dom0Options, str,
         install.boot_path(root, xen), install.boot_path(root, kernel), xen_opts, dom0,
         initrd=install.boot_path(root, initrd) if initrd else None, title=args.title, id=entry_id,
     )
-    return root, [entry], dom0, loader, xen_opts
+    return Settings(root, (entry,), dom0, loader, xen_opts)
 
 
 def cmd_render(args) -> int:
-    root, entries, _, loader, _ = build(args)
+    settings = build(args)
+    entries, loader = list(settings.entries), settings.loader
     if args.format == "grub2":
         text = render.render_grub2(entries, loader)
     elif args.format == "custom":
@@ -141,21 +155,23 @@ def _menu_timeout(value: str | None) -> int | None:
     return int(value)
 
 
-def _request(args, entries, dom0, loader, xen_opts=None) -> install.Request:
+def _request(args, settings: Settings) -> install.Request:
     serial = None
     if getattr(args, "serial_menu", False):
-        serial = cmdline.grub_serial_command(xen_opts)
+        serial = cmdline.grub_serial_command(settings.xen)
+    dom0 = settings.dom0
     return install.Request(
         serial_command=serial, timeout=_menu_timeout(getattr(args, "menu_timeout", None)),
-        root=Path(args.root), entries=entries, format=args.format, loader=loader,
+        root=settings.root, entries=list(settings.entries), format=args.format, loader=settings.loader,
         make_default=getattr(args, "default", False), menu_lst=args.menu_lst, efi_dir=_efi_dir(args.efi_dir),
         console_device=dom0.serial_device if dom0 else None, getty=not args.no_getty,
     )
 
 
 def cmd_install(args) -> int:
-    root, entries, dom0, loader, xen_opts = build(args)
-    changed = install.install(_request(args, entries, dom0, loader, xen_opts), update=not args.no_update)
+    settings = build(args)
+    entries = settings.entries
+    changed = install.install(_request(args, settings), update=not args.no_update)
     log.info(f"{entries[0].title}: id {entries[0].id}; " + (f"{len(changed)} file(s) changed" if changed else "already up to date"))
     return 0
 
@@ -175,7 +191,7 @@ def cmd_remove(args) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise ProvisionError(f"--root {root} is not a directory")
-    changed = install.install(_request(args, [], None, "multiboot2"), update=not args.no_update)
+    changed = install.install(_request(args, Settings(root, (), None, "multiboot2", None)), update=not args.no_update)
     log.info(f"{len(changed)} file(s) changed" if changed else "nothing of ours to remove")
     return 0
 

@@ -20,11 +20,7 @@ from provision.undo import UndoStack
 def parse_part(text: str) -> PartSpec:
     """``SIZE[,fs=FS][,type=TYPE][,boot][,label=LABEL]``; SIZE may be ``rest``."""
     fields = [f.strip() for f in text.split(",")]
-    size: str | None = fields[0]
-    if size in ("rest", ""):
-        size = None
-    else:
-        parse_size(size, "partition size")
+    size = None if fields[0] in ("rest", "") else parse_size(fields[0], "partition size")  # bytes, parsed here once
     opts: dict[str, str] = {}
     boot = False
     for field in fields[1:]:

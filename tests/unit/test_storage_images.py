@@ -264,7 +264,7 @@ def test_partition_bad_input_changes_nothing(tmp_path):
 
 def test_parse_part():
     spec = parse_part("512M,fs=ext4,boot,label=root")
-    assert spec == PartSpec("512M", fs="ext4", bootable=True, label="root")
+    assert spec == PartSpec(512 << 20, fs="ext4", bootable=True, label="root")   # bytes, parsed once
     assert parse_part("rest,fs=swap").size is None
     for bad in ["1Q", "10M,colour=blue", "10M,fs="]:
         with pytest.raises(ProvisionError):
