@@ -107,26 +107,27 @@ def check_kernel(kernel: str, dtype: str, config: KernelConfig | None, nfs_root:
     """Refuse, in one line naming the missing options, a kernel whose config shows that it
     cannot boot as ``dtype`` (or from an NFS root); a kernel without a config beside it
     is only warned about."""
-    needs = list(NEEDS.get(dtype, ()))
-    ways = [f"as {dtype.upper()}"] if needs else []
+    ways = {f"as {dtype.upper()}": NEEDS.get(dtype, ())}
     if nfs_root:
-        needs += [*NFS_ROOT_NEEDS, *(NFS_DHCP_NEEDS if dhcp else ())]
-        ways.append("from an NFS root" + (" by DHCP" if dhcp else ""))
-    if not needs:
+        ways["from an NFS root" + (" by DHCP" if dhcp else "")] = NFS_ROOT_NEEDS + (NFS_DHCP_NEEDS if dhcp else ())
+    ways = {way: needs for way, needs in ways.items() if needs}
+    if not ways:
         return
     if config is None:
         where = config_path(kernel) or f"config-RELEASE beside {kernel}"
         log.warn(f"cannot check that {kernel} boots {' and '.join(ways)}: no {where}")
         return
-    lacking = config.lacking(needs)
+    lacking = {way: config.lacking(needs) for way, needs in ways.items()}
+    lacking = {way: options for way, options in lacking.items() if options}
     if lacking:
         hint = ("doit world builds xenU with them (buildconfigs/mk.linux-6.1-xenU); "
                 "or use a kernel that has them")
-        if dtype == "pvh" and "XEN_PVH" in lacking:
+        if dtype == "pvh" and "XEN_PVH" in lacking.get("as PVH", ()):
             hint += ", or --type pv"
+        options = [o for found in lacking.values() for o in found]
         raise ProvisionError(
-            f"{kernel} cannot boot {' and '.join(ways)}: {config.shown} lacks "
-            + ", ".join(f"CONFIG_{o}=y" for o in lacking), hint=hint)
+            f"{kernel} cannot boot {' and '.join(lacking)}: {config.shown} lacks "
+            + ", ".join(f"CONFIG_{o}=y" for o in options), hint=hint)
 
 
 def pvgrub_kernel(paths: Paths, dtype: str, check: bool = True) -> str:

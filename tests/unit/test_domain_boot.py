@@ -96,6 +96,11 @@ def test_kernel_checks_name_every_missing_option():
     with pytest.raises(ProvisionError) as e:
         boot.check_kernel("/boot/vmlinuz-x", "pv", cfg, nfs_root=True, dhcp=True)
     assert e.value.message.endswith("lacks CONFIG_NFS_FS=y, CONFIG_ROOT_NFS=y, CONFIG_IP_PNP=y, CONFIG_IP_PNP_DHCP=y")
+    with pytest.raises(ProvisionError) as e:
+        boot.check_kernel("/boot/vmlinuz-x", "pvh", cfg, nfs_root=True)
+    assert e.value.message == ("/boot/vmlinuz-x cannot boot as PVH and from an NFS root: /boot/config-x lacks "
+                               "CONFIG_XEN_PVH=y, CONFIG_NFS_FS=y, CONFIG_ROOT_NFS=y, CONFIG_IP_PNP=y")
+    assert e.value.hint.endswith("or --type pv")
     boot.check_kernel("/boot/vmlinuz-x", "pv", cfg)  # PV: fine
     boot.check_kernel("/boot/vmlinuz-x", "hvm", None)  # nothing to check
 
@@ -189,7 +194,7 @@ def nfs_guest(name: str, kernel: str, *extra: str, path: str = "/export/vm1") ->
 def test_nfs_root_needs_a_kernel_with_the_nfs_client(domain, root, checker):
     lacking = install_kernel(root, "6.1-old", config={"XEN_PV": "y", "XEN_PVH": "y"})
     refused(domain(*nfs_guest("vm1", lacking, "--ip", "192.0.2.10/24"), check=False), root,
-            "cannot boot as PVH and from an NFS root",
+            "cannot boot from an NFS root:",
             "lacks CONFIG_NFS_FS=y, CONFIG_ROOT_NFS=y, CONFIG_IP_PNP=y")
     dhcp_less = install_kernel(root, "6.1-static", config={**XENU, "IP_PNP_DHCP": "n"})
     refused(domain(*nfs_guest("vm1", dhcp_less), check=False), root, "by DHCP", "CONFIG_IP_PNP_DHCP=y")
