@@ -252,12 +252,13 @@ def dom0_uses(proc: Path = Path("/proc"), sys: Path = Path("/sys")) -> dict[tupl
 
 @dataclass
 class DomainConfig:
-    """What the checks need of one domain config: its name, disks and MACs."""
+    """What the checks need of one domain config: its name, disks, MACs and NFS root."""
 
     path: Path
     name: str | None
     disks: list = field(default_factory=list)   # provision.domain.model.Disk
     macs: list[str] = field(default_factory=list)
+    nfs_root: tuple[str | None, str] | None = None  # (server, path), provision.domain.nfs.root_of
 
 
 def config_dir(xen_dir: str | os.PathLike | None = None) -> Path:
@@ -291,7 +292,7 @@ def config_files(xen_dir: str | os.PathLike | None = None) -> list[Path]:
 def read_config(path: Path, quiet: bool = False) -> DomainConfig | None:
     """The name, disks and MACs of one config, read with the real parser; None (and a
     warning unless ``quiet``) when it cannot be read as xl or xm."""
-    from provision.domain import xmconvert
+    from provision.domain import nfs, xmconvert
     from provision.domain.model import parse_disk, parse_vif
 
     try:
@@ -301,7 +302,7 @@ def read_config(path: Path, quiet: bool = False) -> DomainConfig | None:
             log.warn(f"skipping {path} in the in-use checks: {e.message}")
         return None
     name = values.get("name")
-    found = DomainConfig(path, str(name) if isinstance(name, (str, int)) else None)
+    found = DomainConfig(path, str(name) if isinstance(name, (str, int)) else None, nfs_root=nfs.root_of(values))
     for key, parse, out in (("disk", parse_disk, found.disks), ("vif", parse_vif, found.macs)):
         specs = values.get(key) or []
         for spec in specs if isinstance(specs, list) else [specs]:

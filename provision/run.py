@@ -34,6 +34,7 @@ PACKAGES: dict[str, str] = {
     "dpkg-source": "dpkg-dev",
     "e2fsck": "e2fsprogs",
     "e2image": "e2fsprogs",
+    "exportfs": "nfs-kernel-server",
     "fallocate": "util-linux",
     "flex": "flex",
     "gcc": "gcc",

@@ -38,12 +38,16 @@ def register(subparsers) -> None:
     c.add_argument("--memory", help="MiB, or a size such as 512M")
     c.add_argument("--maxmem")
     c.add_argument("--vcpus", help="a number (checked with the other settings)")
-    c.add_argument("--type", choices=("pv", "pvh", "hvm"))
+    c.add_argument("--type", choices=("pv", "pvh", "hvm"),
+                   help="default: pvh for a kernel whose config-RELEASE beside it has CONFIG_XEN_PVH=y "
+                        "and for --bootloader pvgrub, else pv")
     c.add_argument("--kernel")
     c.add_argument("--ramdisk")
     c.add_argument("--root-device", metavar="DEV", help="the guest's root= (e.g. /dev/xvda1 ro)")
     c.add_argument("--extra", help="more kernel command line")
-    c.add_argument("--bootloader", choices=("pygrub", "pvgrub"))
+    c.add_argument("--bootloader", choices=("pvgrub", "pygrub"),
+                   help="boot the guest's own kernel: pvgrub (pvgrub2 from grub-xen-host, run inside the "
+                        "guest) or pygrub (runs in dom0 on the guest's filesystem: a security risk)")
     c.add_argument("--disk", action="append", metavar="SPEC", help="xl disk spec; repeat for more")
     c.add_argument("--vif", action="append", metavar="SPEC",
                    help="xl vif spec ('' for defaults); repeat").blank_ok = True  # '' is xl's all-defaults vif
@@ -57,7 +61,9 @@ def register(subparsers) -> None:
                         "(default: the image's, else DHCP)")
     c.add_argument("--gateway", metavar="ADDR")
     c.add_argument("--hostname")
-    c.add_argument("--exports", action="store_true", help="add the NFS export line to ROOT/etc/exports")
+    c.add_argument("--exports", action="store_true",
+                   help="add the NFS export line (to the guest's --ip only) to ROOT/etc/exports and, on "
+                        "the live host, run exportfs -ra (nfs-kernel-server)")
     c.add_argument("--autostart", action="store_true", help="link it into /etc/xen/auto")
     c.add_argument("--mac-prefix", default=macs.XEN_PREFIX, help="for generated MACs: Xen's 00:16:3e (default) or a locally administered one such as 02:00:00")
     c.add_argument("--force", action="store_true", help="replace an existing config of that name")
@@ -130,12 +136,6 @@ def _options(args) -> dict:
         value = getattr(args, attr)
         if value is not None:
             opts[key] = value
-    if args.bootloader == "pygrub":
-        opts["bootloader"] = "pygrub"
-    elif args.bootloader == "pvgrub":
-        # Debian's grub-xen-bin; PVH guests boot the PVH build of the same GRUB.
-        opts["kernel"] = ("/usr/lib/grub-xen/grub-i386-xen_pvh.bin" if args.type == "pvh"
-                          else "/usr/lib/grub-xen/grub-x86_64-xen.bin")
     if args.disk:
         opts["disk"] = args.disk
     if args.vif:
@@ -159,10 +159,10 @@ def cmd_create(args) -> int:
     req = create.Request(
         file=args.file, image=args.from_image, assignments=args.assignments, options=_options(args),
         bridge=args.bridge, ip=ip,
-        nfs=nfsroot, autostart=args.autostart, exports=args.exports, mac_prefix=args.mac_prefix,
+        nfs=nfsroot, bootloader=args.bootloader, autostart=args.autostart, exports=args.exports, mac_prefix=args.mac_prefix,
         check_kernel=not args.no_kernel_check, dry_run=args.dry_run, force=args.force,
     )
-    if not (args.file or args.from_image or req.options or args.assignments or args.bridge):
+    if not (args.file or args.from_image or req.options or args.assignments or args.bridge or args.bootloader):
         raise ProvisionError("nothing to create from", hint="give -f FILE, --from-image IMAGE or --name/--memory/--kernel ...")
     dom, path, text = create.create(req, paths)
     if args.dry_run:
@@ -197,6 +197,7 @@ def cmd_convert(args) -> int:
     if not was_xm:
         log.note(f"{args.file} is already an xl config; normalising it")
     dom = Domain.from_config(values, str(args.file), lines)
+    dom.type_reason = _converted_type_reason(values, dom.type, args.file)
     text = render.domain_config(dom, str(out) if out else f"/etc/xen/{dom.name}.cfg", source=str(args.file))
     if out:
         atomic_write(out, text, 0o644)
@@ -204,6 +205,16 @@ def cmd_convert(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _converted_type_reason(values: dict, dtype: str, source: Path) -> str:
+    """Why a converted config has its type: xl's default is PV when ``type`` is absent, and
+    so was xm's (builder = "linux"), so a config without one is PV, written out."""
+    if "type" in values:
+        return f"{dtype.upper()}: as {source} says"
+    if "builder" in values:
+        return f"{dtype.upper()}: builder = \"{values['builder']}\" in {source}"
+    return "PV: the type of a config that names none (xl's and xm's default), written out"
 
 
 def cmd_check(args) -> int:

@@ -10,6 +10,7 @@ variable (``{{ vmid }}``) feeds the template instead: the modern form of the man
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from pathlib import Path
 import jinja2
 import jinja2.meta
 
-from provision import log, validate
-from provision.domain import autostart, macs, nfs, render, safety, vifs, xlcfg, xmconvert
+from provision import log, run, validate
+from provision.domain import autostart, boot, macs, nfs, render, safety, vifs, xlcfg, xmconvert
 from provision.domain.model import XL_KEYS, XM_ONLY_KEYS, Domain, closest
 from provision.domain.paths import Paths
 from provision.errors import ProvisionError
@@ -174,6 +175,7 @@ class Request:
     assignments: list[str] = field(default_factory=list)
     options: dict[str, object] = field(default_factory=dict)  # xl keys from --name etc.
     nfs: nfs.NfsRoot | None = None
+    bootloader: str | None = None    # "pvgrub" or "pygrub": the guest's own kernel
     autostart: bool = False
     exports: bool = False
     mac_prefix: str = macs.XEN_PREFIX
@@ -182,8 +184,30 @@ class Request:
     force: bool = False
 
 
-def settings(req: Request, root: Path | None = None) -> tuple[dict, dict, str]:
-    """The merged xl settings, their line numbers, and a description of the source."""
+@dataclass
+class Settings:
+    values: dict                     # the merged xl settings
+    lines: dict                      # their line numbers in the file
+    source: str                      # a description of where they came from
+    type_by: str | None = None       # who asked for ``type`` (None: it is ours to choose)
+    kernel_by: str | None = None     # who gave ``kernel``, other than the image's facts
+    type_reason: str | None = None   # why the type is what it is (see boot.choose_type)
+
+
+def _given_by(key: str, req: Request, cli: dict, file_values: dict) -> str | None:
+    """Which of the sources that beat the image's facts set ``key``, as a user names it."""
+    if key in cli:
+        return f"{key}= on the command line"
+    if key in req.options:
+        return f"--{key}"
+    if key in file_values or (key == "type" and file_values.get("builder") == "hvm"):
+        return str(req.file)
+    return None
+
+
+def settings(req: Request, root: Path | None = None) -> Settings:
+    """The merged xl settings, their line numbers, a description of the source, and who
+    set the type and the kernel."""
     cli = parse_assignments(req.assignments)
     values: dict = {}
     lines: dict = {}
@@ -212,6 +236,7 @@ def settings(req: Request, root: Path | None = None) -> tuple[dict, dict, str]:
                     f"'{key}' is neither a variable of {req.file} nor an xl key"
                     + (f" (did you mean '{guess}'?)" if guess else ""),
                     hint=f"variables of this template: {', '.join(sorted(used)) or 'none'}")
+    file_values = dict(values)
     if req.image:
         facts = read_image_facts(req.image, root)
         if not facts.disks and not req.nfs:
@@ -230,7 +255,8 @@ def settings(req: Request, root: Path | None = None) -> tuple[dict, dict, str]:
         values.update(req.nfs.settings(values.get("extra")))
         values.setdefault("disk", [])
     values.update(cli)
-    return values, lines, source
+    return Settings(values, lines, source, type_by=_given_by("type", req, cli, file_values),
+                    kernel_by=_given_by("kernel", req, cli, file_values))
 
 
 def _image_address(req: Request, root: Path) -> str | None:
@@ -241,15 +267,48 @@ def _image_address(req: Request, root: Path) -> str | None:
     return network.get("address")
 
 
+def _boot(req: Request, s: Settings, paths: Paths) -> None:
+    """Choose the type (and pvgrub2's binary) into ``s.values``; refuse a kernel that
+    cannot boot that way."""
+    values = s.values
+    if req.bootloader and s.kernel_by:
+        raise ProvisionError(f"--bootloader {req.bootloader} boots the guest's own kernel; {s.kernel_by} gives another",
+                             hint=f"drop the kernel, or drop --bootloader {req.bootloader} to boot that kernel directly")
+    if req.bootloader:
+        values.pop("kernel", None)  # an image's facts name dom0's kernel: not this guest's
+        values.pop("ramdisk", None)  # the guest's GRUB loads the guest's initrd
+    if req.bootloader == "pygrub":
+        values["bootloader"] = "pygrub"
+    asked = values.get("type") if s.type_by else None
+    if asked is None and values.get("builder") == "hvm":
+        asked = "hvm"
+    kernel = values.get("kernel") if req.bootloader is None else None
+    kernel = kernel if isinstance(kernel, str) and kernel else None
+    config = boot.kernel_config(paths, kernel) if kernel else None
+    choice = boot.choose_type(asked if isinstance(asked, str) else None, s.type_by or "",
+                              kernel, req.bootloader or values.get("bootloader"), config)
+    values["type"] = choice.type
+    if req.bootloader == "pvgrub":
+        values["kernel"] = boot.pvgrub_kernel(paths, choice.type, check=req.check_kernel)
+    elif kernel and req.check_kernel and not boot.is_pvgrub(kernel):
+        boot.check_kernel(kernel, choice.type, config, nfs_root=req.nfs is not None,
+                          dhcp=req.nfs is not None and not req.nfs.ip)
+    s.type_reason = choice.reason
+
+
 def build(req: Request, paths: Paths) -> Domain:
-    values, lines, source = settings(req, paths.root)
-    dom = Domain.from_config(values, source, lines)
+    s = settings(req, paths.root)
+    _boot(req, s, paths)
+    dom = Domain.from_config(s.values, s.source, s.lines)
+    dom.type_reason = s.type_reason
     if req.check_kernel:
         for what in ("kernel", "ramdisk"):
             path = getattr(dom, what)
             if path and not paths.inside(path).is_file():
                 raise ProvisionError(f"{what} file {paths.inside(path)} does not exist",
                                      hint="install the guest kernel first (doit install), or fix the path")
+    if dom.bootloader == "pygrub":
+        boot.warn_pygrub()
     # A guest made by `image` was configured with a network: give it its NIC. An NFS
     # root needs one to boot at all.
     ip = req.ip or (req.nfs.ip if req.nfs else None) or _image_address(req, paths.root)
@@ -258,14 +317,27 @@ def build(req: Request, paths: Paths) -> Domain:
     return dom
 
 
+def _nfs_address(req: Request, paths: Paths) -> Request:
+    """An NFS root without --ip takes the static address ``image --ip`` gave its tree."""
+    if req.nfs and not req.nfs.ip and (address := _image_address(req, paths.root)):
+        return dataclasses.replace(req, nfs=dataclasses.replace(req.nfs, ip=address))
+    return req
+
+
 def create(req: Request, paths: Paths) -> tuple[Domain, Path | None, str]:
     """Check, fill in MACs and write. Returns the domain, its path (None on dry run), the text."""
     prefix = macs.parse_prefix(req.mac_prefix)  # refused before anything is made
+    req = _nfs_address(req, paths)
     dom = build(req, paths)
     target = paths.config(dom.name)
     live = paths.root.resolve() == Path("/")
     if not live:
         log.debug("offline root: the dom0 mount and swap checks apply to the live host only")
+    exporting = req.exports and req.nfs is not None
+    if exporting:
+        nfs.check_export(paths, req.nfs)
+        if live and not req.dry_run:
+            run.require("exportfs")  # before anything is written
 
     def check(quiet: bool):
         if target.exists() and not req.force:
@@ -294,11 +366,12 @@ def create(req: Request, paths: Paths) -> tuple[Domain, Path | None, str]:
         if not existed:
             undo.rollback(f"remove {target}", os.unlink, target, made=str(target))
         log.info(f"wrote {target}")
-        if req.exports and req.nfs:
+        if exporting:
             before = paths.exports.read_text() if paths.exports.exists() else None
             if nfs.add_export(paths, req.nfs.export_line()):
                 undo.rollback(f"restore {paths.exports}", _restore, paths.exports, before,
                               made=f"the export line in {paths.exports}")
+            nfs.reload_exports(paths, live)
         if req.autostart:
             had = autostart.link_path(paths, dom.name).is_symlink()
             with critical():  # made and registered as one step: it must never dangle

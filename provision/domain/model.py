@@ -314,6 +314,8 @@ class Domain:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     other: dict[str, object] = field(default_factory=dict)
+    # Why ``type`` is what it is: a comment in the written config, not a setting.
+    type_reason: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_config(cls, values: dict, source: str = "<config>", lines: dict | None = None) -> Domain:
@@ -360,9 +362,10 @@ class Domain:
         for v in vdevs:
             if vdevs.count(v) > 1:
                 raise ProvisionError(f"{source}: vdev '{v}' is used by two disks")
-        if dom.type == "pv" and not (dom.kernel or dom.bootloader):
-            raise ProvisionError(f"{source}: a PV domain needs a kernel or a bootloader",
-                                 hint="set kernel = \"/boot/vmlinuz-...\" or bootloader = \"pygrub\"")
+        if dom.type in ("pv", "pvh") and not (dom.kernel or dom.bootloader):
+            raise ProvisionError(f"{source}: a {dom.type.upper()} domain needs a kernel or a bootloader",
+                                 hint="set kernel = \"/boot/vmlinuz-...\", or boot the guest's own kernel: "
+                                      "domain create --bootloader pvgrub")
         dom.other = {k: v for k, v in values.items() if k not in MODELLED}
         return dom
 

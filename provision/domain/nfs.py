@@ -8,12 +8,16 @@ The manual's own exports line has a space before the options:
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
-from provision import validate
+from provision import log, run, validate
 from provision.domain.paths import Paths
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
+
+# The kernel's nfsroot=[SERVER:]PATH[,OPTIONS] (Documentation/admin-guide/nfs/nfsroot.rst).
+_NFSROOT = re.compile(r"(?:^|\s)nfsroot=(?:(?P<server>[^:,\s]+):)?(?P<path>/[^,\s]*)")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,61 @@ class NfsRoot:
         return f"{self.path} {client}(rw,sync,no_root_squash,no_subtree_check)"
 
 
+def root_of(values: dict) -> tuple[str | None, str] | None:
+    """The (server, path) of a domain config's NFS root: the kernel's nfsroot= in extra
+    or cmdline (how we and xm wrote it), or xm's nfs_server/nfs_root keys; None if its
+    root is not over NFS."""
+    if isinstance(values.get("nfs_root"), str):
+        server = values.get("nfs_server")
+        return (server if isinstance(server, str) else None, values["nfs_root"])
+    for key in ("extra", "cmdline"):
+        text = values.get(key)
+        if isinstance(text, str) and (m := _NFSROOT.search(text)):
+            return m["server"], m["path"].rstrip("/") or "/"
+    return None
+
+
+def same_root(a: tuple[str | None, str], b: tuple[str | None, str]) -> bool:
+    """One tree: the same path on the same server (an unnamed server may be any)."""
+    return a[1] == b[1] and (a[0] is None or b[0] is None or a[0] == b[0])
+
+
+def _exports(paths: Paths) -> list[tuple[str, str, str]]:
+    """(path, client, options) of each client of each line of ROOT/etc/exports."""
+    try:
+        text = paths.exports.read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for raw in text.splitlines():
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        for client in words[1:] or ["*"]:
+            host, _, options = client.partition("(")
+            out.append((words[0].rstrip("/") or "/", host or "*", options.rstrip(")")))
+    return out
+
+
+def check_export(paths: Paths, root: NfsRoot) -> None:
+    """Refuse an export that cannot be right: a tree that is not there, a guest with no
+    address to limit it to, or a tree another client may already write."""
+    if not root.ip:
+        raise ProvisionError("--exports needs the guest's address to limit the export to it",
+                             hint="add --ip ADDRESS/PREFIX (the guest's static address)")
+    tree = paths.inside(root.path)
+    if not tree.is_dir():
+        raise ProvisionError(f"the NFS root {tree} does not exist" if not tree.exists()
+                             else f"the NFS root {tree} is not a directory",
+                             hint=f"make the tree first: python -m provision image --debootstrap SUITE --dir {root.path}")
+    client = str(ipaddress.ip_interface(root.ip).ip)
+    for path, other, options in _exports(paths):
+        if path == root.path.rstrip("/") and other != client and "ro" not in options.split(","):
+            raise ProvisionError(f"{paths.exports} already exports {path} read-write to {other}",
+                                 hint="two guests writing one root tree corrupt it: give each guest its own "
+                                      "tree (image --debootstrap SUITE --dir /export/NAME)")
+
+
 def add_export(paths: Paths, line: str) -> bool:
     """Add ``line`` to ROOT/etc/exports unless that path/client is already exported."""
     path = paths.exports
@@ -75,3 +134,13 @@ def add_export(paths: Paths, line: str) -> bool:
         text += "\n"
     atomic_write(path, text + line + "\n", 0o644)
     return True
+
+
+def reload_exports(paths: Paths, live: bool) -> None:
+    """Make the NFS server serve ROOT/etc/exports now on a live host; an offline root's
+    server reads it when it starts."""
+    if not live:
+        log.info(f"{paths.exports} is read by that host's NFS server (nfs-kernel-server) when it starts")
+        return
+    run.run(["exportfs", "-ra"], quiet=True)
+    log.info("exportfs -ra: the NFS server serves the new export")

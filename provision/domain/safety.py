@@ -2,6 +2,7 @@
 
 - a domain name used by no other config;
 - MACs unique among all configs;
+- an NFS root tree no other config boots from (two guests writing one root corrupt it);
 - each disk free for this domain, as :mod:`provision.inuse` answers it for every command:
   no disk writable by two domain configs (read-only sharing is fine), none dom0 has
   mounted or uses as swap while a guest would write it, nor one dom0 has mounted
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from provision import inuse
+from provision.domain import nfs
 from provision.domain.model import Domain
 from provision.domain.paths import Paths
 from provision.errors import ProvisionError
@@ -37,6 +39,13 @@ def check(dom: Domain, others: list[DomainConfig], dom0: bool = True,
         if other.name == dom.name:
             raise ProvisionError(f"a domain named '{dom.name}' already exists in {other.path}",
                                  hint="choose another name, or remove that domain first")
+    mine = nfs.root_of({"extra": dom.extra, "cmdline": dom.cmdline})
+    for other in others if mine else ():
+        if other.nfs_root and nfs.same_root(mine, other.nfs_root):
+            server = f"{other.nfs_root[0]}:" if other.nfs_root[0] else ""
+            raise ProvisionError(f"'{other.name or other.path}' ({other.path}) already has its root at {server}{mine[1]}",
+                                 hint="two guests writing one root tree corrupt it: give each guest its own "
+                                      "tree (image --debootstrap SUITE --dir /export/NAME)")
     macs = dom.macs()
     for m in macs:
         if macs.count(m) > 1:

@@ -65,6 +65,9 @@ def test_staged_layout_and_manifest(world):
     assert "CONFIG_XEN_BLKDEV_FRONTEND=y" in xenu and "CONFIG_XEN_NETDEV_FRONTEND=y" in xenu
     for opt in ("XEN_DOM0", "XEN_BLKDEV_BACKEND", "XEN_NETDEV_BACKEND", "MODULES"):
         assert f"CONFIG_{opt}=y" not in xenu, opt
+    # PV and PVH guests, root on a Xen disk or over NFS (issues 19 and 20).
+    for opt in ("XEN_PV", "XEN_PVH", "ACPI", "NFS_FS", "NFS_V3", "ROOT_NFS", "IP_PNP", "IP_PNP_DHCP"):
+        assert f"CONFIG_{opt}=y\n" in xenu, opt
 
     if m["tools"]:
         assert (world / "usr/sbin/xl").is_file()
@@ -161,6 +164,21 @@ def test_xenU_is_at_least_30_percent_smaller(world):
     xenu = (world / m["mk.linux-6.1-xenU"]["vmlinuz"]).stat().st_size
     print(f"vmlinuz xen0 {xen0} bytes, xenU {xenu} bytes: {100 * (1 - xenu / xen0):.0f}% smaller")
     assert xenu <= 0.7 * xen0
+
+
+def test_domain_create_reads_the_staged_kernels_configs(world, run_cli):
+    """The config-RELEASE staged beside each vmlinuz is what `domain create` reads: our
+    xenU boots as PVH and from an NFS root; xen0 has no NFS client, refused in one line."""
+    m = _manifest(world)["kernels"]
+    xenu, xen0 = ("/" + m[f"mk.linux-6.1-{k}"]["vmlinuz"] for k in ("xenU", "xen0"))
+    nfs = ("--nfs-server", "192.0.2.1", "--nfs-root", "/export/g", "--ip", "192.0.2.10/24",
+           "--vif", "script=vif-route", "--dry-run")
+    proc = run_cli("domain", "create", "--root", world, "--name", "g", "--memory", "256", "--kernel", xenu, *nfs)
+    assert proc.returncode == 0, proc.stderr
+    assert 'type = "pvh"\n' in proc.stdout and 'root = "/dev/nfs"\n' in proc.stdout
+    proc = run_cli("domain", "create", "--root", world, "--name", "g", "--memory", "256", "--kernel", xen0, *nfs)
+    assert proc.returncode != 0 and "cannot boot from an NFS root" in proc.stderr and "CONFIG_ROOT_NFS=y" in proc.stderr
+    assert not (world / "etc/xen/g.cfg").exists()
 
 
 def test_noop_world_is_fast_and_says_so(world):

@@ -269,6 +269,7 @@ def test_from_image_without_facts(domain, root, tmp_path):
 
 
 def test_nfs_root_and_exports(domain, root, checker):
+    (root / "export/vm1root").mkdir(parents=True)
     args = ("create", "--name", "vm1", "--memory", "64", "--kernel", KERNEL,
             "--nfs-server", "2.3.4.5", "--nfs-root", "/export/vm1root", "--ip", "1.2.3.4/24",
             "--gateway", "1.2.3.1", "--hostname", "vm1", "--exports")
@@ -352,21 +353,27 @@ def test_bootloaders(domain, root, checker):
            "--disk", "vdev=xvda, target=/srv/py.img")
     seen = xlcheck.accept(checker, root / "etc/xen/py.cfg")
     assert "bootloader=pygrub\n" in seen and "kernel=" not in seen
-    # pvgrub is Debian's grub-xen-bin image, booted as the domain's kernel; it must exist.
-    proc = domain("create", "--name", "pv", "--memory", "256", "--bootloader", "pvgrub",
-                  "--disk", "vdev=xvda, target=/srv/pv.img", check=False)
-    assert proc.returncode != 0 and "grub-x86_64-xen.bin does not exist" in proc.stderr
+    assert "type=pv\n" in seen
+    # pvgrub2 is Debian's grub-xen-host image, booted as the domain's kernel; it must exist.
+    proc = domain("create", "--name", "pvh", "--memory", "256", "--bootloader", "pvgrub",
+                  "--disk", "vdev=xvda, target=/srv/pvh.img", check=False)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 2 and configs(root) == ["py.cfg"]
+    assert "grub-i386-xen_pvh.bin, is not installed" in proc.stderr
+    assert "apt-get install grub-xen-host" in proc.stderr
     grub = root / "usr/lib/grub-xen"
     grub.mkdir(parents=True)
     (grub / "grub-x86_64-xen.bin").write_text("g")
     (grub / "grub-i386-xen_pvh.bin").write_text("g")
-    domain("create", "--name", "pv", "--memory", "256", "--bootloader", "pvgrub",
-           "--disk", "vdev=xvda, target=/srv/pv.img")
-    domain("create", "--name", "pvh", "--type", "pvh", "--memory", "256", "--bootloader", "pvgrub",
+    # PVH unless asked otherwise: pvgrub2's PVH build.
+    domain("create", "--name", "pvh", "--memory", "256", "--bootloader", "pvgrub",
            "--disk", "vdev=xvdb, target=/srv/pvh.img")
-    assert "kernel=/usr/lib/grub-xen/grub-x86_64-xen.bin\n" in xlcheck.accept(checker, root / "etc/xen/pv.cfg")
+    domain("create", "--name", "pv", "--type", "pv", "--memory", "256", "--bootloader", "pvgrub",
+           "--disk", "vdev=xvda, target=/srv/pv.img")
+    seen = xlcheck.accept(checker, root / "etc/xen/pv.cfg")
+    assert "type=pv\n" in seen and "kernel=/usr/lib/grub-xen/grub-x86_64-xen.bin\n" in seen
     seen = xlcheck.accept(checker, root / "etc/xen/pvh.cfg")
     assert "type=pvh\n" in seen and "kernel=/usr/lib/grub-xen/grub-i386-xen_pvh.bin\n" in seen
+    assert "# PVH: pvgrub2's PVH build" in (root / "etc/xen/pvh.cfg").read_text()
 
 
 def test_a_late_failure_takes_back_the_config_and_the_export(domain, root):
@@ -375,8 +382,10 @@ def test_a_late_failure_takes_back_the_config_and_the_export(domain, root):
     (root / "etc/xen/auto").mkdir(parents=True)
     (root / "etc/xen/auto/vm1.cfg").write_text("a copied file, not a link\n")
     (root / "etc/exports").write_text("/srv/other 192.0.2.9(ro)\n")
+    (root / "export/vm1root").mkdir(parents=True)
     proc = domain("create", "--name", "vm1", "--memory", "64", "--kernel", KERNEL, "--nfs-server", "2.3.4.5",
-                  "--nfs-root", "/export/vm1root", "--exports", "--autostart", check=False)
+                  "--nfs-root", "/export/vm1root", "--ip", "192.0.2.10/24", "--exports", "--autostart",
+                  check=False)
     assert proc.returncode != 0 and "is a file, not a link" in proc.stderr
     assert configs(root) == []
     assert (root / "etc/exports").read_text() == "/srv/other 192.0.2.9(ro)\n"
