@@ -74,6 +74,7 @@ class Guest:
     name: str
     ip: str                 # ADDRESS/PREFIX
     memory: int = 256
+    type: str | None = None  # None: what `domain create` chooses for our xenU (PVH)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ SCENARIOS = {
     "bridged": Scenario("bridged", "bridge", "192.0.2.1/24",
                         (Guest("guest1", "192.0.2.11/24"), Guest("guest2", "192.0.2.12/24")),
                         broken_guest=True),
-    "routed": Scenario("routed", "routed", "192.0.2.1/24", (Guest("guest3", "192.0.2.21/24"),)),
+    # guest3 stays PV, beside the bridged host's PVH guests: both guest types are booted.
+    "routed": Scenario("routed", "routed", "192.0.2.1/24", (Guest("guest3", "192.0.2.21/24", type="pv"),)),
 }
 BROKEN = "broken1"
 
@@ -293,8 +295,9 @@ def assemble(scenario: Scenario, inputs: Inputs, final: Path, work: Path, tarbal
             "--size", GUEST_SIZE, "--hostname", g.name, "--ip", g.ip, "--gateway", scenario.gateway,
             "--ssh-key", str(pub), "--root-password-file", str(hashed), "--include", ",".join(GUEST_PACKAGES))
         bridge = ["--bridge", scenario.bridge] if scenario.network == "bridge" else []
+        kind = ["--type", g.type] if g.type else []
         transcript.provision("domain", "create", "--root", str(root), "--from-image", str(img),
-                             "--kernel", guest_kernel, "--memory", str(g.memory), *bridge, "--autostart",
+                             "--kernel", guest_kernel, "--memory", str(g.memory), *bridge, *kind, "--autostart",
                              "on_crash=preserve")
         guests.append({**asdict(g), "image": f"{IMAGES_DIR}/{g.name}.img"})
     if scenario.broken_guest:

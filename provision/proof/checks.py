@@ -149,6 +149,16 @@ def guests_answer(vm: Machine, facts: Facts, timeout: float, pingable: list[floa
                     "cat /tmp/failed; [ $r -eq 0 ] && [ ! -s /tmp/failed ]", 120)
 
 
+def guest_types(vm: Machine, facts: Facts) -> None:
+    """``xl list -l`` shows each guest running as the type it was made: PVH where `domain
+    create` chose it for our xenU (the README's default), PV where asked."""
+    for g in facts.guests:
+        kind = g.get("type") or "pvh"
+        shell_check(vm, f"xl list -l: {g['name']} runs as {kind}",
+                    f"xl list -l {g['name']} | grep -m1 '\"type\": '", 60,
+                    expect=rf'^\s*"type": "{kind}",?$')
+
+
 def guest_pings_guest(vm: Machine, facts: Facts) -> None:
     a, b = facts.guests[0], facts.guests[1]
     target = b["ip"].split("/")[0]

@@ -38,6 +38,9 @@ from provision.proof.machine import Disk, Lan, Machine
 from provision.sizes import GiB, MiB, parse_size
 from provision.undo import UndoStack
 
+# AMD-V with nested paging, emulated by TCG: Xen then has HVM (hap), which PVH guests
+# need; the PV dom0 boots on it as on plain qemu64.
+CPU = "qemu64,+svm,+npt"
 CODE_SIZE = 64 * MiB
 LVM_SIZE = 1 * GiB
 LVIMAGE_SIZE = 2 * GiB
@@ -131,7 +134,7 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
     log_path = out / f"serial-{scenario.name}.log"
     log_path.unlink(missing_ok=True)
     vm = Machine(log_path=log_path, disks=disks, memory=settings.memory, smp=settings.smp,
-                 name=f"xen-host-{scenario.name}", lan=Lan())
+                 name=f"xen-host-{scenario.name}", lan=Lan(), cpu=CPU)
     t = settings.timeout
     first: list[float] = []
     pingable: list[float] = []
@@ -141,6 +144,7 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
             checks.mount_code(vm, "/dev/vdb")
             checks.guests_started(vm, facts, t, first)
             checks.guests_answer(vm, facts, t, pingable)
+            checks.guest_types(vm, facts)
             if scenario.network == "bridge":
                 checks.network_status(vm, facts, scenario.bridge, scenario.host_ip, scenario.uplink)
                 checks.guest_pings_guest(vm, facts)

@@ -34,11 +34,12 @@ BRIDGED = ("GRUB started our entry", "Xen version is our build",
            "image --debootstrap into LVM in dom0", "xendomains stop saves guest1", "xendomains start restores guest1",
            "xl mem-set guest1", "xendomains reports a guest with a bad disk path",
            "xendomains stop shuts guest1, guest2 down",
-           "network status shows the bridge, the uplink and each guest's vif")
+           "network status shows the bridge, the uplink and each guest's vif",
+           "xl list -l: guest1 runs as pvh", "xl list -l: guest2 runs as pvh")
 ROUTED = ("dom0 reached multi-user", "dom0 has no failed units", "xendomains started guest3",
           "dom0 pings guest3 (192.0.2.21)", "guest3: hostname guest3, 192.0.2.21/24 on enX0",
           "guest3 pings dom0 (192.0.2.1) through its routed vif", "dom0 routes 192.0.2.21 to guest3's vif",
-          "network bridge --apply: xenbr9 takes over enp0s16 live (networkd)",
+          "xl list -l: guest3 runs as pv", "network bridge --apply: xenbr9 takes over enp0s16 live (networkd)",
           "unconfirmed, the change is rolled back: enp0s16 has 192.0.2.1/24 again, no xenbr9")
 
 
