@@ -166,8 +166,10 @@ def read_image_facts(image: Path, root: Path | None = None) -> ImageFacts:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Request:
+    """``domain create``'s arguments, checked and parsed at the edge (domain/cli.py)."""
+
     file: Path | None = None
     image: Path | None = None
     bridge: str | None = None        # the vifs' bridge
