@@ -41,3 +41,15 @@ def run(steps: Iterable[Step], state: Any, seconds: dict[str, float]) -> None:
 def table(seconds: dict[str, float]) -> str:
     """``base 12.3s, configure 0.4s, ...``: one line for the log."""
     return ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
+
+
+@contextlib.contextmanager
+def part(seconds: dict[str, float] | None, name: str):
+    """Time a part of a step into ``seconds`` as ``name`` ("base: bootstrap"): the
+    per-step table of a benchmark shows where a step's time goes."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + time.monotonic() - start

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from provision import cache, log
+from provision import cache, log, steps
 from provision.cache import cache_dir, manifest_key, sha256_file, staging
 from provision.errors import ProvisionError
 from provision.fsutil import Lock, atomic_path, atomic_write
@@ -102,18 +102,23 @@ class Storing:
     unchanged tree (mkfs reads it too). Call :meth:`wait` before the tree is changed or
     removed; the entry's lock is held until then."""
 
-    def __init__(self, entry: Entry, spec: BaseSpec, tree: Path, lock: Lock):
+    def __init__(self, entry: Entry, spec: BaseSpec, tree: Path, lock: Lock,
+                 seconds: dict[str, float] | None = None):
         self.entry, self.tree, self._lock = entry, tree, lock
-        self.meta = _tree_meta(spec, tree)
+        self.seconds = seconds
+        with steps.part(seconds, "base: size estimate"):
+            self.meta = _tree_meta(spec, tree)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="cache-base", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
         try:
-            self.entry.stamp.unlink(missing_ok=True)  # a refreshed base: the old stamp goes first
-            self.meta.update(_write_tarball(self.entry, self.tree))
-            self.entry.finish(self.meta)
+            # In the background, beside mkfs: the time it takes, not time on the critical path.
+            with steps.part(self.seconds, "(background) base: cache tarball and checksum"):
+                self.entry.stamp.unlink(missing_ok=True)  # a refreshed base: the old stamp goes first
+                self.meta.update(_write_tarball(self.entry, self.tree))
+                self.entry.finish(self.meta)
         except BaseException as e:  # reported by wait(): a cache we could not fill is no failure
             self.error = e
 
@@ -196,7 +201,8 @@ def check_can_bootstrap(spec: BaseSpec, offline: bool) -> None:
 
 
 def start(spec: BaseSpec, dest: str | os.PathLike, *, refresh: bool = False, quiet: bool = False,
-          check_mirror: bool = True, offline: bool = False) -> tuple[str, dict, Storing | None]:
+          check_mirror: bool = True, offline: bool = False,
+          seconds: dict[str, float] | None = None) -> tuple[str, dict, Storing | None]:
     """Fill the empty directory ``dest`` with the base for ``spec``: from the cache when
     an intact entry exists (``"hit"``), else by bootstrapping it (``"miss"``), in which
     case the returned :class:`Storing` is caching it in the background. ``offline``: a
@@ -219,9 +225,11 @@ def start(spec: BaseSpec, dest: str | os.PathLike, *, refresh: bool = False, qui
             entry.remove()  # a tarball without its JSON was never finished
         check_can_bootstrap(spec, offline)
         if check_mirror:
-            probe(spec.mirror, spec.suite, spec.proxy)
-        bootstrap(spec, dest, quiet=quiet)
-        storing = Storing(entry, spec, dest, lock)
+            with steps.part(seconds, "base: mirror check"):
+                probe(spec.mirror, spec.suite, spec.proxy)
+        with steps.part(seconds, "base: bootstrap"):
+            bootstrap(spec, dest, quiet=quiet)
+        storing = Storing(entry, spec, dest, lock, seconds)
     except BaseException:
         lock.release()
         raise

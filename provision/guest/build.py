@@ -11,6 +11,7 @@ is mounted. Each image gets a JSON sidecar (``<image>.json``) saying how to boot
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -478,7 +479,7 @@ class Build:
         work.root = Path(tree) / "root"
         work.status, work.meta, work.storing = basecache.start(
             spec, work.root, refresh=self.refresh, quiet=self.quiet, check_mirror=self.check_mirror,
-            offline=self.offline)
+            offline=self.offline, seconds=work.seconds)
         if work.storing is not None:
             # Runs before the tree is removed, also when we fail or are interrupted.
             work.undo.cleanup("finish caching the base", work.storing.wait)
@@ -497,17 +498,22 @@ class Build:
         from provision import storage
 
         spec, settings, t = self.spec, self.settings, self.target
+        part = functools.partial(steps.part, work.seconds)
         with storage.building_image(t.path, t.size, undo=work.undo) as tmp:
-            storage.make_fs(tmp, t.fstype, populate=work.root)
+            with part("filesystem: mkfs"):
+                storage.make_fs(tmp, t.fstype, populate=work.root)
             if work.storing is not None:
-                work.storing.wait()  # the tarball first: it removes older cached filesystems
-            summing = _store_fs_cache(tmp, fs_cache_entry(spec, t))
+                with part("filesystem: waiting for the base's cache tarball"):
+                    work.storing.wait()  # the tarball first: it removes older cached filesystems
+            with part("filesystem: cache copy"):
+                summing = _store_fs_cache(tmp, fs_cache_entry(spec, t))
             try:
-                set_fs_uuid(tmp, settings.root_uuid)
-                _configure_image(tmp, spec.release, settings)
+                with part("filesystem: configure (debugfs)"):
+                    set_fs_uuid(tmp, settings.root_uuid)
+                    _configure_image(tmp, spec.release, settings)
             finally:
-                with critical():  # its checksum file is written whole, or not at all
-                    summing.join()
+                with part("filesystem: waiting for the cache copy's checksum"), critical():
+                    summing.join()  # its checksum file is written whole, or not at all
 
     def _configure(self, work: _Work) -> None:
         apply_to_dir(work.root, guest_files(self.spec.release, self.settings, dir_reader(work.root)))
