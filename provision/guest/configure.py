@@ -107,13 +107,15 @@ class GuestSettings:
     apt_sources: tuple[str, ...] = ()  # one-line sources.list entries
     root_uuid: str | None = None       # fstab names the root (and swap) by UUID, not device
     swap_uuid: str | None = None
+    nfs_root: bool = False             # a tree served over NFS: the kernel mounts / and sets the NIC up
 
     def on(self, target) -> GuestSettings:
         """These settings for a guest made at ``target`` (a guest.target.Target): the
         fstab's filesystem type and swap are the target's, their one source. A
-        directory has neither, so the settings say."""
+        directory is the manual's NFS root tree: no disk, no swap, and its root and
+        network are the kernel's (``root=/dev/nfs nfsroot=... ip=...``)."""
         if target.kind == "dir":
-            return self
+            return replace(self, swap=False, nfs_root=True)
         return replace(self, fstype=target.fstype, swap=bool(target.swap))
 
     @property
@@ -125,8 +127,11 @@ class GuestSettings:
         return f"{self.devices}a2" if self.swap else None
 
     @property
-    def root_spec(self) -> str:
-        """The root's first fstab field: UUID=... or /dev/xvda1."""
+    def root_spec(self) -> str | None:
+        """The root's first fstab field: UUID=... or /dev/xvda1; None for an NFS root,
+        which the kernel mounted and no fstab line may remount."""
+        if self.nfs_root:
+            return None
         return f"UUID={self.root_uuid}" if self.root_uuid else f"/dev/{self.root_device}"
 
     @property
@@ -140,7 +145,7 @@ class GuestSettings:
         return {"hostname": self.hostname, "network": self.network.as_dict(), "devices": self.devices,
                 "root_device": f"/dev/{self.root_device}",
                 "swap_device": f"/dev/{self.swap_device}" if self.swap else None,
-                "fstype": self.fstype, "root_password": self.root_hash is not None,
+                "fstype": self.fstype, "nfs_root": self.nfs_root, "root_password": self.root_hash is not None,
                 "root_uuid": self.root_uuid, "swap_uuid": self.swap_uuid if self.swap else None,
                 "ssh_keys": len(self.ssh_keys)}
 
@@ -316,7 +321,9 @@ def guest_files(release: Release, settings: GuestSettings, tree: TreeReader) -> 
     write("/etc/resolv.conf", render("resolv.conf.j2", nameservers=nameservers, search=net.search))
 
     # Network: ifupdown on eth0 for old guests, networkd matching the Xen NIC for new ones.
-    values = {"dhcp": net.dhcp, "gateway": net.gateway, "nameservers": nameservers}
+    # An NFS root's NIC is set up by the kernel (ip=) before / is mounted: nothing may
+    # take it down or flush its address while / is mounted, at shutdown least of all.
+    values = {"dhcp": net.dhcp, "gateway": net.gateway, "nameservers": nameservers, "nfs_root": s.nfs_root}
     if net.address:
         values.update(address=str(net.address), netmask=str(net.address.netmask))
     if release.network == "ifupdown":

@@ -26,6 +26,7 @@ from provision.guest.configure import (
     read_root_hash,
     read_ssh_keys,
 )
+from provision.guest.target import Target
 
 HASH = "$y$j9T$abcdefghijklmnopqrstu.$0123456789abcdefghijklmnopqrstuvwxyzABCD"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyMaterialForTestsOnly0123456789abc test@host"
@@ -338,6 +339,37 @@ def test_dhcp_on_networkd_matches_the_xen_nic(tmp_path):
     fstab = next(op for op in ops if getattr(op, "path", "") == "/etc/fstab").data.decode()
     assert "/dev/xvda1\t/\text4" in fstab and "swap" not in fstab
     assert not any(getattr(op, "path", "") == "/etc/network/interfaces" for op in ops)
+
+
+def test_an_nfs_root_tree_has_no_root_line_and_keeps_the_kernels_nic(tmp_path):
+    """A --dir tree is the manual's NFS root: the kernel mounted / and set up the NIC (ip=)."""
+    rel = suites.lookup("bookworm")
+    root = _tree(tmp_path)
+    settings = _settings(rel, network=Network.make("192.0.2.31/24", gateway="192.0.2.2"), swap=True)
+    settings = settings.on(Target.dir(root))
+    ops = guest_files(rel, settings, dir_reader(root))
+    text = {op.path: op.data.decode() for op in ops if hasattr(op, "data")}
+    fstab = text["/etc/fstab"]
+    assert not any(line.split()[1:2] == ["/"] for line in fstab.splitlines() if not line.startswith("#"))
+    assert "swap" not in fstab.replace("# ", "") and "proc\t/proc" in fstab
+    net = text["/etc/systemd/network/50-xen-vif.network"]
+    assert "Address=192.0.2.31/24" in net and "\nKeepConfiguration=yes\n" in net
+    # An image's NIC is networkd's to manage as usual.
+    disk = guest_files(rel, _settings(rel, network=Network.make("192.0.2.31/24")), dir_reader(root))
+    assert "KeepConfiguration" not in next(op for op in disk if getattr(op, "path", "") ==
+                                           "/etc/systemd/network/50-xen-vif.network").data.decode()
+
+
+def test_an_nfs_root_tree_on_ifupdown_leaves_eth0_to_the_kernel(tmp_path):
+    rel = suites.lookup("sarge")
+    root = _tree(tmp_path, sysv=True)
+    settings = _settings(rel, root_hash=None, ssh_keys=(), network=Network.make("192.0.2.31/24"),
+                         apt_sources=apt_sources(rel, "http://archive.debian.org/debian")).on(Target.dir(root))
+    apply_to_dir(root, guest_files(rel, settings, dir_reader(root)))
+    interfaces = (root / "etc/network/interfaces").read_text()
+    assert "iface lo inet loopback" in interfaces
+    assert not [line for line in interfaces.splitlines() if "eth0" in line and not line.startswith("#")]
+    assert "\t/\t" not in (root / "etc/fstab").read_text()
 
 
 def test_same_settings_same_bytes(tmp_path):

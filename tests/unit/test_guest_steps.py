@@ -70,7 +70,8 @@ def test_the_target_is_the_one_source_of_fstype_and_swap(tmp_path):
     target = Target.file(tmp_path / "a.img", "1G", swap="64M", fstype="ext3")
     job = Build(resolve("bookworm"), GuestSettings("vm1", fstype="ext4", swap=False), target)
     assert (job.settings.fstype, job.settings.swap) == ("ext3", True)
-    assert GuestSettings("vm1", swap=True).on(Target.dir(tmp_path / "d")).swap is True
+    tree = GuestSettings("vm1", swap=True).on(Target.dir(tmp_path / "d"))
+    assert (tree.swap, tree.nfs_root, tree.root_spec) == (False, True, None)
 
 
 def _args(tmp_path, *argv) -> argparse.Namespace:

@@ -25,6 +25,8 @@ def test_install_writes_files_once_and_keeps_admin_settings(run_cli, tmp_path):
     assert "XENDOMAINS_SAVE=/var/lib/xen/save\n" in text and "XENDOMAINS_PARALLEL=3\n" in text
     assert "XENDOMAINS_STOP_MAXWAIT=120\n" in text
     assert "TimeoutStopSec=infinity\n" in unit.read_text()  # the script bounds its waits
+    # NFS-root guests served by dom0 start after its NFS server and stop before it.
+    assert "\nAfter=nfs-server.service rpcbind.service\n" in unit.read_text()
     mtime = script.stat().st_mtime_ns
     settings.write_text(text.replace("XENDOMAINS_PARALLEL=3", "XENDOMAINS_PARALLEL=8"))
     again = run_cli("xendomains", "install", "--root", root)
