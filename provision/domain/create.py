@@ -194,6 +194,7 @@ class Settings:
     type_by: str | None = None       # who asked for ``type`` (None: it is ours to choose)
     kernel_by: str | None = None     # who gave ``kernel``, other than the image's facts
     type_reason: str | None = None   # why the type is what it is (see boot.choose_type)
+    own_kernel: dict | None = None   # the image's own kernel (image --guest-kernel): package, pvh
 
 
 def _given_by(key: str, req: Request, cli: dict, file_values: dict) -> str | None:
@@ -252,13 +253,15 @@ def settings(req: Request, root: Path | None = None) -> Settings:
         if facts.name and "name" not in values:
             values["name"] = facts.name
         source = f"{source} + {req.image}" if req.file else str(req.image)
+    own_kernel = facts.facts.get("guest_kernel") if req.image else None
     values.update(req.options)
     if req.nfs:
         values.update(req.nfs.settings(values.get("extra")))
         values.setdefault("disk", [])
     values.update(cli)
     return Settings(values, lines, source, type_by=_given_by("type", req, cli, file_values),
-                    kernel_by=_given_by("kernel", req, cli, file_values))
+                    kernel_by=_given_by("kernel", req, cli, file_values),
+                    own_kernel=own_kernel if isinstance(own_kernel, dict) else None)
 
 
 def _image_address(req: Request, root: Path) -> str | None:
@@ -273,24 +276,35 @@ def _boot(req: Request, s: Settings, paths: Paths) -> None:
     """Choose the type (and pvgrub2's binary) into ``s.values``; refuse a kernel that
     cannot boot that way."""
     values = s.values
-    if req.bootloader and s.kernel_by:
-        raise ProvisionError(f"--bootloader {req.bootloader} boots the guest's own kernel; {s.kernel_by} gives another",
-                             hint=f"drop the kernel, or drop --bootloader {req.bootloader} to boot that kernel directly")
-    if req.bootloader:
+    bootloader = req.bootloader
+    if bootloader is None and s.own_kernel and not s.kernel_by and not values.get("bootloader"):
+        bootloader = "pvgrub"   # an image with its own kernel boots it, through pvgrub2
+    if bootloader and s.kernel_by:
+        raise ProvisionError(f"--bootloader {bootloader} boots the guest's own kernel; {s.kernel_by} gives another",
+                             hint=f"drop the kernel, or drop --bootloader {bootloader} to boot that kernel directly")
+    if bootloader:
         values.pop("kernel", None)  # an image's facts name dom0's kernel: not this guest's
         values.pop("ramdisk", None)  # the guest's GRUB loads the guest's initrd
-    if req.bootloader == "pygrub":
+    if bootloader == "pygrub":
         values["bootloader"] = "pygrub"
     asked = values.get("type") if s.type_by else None
     if asked is None and values.get("builder") == "hvm":
         asked = "hvm"
-    kernel = values.get("kernel") if req.bootloader is None else None
+    kernel = values.get("kernel") if bootloader is None else None
     kernel = kernel if isinstance(kernel, str) and kernel else None
     config = boot.kernel_config(paths, kernel) if kernel else None
-    choice = boot.choose_type(asked if isinstance(asked, str) else None, s.type_by or "",
-                              kernel, req.bootloader or values.get("bootloader"), config)
+    own = s.own_kernel if bootloader == "pvgrub" else None
+    if own and own.get("pvh") is False and not asked:
+        choice = boot.Choice("pv", f"PV: the image's own kernel ({own.get('package')}) is older than "
+                                   "Linux 4.11, which PVH guests need")
+    else:
+        choice = boot.choose_type(asked if isinstance(asked, str) else None, s.type_by or "",
+                                  kernel, bootloader or values.get("bootloader"), config)
+    if own and own.get("pvh") is False and choice.type == "pvh":
+        raise ProvisionError(f"the image's own kernel ({own.get('package')}) cannot boot as PVH (Linux 4.11 "
+                             "and later can)", hint="use --type pv, or an image of a newer suite")
     values["type"] = choice.type
-    if req.bootloader == "pvgrub":
+    if bootloader == "pvgrub":
         values["kernel"] = boot.pvgrub_kernel(paths, choice.type, check=req.check_kernel)
     elif kernel and req.check_kernel and not boot.is_pvgrub(kernel):
         boot.check_kernel(kernel, choice.type, config, nfs_root=req.nfs is not None,

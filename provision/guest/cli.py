@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from provision import log, validate
@@ -77,6 +77,9 @@ def register(subparsers) -> None:
                         "for a disk that is not a domain's, such as a host's own")
     g.add_argument("--root-password-file", metavar="FILE", help="file holding root's crypt hash (mkpasswd -m yescrypt)")
     g.add_argument("--ssh-key", metavar="FILE", help="public key(s) for root (adds openssh-server)")
+    g.add_argument("--guest-kernel", action="store_true",
+                   help="install the distribution's kernel (linux-image-amd64, Ubuntu's linux-image-virtual) "
+                        "and a /boot/grub/grub.cfg for pvgrub2 (domain create --bootloader pvgrub)")
 
     t = p.add_argument_group("templates")
     t.add_argument("--save-template", metavar="NAME",
@@ -130,6 +133,9 @@ def parse(args) -> ImageSettings:
 
         if args.save_template:
             raise ProvisionError("--save-template goes with --debootstrap", hint="the template already exists")
+        if args.guest_kernel:
+            raise ProvisionError("--guest-kernel goes with --debootstrap: a template's packages are fixed",
+                                 hint="save a template made with --guest-kernel")
         if args.offline or args.refresh:
             raise ProvisionError(f"--{'offline' if args.offline else 'refresh'} is about the bootstrapped base; "
                                  "a template needs none")
@@ -151,14 +157,34 @@ def parse(args) -> ImageSettings:
     include = list(args.include)
     if args.ssh_key:
         include.append("openssh-server")  # root's key is of no use without an SSH server
+    kernel = _guest_kernel(args)
+    if kernel:
+        include.append(kernel.package)
     spec = resolve(args.debootstrap, arch=args.arch, mirror=args.mirror, variant=args.variant,
                    include=include, exclude=args.exclude, backend=args.backend, keyring=args.keyring,
                    check_gpg=not args.no_check_gpg, proxy=args.proxy, boot_packages=not args.no_boot_packages)
     fstype = args.fstype or ("ext3" if spec.release.old_glibc else "ext4")
     target = _target(args, fstype, args.size if args.size is not None else "2G")
     guest = _guest(args, target, spec.release, spec.mirror, spec.components)
+    if kernel:
+        guest = replace(guest, guest_kernel=kernel.package)
     return ImageSettings(target, guest, spec=spec, save_template=args.save_template,
                          template_vg=_template_vg(args, target), **common)
+
+
+def _guest_kernel(args):
+    """The kernel package --guest-kernel installs (None without it); refused for a suite
+    whose kernel cannot run on Xen, and for a target pvgrub2 cannot boot from."""
+    if not args.guest_kernel:
+        return None
+    from provision.guest import suites
+    from provision.guest.bootstrap import host_arch
+
+    if args.dir:
+        raise ProvisionError("--guest-kernel makes a disk that pvgrub2 boots from; a --dir tree has none",
+                             hint="use --file, --disk or --lv (an NFS-root tree boots our xenU kernel)")
+    release = suites.lookup(args.debootstrap)
+    return suites.guest_kernel(release, args.arch or release.arch or host_arch())
 
 
 def _target(args, fstype: str, size) -> Target:

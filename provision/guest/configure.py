@@ -108,6 +108,7 @@ class GuestSettings:
     root_uuid: str | None = None       # fstab names the root (and swap) by UUID, not device
     swap_uuid: str | None = None
     nfs_root: bool = False             # a tree served over NFS: the kernel mounts / and sets the NIC up
+    guest_kernel: str | None = None    # the distribution's kernel package, booted by pvgrub2
 
     def on(self, target) -> GuestSettings:
         """These settings for a guest made at ``target`` (a guest.target.Target): the
@@ -145,7 +146,8 @@ class GuestSettings:
         return {"hostname": self.hostname, "network": self.network.as_dict(), "devices": self.devices,
                 "root_device": f"/dev/{self.root_device}",
                 "swap_device": f"/dev/{self.swap_device}" if self.swap else None,
-                "fstype": self.fstype, "nfs_root": self.nfs_root, "root_password": self.root_hash is not None,
+                "fstype": self.fstype, "nfs_root": self.nfs_root, "guest_kernel": self.guest_kernel,
+                "root_password": self.root_hash is not None,
                 "root_uuid": self.root_uuid, "swap_uuid": self.swap_uuid if self.swap else None,
                 "ssh_keys": len(self.ssh_keys)}
 
@@ -341,6 +343,12 @@ def guest_files(release: Release, settings: GuestSettings, tree: TreeReader) -> 
 
     # Disks as the domain config names them.
     write("/etc/fstab", render("fstab.j2", root_spec=s.root_spec, swap_spec=s.swap_spec, fstype=s.fstype))
+
+    # The guest's own kernel: the menu pvgrub2 reads from the guest's disk.
+    if s.guest_kernel:
+        ops.append(Mkdir("/boot/grub"))
+        write("/boot/grub/grub.cfg", render("pvgrub.cfg.j2", title=str(release), root=s.root_spec,
+                                            args=release.kernel_args))
 
     # Console on hvc0, and root may log in there.
     if release.init == "systemd":

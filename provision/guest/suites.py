@@ -152,3 +152,44 @@ def lookup(suite: str) -> Release:
 
 def names(distro: str | None = None) -> list[str]:
     return [r.name for r in RELEASES if distro in (None, r.distro)]
+
+
+@dataclass(frozen=True)
+class GuestKernel:
+    """The distribution's own kernel for a guest that boots it with pvgrub2."""
+
+    package: str
+    pvh: bool        # Linux >= 4.11 boots as a PVH guest; older ones only as PV
+
+
+def guest_kernel(release: Release, arch: str) -> GuestKernel:
+    """The kernel package ``image --guest-kernel`` installs for ``release`` on ``arch``;
+    refused, naming why, where the distribution's kernel cannot run as a Xen guest."""
+    if arch not in ("amd64", "i386"):
+        raise ProvisionError(f"--guest-kernel knows the kernels of amd64 and i386, not {arch}")
+    flavour = "amd64" if arch == "amd64" else "686-pae"
+    if release.distro == "debian":
+        # Xen guest support (pvops domU) is in Debian's standard kernels from 6.0 (2.6.32).
+        if _older(release.version, "6.0"):
+            raise ProvisionError(f"{release}'s kernel cannot boot as a Xen guest: Debian's standard kernels "
+                                 "run on Xen from 6.0 (squeeze) on", hint="use our xenU kernel (domain create "
+                                 "--kernel), or --guest-kernel with squeeze or later")
+        if release.name == "squeeze":
+            return GuestKernel(f"linux-image-2.6-{'amd64' if arch == 'amd64' else '686-bigmem'}", False)
+        # PVH guests from Linux 4.11: buster's 4.19 on.
+        return GuestKernel(f"linux-image-{flavour}", not _older(release.version, "10"))
+    # Ubuntu's -virtual kernels run on Xen from 11.04 (natty, 2.6.38).
+    if _older(release.version, "11.04"):
+        raise ProvisionError(f"{release}'s kernel cannot boot as a Xen guest: Ubuntu's kernels run on Xen "
+                             "from 11.04 (natty) on", hint="use our xenU kernel (domain create --kernel), "
+                             "or --guest-kernel with natty or later")
+    # PVH guests from Linux 4.11: bionic's 4.15 on.
+    return GuestKernel("linux-image-virtual", not _older(release.version, "18.04"))
+
+
+def _older(version: str, than: str) -> bool:
+    """``version`` (a release's number; Debian's "unstable" is newest) before ``than``."""
+    if not version[:1].isdigit():
+        return False
+    return tuple(int(x) for x in version.split(".")) < tuple(int(x) for x in than.split("."))
+

@@ -249,3 +249,36 @@ def test_a_second_guest_on_the_same_root_is_refused(domain, root, checker):
     domain(*nfs_guest("vm1", kernel, "--ip", "192.0.2.10/24", "--exports", "--force"))
     assert (root / "etc/exports").read_text() == exports
     xlcheck.accept(checker, root / "etc/xen/vm1.cfg")
+
+
+def _own_kernel_image(root: Path, name: str, pvh: bool) -> Path:
+    """An image made with `image --guest-kernel`, as its sidecar describes it."""
+    import json
+    img = root / f"srv/{name}.img"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    img.write_bytes(b"")
+    facts = {"format": "xen-provision-image/1", "name": name, "root": "/dev/xvda1", "console": "hvc0",
+             "kernel_args": [], "target": "file",
+             "disks": [{"role": "root", "path": str(img), "vdev": "xvda1", "format": "raw"}],
+             "guest_kernel": {"package": "linux-image-amd64" if pvh else "linux-image-2.6-amd64", "pvh": pvh,
+                              "config": "/boot/grub/grub.cfg"}}
+    (root / f"srv/{name}.img.json").write_text(json.dumps(facts))
+    return img
+
+
+def test_an_image_with_its_own_kernel_boots_it_through_pvgrub(domain, root, checker):
+    grub = root / "usr/lib/grub-xen"
+    grub.mkdir(parents=True)
+    (grub / "grub-x86_64-xen.bin").write_text("g")
+    (grub / "grub-i386-xen_pvh.bin").write_text("g")
+    domain("create", "--from-image", _own_kernel_image(root, "own", pvh=True), "--memory", "384")
+    seen = xlcheck.accept(checker, root / "etc/xen/own.cfg")
+    assert "type=pvh\n" in seen and "kernel=/usr/lib/grub-xen/grub-i386-xen_pvh.bin\n" in seen
+    # A kernel older than 4.11 (squeeze's) boots as PV, with the reason written down.
+    domain("create", "--from-image", _own_kernel_image(root, "old", pvh=False), "--memory", "384")
+    text = (root / "etc/xen/old.cfg").read_text()
+    assert "# PV: the image's own kernel (linux-image-2.6-amd64) is older than Linux 4.11" in text
+    assert "kernel=/usr/lib/grub-xen/grub-x86_64-xen.bin\n" in xlcheck.accept(checker, root / "etc/xen/old.cfg")
+    refused(domain("create", "--from-image", root / "srv/old.img", "--name", "old2", "--memory", "384",
+                   "--type", "pvh", check=False), root, "cannot boot as PVH",
+            configs=("old.cfg", "own.cfg"))

@@ -336,3 +336,62 @@ def test_list_templates_says_where_each_lives(run_cli, tmp_path, clean_env):
     p = run_cli("image", "--list-templates", env=clean_env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [f"plain            file {tpl / 'plain.img'}", "web              lv xpnovg/template-web"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--debootstrap", "sarge"), "Debian 3.1 (sarge)'s kernel cannot boot as a Xen guest"),
+    (("--debootstrap", "dapper"), "Ubuntu 6.06 (dapper)'s kernel cannot boot as a Xen guest"),
+    (("--from-template", "web"), "--guest-kernel goes with --debootstrap"),
+])
+def test_guest_kernel_refused_where_it_cannot_boot(run_cli, tmp_path, clean_env, args, message):
+    p = run_cli("image", *args, "--guest-kernel", "--file", tmp_path / "vm.img", env=clean_env)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert p.returncode != 0 and len(errors) == 1 and message in errors[0], p.stderr
+    _nothing_made(tmp_path)
+
+
+def test_guest_kernel_needs_a_disk(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "bookworm", "--guest-kernel", "--dir", tmp_path / "d", env=clean_env)
+    assert p.returncode != 0 and "a --dir tree has none" in p.stderr
+    _nothing_made(tmp_path)
+
+
+def test_guest_kernel_plan_installs_the_kernel_and_pvgrubs_menu(run_cli, tmp_path, clean_env):
+    p = run_cli("image", "--debootstrap", "bookworm", "--guest-kernel", "--file", tmp_path / "vm.img",
+                "--dry-run", env=clean_env)
+    assert p.returncode == 0, p.stderr
+    assert "--include=iproute2,linux-image-amd64," in p.stdout
+    assert "config:   write /boot/grub/grub.cfg" in p.stdout
+    _nothing_made(tmp_path)
+
+
+def test_guest_kernels_of_the_release_table():
+    from provision.guest import suites
+
+    def k(name):
+        return suites.guest_kernel(suites.lookup(name), "amd64")
+    assert k("bookworm") == suites.GuestKernel("linux-image-amd64", True)
+    assert k("stretch") == suites.GuestKernel("linux-image-amd64", False)        # 4.9: PV only
+    assert k("squeeze") == suites.GuestKernel("linux-image-2.6-amd64", False)
+    assert k("noble") == suites.GuestKernel("linux-image-virtual", True)
+    assert k("xenial").pvh is False
+    assert suites.guest_kernel(suites.lookup("bookworm"), "i386").package == "linux-image-686-pae"
+
+
+def test_grub_cfg_for_pvgrub_follows_the_kernel_links(tmp_path):
+    from provision.guest import suites
+    from provision.guest.configure import GuestSettings, TreeReader, guest_files
+
+    rel = suites.lookup("bookworm")
+    s = GuestSettings("vm1", guest_kernel="linux-image-amd64", root_uuid="0f6c1f43-4c0a-4c54-9a4b-0a1b2c3d4e5f")
+    ops = guest_files(rel, s, TreeReader(lambda p: None, lambda p: []))
+    cfg = next(op for op in ops if getattr(op, "path", "") == "/boot/grub/grub.cfg").data.decode()
+    assert "linux /vmlinuz root=UUID=0f6c1f43-4c0a-4c54-9a4b-0a1b2c3d4e5f ro console=hvc0\n" in cfg
+    assert "initrd /initrd.img\n" in cfg and "linux /vmlinuz.old " in cfg
+    # GRUB's own parser accepts it.
+    import shutil
+    import subprocess
+    if shutil.which("grub-script-check"):
+        f = tmp_path / "grub.cfg"
+        f.write_text(cfg)
+        assert subprocess.run(["grub-script-check", str(f)]).returncode == 0
