@@ -12,8 +12,9 @@ For each scenario (:data:`provision.proof.assemble.SCENARIOS`):
 3. the boot, on a LAN that ends inside QEMU (192.0.2.0/24, ``restrict=on``): GRUB, Xen's
    command line and scheduler, dom0 multi-user with no failed units, xendomains starting
    the guests, each answering ping and ssh, and (bridged) one guest pinging the other,
-   ``xl console``, LVM in dom0, save/restore through xendomains, mem-set, and a guest with
-   a bad disk reported (:mod:`provision.proof.checks`).
+   ``xl console``, a guest whose root dom0 serves over NFS, LVM in dom0, save/restore
+   through xendomains, mem-set, and a guest with a bad disk reported; (routed) a guest
+   whose own Debian kernel pvgrub2 boots (:mod:`provision.proof.checks`).
 
 Each wait is bounded and reported with the time since power-on; the serial logs, the
 assembly logs and ``report.txt`` are kept in ``--out``.
@@ -141,22 +142,28 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
     try:
         with vm:
             checks.boot_to_dom0(vm, facts, settings.inputs.sched, t)
-            checks.mount_code(vm, "/dev/vdb")
             checks.guests_started(vm, facts, t, first)
+            checks.dom0_settled(vm, t)
+            checks.mount_code(vm, "/dev/vdb")
             checks.guests_answer(vm, facts, t, pingable)
             checks.guest_types(vm, facts)
+            checks.own_kernels_booted(vm, facts)
             if scenario.network == "bridge":
                 checks.network_status(vm, facts, scenario.bridge, scenario.host_ip, scenario.uplink)
+                checks.nfs_root_served(vm, facts, scenario.host_ip.split("/")[0])
                 checks.guest_pings_guest(vm, facts)
                 checks.xl_console_login(vm, facts.guests[0]["name"])
                 if settings.extra_checks:
+                    pvh = [g["name"] for g in facts.guests if (g.get("type") or "pvh") == "pvh"]
+                    checks.retire(vm, pvh)
                     name = facts.guests[0]["name"]
                     checks.save_restore(vm, name)
                     checks.mem_set(vm, name)
                     checks.broken_guest_reported(vm, name)
                     # The guests go before the storage checks: under TCG every running
                     # domain slows dom0's block I/O several times over.
-                    checks.guests_stopped(vm, facts)
+                    checks.guests_stopped(vm, [g["name"] for g in facts.guests if g["name"] not in pvh])
+                    checks.nfs_guests_shut_down_cleanly(vm, facts)
                     if settings.lvmcheck:
                         checks.lvm_checks(vm, "/dev/vdc", "/dev/vdd")
             else:

@@ -33,14 +33,25 @@ BRIDGED = ("GRUB started our entry", "Xen version is our build",
            "xl console guest1 shows its login prompt on hvc0", "LVM path of the storage library",
            "image --debootstrap into LVM in dom0", "xendomains stop saves guest1", "xendomains start restores guest1",
            "xl mem-set guest1", "xendomains reports a guest with a bad disk path",
-           "xendomains stop shuts guest1, guest2 down",
+           "guest2 shut down and out of /etc/xen/auto after its checks",
+           "xendomains stop shuts guest1, guest4 down",
            "network status shows the bridge, the uplink and each guest's vif",
-           "xl list -l: guest1 runs as pvh", "xl list -l: guest2 runs as pvh")
+           "xl list -l: guest1 runs as pv", "xl list -l: guest2 runs as pvh",
+           # The manual's NFS root, served by dom0 (issue 20).
+           "xendomains started guest4", "dom0 pings guest4 (192.0.2.14)",
+           "guest4: hostname guest4, 192.0.2.14/24 on eth0, kernel", "guest4 has no failed units",
+           "guest4's root is 192.0.2.1:/srv/nfs/guest4 over NFS",
+           "guest4 writes a file that dom0 sees in /srv/nfs/guest4", "xl list -l: guest4 runs as pv",
+           "guest4 (NFS root) shut down cleanly through xendomains")
 ROUTED = ("dom0 reached multi-user", "dom0 has no failed units", "xendomains started guest3",
           "dom0 pings guest3 (192.0.2.21)", "guest3: hostname guest3, 192.0.2.21/24 on enX0",
           "guest3 pings dom0 (192.0.2.1) through its routed vif", "dom0 routes 192.0.2.21 to guest3's vif",
           "xl list -l: guest3 runs as pv", "network bridge --apply: xenbr9 takes over enp0s16 live (networkd)",
-          "unconfirmed, the change is rolled back: enp0s16 has 192.0.2.1/24 again, no xenbr9")
+          "unconfirmed, the change is rolled back: enp0s16 has 192.0.2.1/24 again, no xenbr9",
+          # pvgrub2 and the Debian kernel in the guest's own image (issue 19).
+          "xendomains started guest5", "dom0 pings guest5 (192.0.2.25)",
+          "guest5: hostname guest5, 192.0.2.25/24 on enX0, kernel its own (Debian's)",
+          "xl list -l: guest5 runs as pv", "guest5: pvgrub2 booted the Debian kernel in its own image")
 
 
 @pytest.fixture(scope="module")

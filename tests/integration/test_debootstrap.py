@@ -246,6 +246,14 @@ def test_directory_target(first_image, workdir, env):
     assert (d / "etc/hostname").read_text() == "dirvm\n"
     assert (d / "etc/machine-id").read_text() == ""
     assert not list(d.parent.glob(".xen-provision-root.*"))
+    # The manual's NFS root tree: the kernel mounts / and sets the NIC up (ip=), so the
+    # fstab has no line for / and networkd keeps the kernel's address.
+    fstab = [line.split() for line in (d / "etc/fstab").read_text().splitlines() if line and line[0] != "#"]
+    assert [f for f in fstab if f[1] == "/"] == [] and ["proc", "/proc", "proc", "defaults", "0", "0"] in fstab
+    network = (d / "etc/systemd/network/50-xen-vif.network").read_text()
+    assert "Address=192.0.2.10/24" in network and "\nKeepConfiguration=yes\n" in network
+    facts = json.loads(Path(f"{d}.json").read_text())
+    assert facts["target"] == "dir" and facts["guest"]["nfs_root"] is True and facts["disks"] == []
 
 
 def test_partition_of_a_disk_image(first_image, workdir, env):
