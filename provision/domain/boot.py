@@ -83,12 +83,21 @@ class Choice:
 
 
 def choose_type(asked: str | None, asked_by: str, kernel: str | None, bootloader: str | None,
-                config: KernelConfig | None) -> Choice:
+                config: KernelConfig | None, own: dict | None = None) -> Choice:
     """The guest's type: the one asked for (by ``asked_by``), else PVH for pvgrub2 and for
-    a kernel whose config has CONFIG_XEN_PVH=y, else PV."""
+    a kernel whose config has CONFIG_XEN_PVH=y, else PV. ``own`` is what an image made with
+    --guest-kernel says of the kernel pvgrub2 will boot (its package, and "pvh": whether
+    it can run as PVH); such a kernel older than Linux 4.11 is refused as PVH."""
+    too_old = own is not None and own.get("pvh") is False
     if asked:
+        if too_old and asked == "pvh":
+            raise ProvisionError(f"the image's own kernel ({own.get('package')}) cannot boot as PVH (Linux 4.11 "
+                                 "and later can)", hint="use --type pv, or an image of a newer suite")
         return Choice(asked, f"{asked.upper()}: as asked by {asked_by}")
     if bootloader == "pvgrub":
+        if too_old:
+            return Choice("pv", f"PV: the image's own kernel ({own.get('package')}) is older than Linux 4.11, "
+                                "which PVH guests need")
         return Choice("pvh", f"PVH: pvgrub2's PVH build boots the guest's own kernel ({PVGRUB_PACKAGE})")
     if bootloader:
         return Choice("pv", f"PV: the kernel {bootloader} finds in the guest is not known here; PV is xl's default")

@@ -293,16 +293,9 @@ def _boot(req: Request, s: Settings, paths: Paths) -> None:
     kernel = values.get("kernel") if bootloader is None else None
     kernel = kernel if isinstance(kernel, str) and kernel else None
     config = boot.kernel_config(paths, kernel) if kernel else None
-    own = s.own_kernel if bootloader == "pvgrub" else None
-    if own and own.get("pvh") is False and not asked:
-        choice = boot.Choice("pv", f"PV: the image's own kernel ({own.get('package')}) is older than "
-                                   "Linux 4.11, which PVH guests need")
-    else:
-        choice = boot.choose_type(asked if isinstance(asked, str) else None, s.type_by or "",
-                                  kernel, bootloader or values.get("bootloader"), config)
-    if own and own.get("pvh") is False and choice.type == "pvh":
-        raise ProvisionError(f"the image's own kernel ({own.get('package')}) cannot boot as PVH (Linux 4.11 "
-                             "and later can)", hint="use --type pv, or an image of a newer suite")
+    choice = boot.choose_type(asked if isinstance(asked, str) else None, s.type_by or "", kernel,
+                              bootloader or values.get("bootloader"), config,
+                              own=s.own_kernel if bootloader == "pvgrub" else None)
     values["type"] = choice.type
     if bootloader == "pvgrub":
         values["kernel"] = boot.pvgrub_kernel(paths, choice.type, check=req.check_kernel)

@@ -102,6 +102,12 @@ def host_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64", "i686": "i386"}.get(platform.machine(), platform.machine())
 
 
+def arch_for(release: Release, arch: str | None = None) -> str:
+    """The architecture to bootstrap: the one given, else the release's own (i386 for the
+    oldest suites), else the host's."""
+    return arch or release.arch or host_arch()
+
+
 @functools.cache
 def backend_version(backend: str) -> str:
     """``mmdebstrap 1.3.5``: part of the cache key, so a new backend rebuilds the base."""
@@ -138,7 +144,7 @@ def resolve(suite: str, *, arch: str | None = None, mirror: str | None = None, v
     release = lookup(suite)
     if variant not in VARIANTS:
         raise ProvisionError(f"variant '{variant}' is not known", hint=f"use one of: {', '.join(VARIANTS)}")
-    arch = arch or release.arch or host_arch()
+    arch = arch_for(release, arch)
     if arch not in ARCHES:
         raise ProvisionError(f"architecture '{arch}' is not known", hint=f"use one of: {', '.join(ARCHES)}")
     if release.name in ("potato", "woody", "sarge") and arch != "i386":

@@ -106,20 +106,18 @@ def sidecar_info(spec_or_meta: dict, settings: GuestSettings, target: Target, re
         "fstype": target.fstype,
         "console": "hvc0",
         "kernel_args": list(release.kernel_args),
-        "guest_kernel": _guest_kernel(settings, release, spec_or_meta.get("arch")),
+        "guest_kernel": _guest_kernel(settings),
         "guest": settings.public(),
         "base": spec_or_meta,
     }
 
 
-def _guest_kernel(settings: GuestSettings, release, arch: str | None) -> dict | None:
+def _guest_kernel(settings: GuestSettings) -> dict | None:
     """What pvgrub2 boots in an image made with --guest-kernel: the package, and whether
     that kernel runs as a PVH guest (domain create chooses the type from it)."""
-    if not settings.guest_kernel:
+    kernel = settings.guest_kernel
+    if kernel is None:
         return None
-    from provision.guest.suites import guest_kernel
-
-    kernel = guest_kernel(release, arch or "amd64")
     return {"package": kernel.package, "pvh": kernel.pvh, "config": "/boot/grub/grub.cfg"}
 
 

@@ -167,24 +167,24 @@ def parse(args) -> ImageSettings:
     target = _target(args, fstype, args.size if args.size is not None else "2G")
     guest = _guest(args, target, spec.release, spec.mirror, spec.components)
     if kernel:
-        guest = replace(guest, guest_kernel=kernel.package)
+        guest = replace(guest, guest_kernel=kernel)
     return ImageSettings(target, guest, spec=spec, save_template=args.save_template,
                          template_vg=_template_vg(args, target), **common)
 
 
 def _guest_kernel(args):
-    """The kernel package --guest-kernel installs (None without it); refused for a suite
-    whose kernel cannot run on Xen, and for a target pvgrub2 cannot boot from."""
+    """The kernel --guest-kernel installs (None without it); refused for a suite whose
+    kernel cannot run on Xen, and for a target pvgrub2 cannot boot from."""
     if not args.guest_kernel:
         return None
     from provision.guest import suites
-    from provision.guest.bootstrap import host_arch
+    from provision.guest.bootstrap import arch_for
 
     if args.dir:
         raise ProvisionError("--guest-kernel makes a disk that pvgrub2 boots from; a --dir tree has none",
                              hint="use --file, --disk or --lv (an NFS-root tree boots our xenU kernel)")
     release = suites.lookup(args.debootstrap)
-    return suites.guest_kernel(release, args.arch or release.arch or host_arch())
+    return suites.guest_kernel(release, arch_for(release, args.arch))
 
 
 def _target(args, fstype: str, size) -> Target:

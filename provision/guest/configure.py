@@ -25,7 +25,7 @@ import jinja2
 from provision import validate
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
-from provision.guest.suites import Release
+from provision.guest.suites import GuestKernel, Release
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(os.path.dirname(__file__)),
@@ -108,7 +108,7 @@ class GuestSettings:
     root_uuid: str | None = None       # fstab names the root (and swap) by UUID, not device
     swap_uuid: str | None = None
     nfs_root: bool = False             # a tree served over NFS: the kernel mounts / and sets the NIC up
-    guest_kernel: str | None = None    # the distribution's kernel package, booted by pvgrub2
+    guest_kernel: GuestKernel | None = None    # the distribution's kernel, booted by pvgrub2
 
     def on(self, target) -> GuestSettings:
         """These settings for a guest made at ``target`` (a guest.target.Target): the
@@ -146,7 +146,7 @@ class GuestSettings:
         return {"hostname": self.hostname, "network": self.network.as_dict(), "devices": self.devices,
                 "root_device": f"/dev/{self.root_device}",
                 "swap_device": f"/dev/{self.swap_device}" if self.swap else None,
-                "fstype": self.fstype, "nfs_root": self.nfs_root, "guest_kernel": self.guest_kernel,
+                "fstype": self.fstype, "nfs_root": self.nfs_root, "guest_kernel": self.guest_kernel.package if self.guest_kernel else None,
                 "root_password": self.root_hash is not None,
                 "root_uuid": self.root_uuid, "swap_uuid": self.swap_uuid if self.swap else None,
                 "ssh_keys": len(self.ssh_keys)}

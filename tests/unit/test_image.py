@@ -383,7 +383,7 @@ def test_grub_cfg_for_pvgrub_follows_the_kernel_links(tmp_path):
     from provision.guest.configure import GuestSettings, TreeReader, guest_files
 
     rel = suites.lookup("bookworm")
-    s = GuestSettings("vm1", guest_kernel="linux-image-amd64", root_uuid="0f6c1f43-4c0a-4c54-9a4b-0a1b2c3d4e5f")
+    s = GuestSettings("vm1", guest_kernel=suites.GuestKernel("linux-image-amd64", True), root_uuid="0f6c1f43-4c0a-4c54-9a4b-0a1b2c3d4e5f")
     ops = guest_files(rel, s, TreeReader(lambda p: None, lambda p: []))
     cfg = next(op for op in ops if getattr(op, "path", "") == "/boot/grub/grub.cfg").data.decode()
     assert "linux /vmlinuz root=UUID=0f6c1f43-4c0a-4c54-9a4b-0a1b2c3d4e5f ro console=hvc0\n" in cfg
