@@ -26,7 +26,7 @@ from pathlib import Path
 from provision import cache, log, steps
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
-from provision.guest import basecache
+from provision.guest import basecache, firstboot
 from provision.guest.bootstrap import BaseSpec, command
 from provision.guest.configure import (
     GuestSettings,
@@ -124,7 +124,8 @@ def _guest_kernel(settings: GuestSettings) -> dict | None:
 def _plan_reader(spec: BaseSpec, settings: GuestSettings) -> TreeReader:
     """A stand-in for a tree not yet bootstrapped (--dry-run): what the base will hold."""
     rel = spec.release
-    files = {"/etc/shadow": "root:*:19000:0:99999:7:::\n", "/etc/group": "root:x:0:\nshadow:x:42:\n"}
+    files = {"/etc/shadow": "root:*:19000:0:99999:7:::\n", "/etc/group": "root:x:0:\nsudo:x:27:\nshadow:x:42:\n",
+             "/etc/passwd": "root:x:0:0:root:/root:/bin/bash\n", "/etc/gshadow": "root:*::\nsudo:*::\n"}
     if rel.init == "sysvinit":
         files["/etc/inittab"] = "id:2:initdefault:\n"
         files["/etc/securetty"] = "console\ntty1\n"
@@ -415,12 +416,18 @@ class Build:
                            f"target:   mkswap {t.swap_path}"),
             lambda w: _make_swap_beside(t, w.undo, settings.swap_uuid))]
         sidecar = Step("sidecar", None, (f"write:    {t.sidecar}",), self._write_sidecar)
+        fb = settings.firstboot
+        if fb is not None and fb.runs_in_chroot:  # locale-gen, roles: in the finished image
+            sidecar = [Step("customise", f"Customising {settings.hostname} in a chroot",
+                            tuple(firstboot.plan(fb)), self._customise), sidecar]
+        else:
+            sidecar = [sidecar]
         if fs_hit:
             cached = fs_cache_entry(spec, t, create=False).path
             return [Step("clone", f"Cloning the cached {spec.release} filesystem and configuring {settings.hostname}",
                          (f"clone:    {cached} -> {t.path} (cached {t.fstype} of the base)",
                           *("debugfs:  " + line for line in config), f"run:      e2fsck -fn {t.path}"),
-                         self._clone), *swap, sidecar]
+                         self._clone), *swap, *sidecar]
         tarball = basecache.entry_for(spec, create=False).tarball
         if base_hit:
             base = [f"run:      tar {' '.join(basecache.TAR_OPTS)} -xpf {tarball} -C ROOT"]
@@ -438,14 +445,14 @@ class Build:
                                f"cache:    {store} (the pristine filesystem, for the next image like it)",
                                *("config:   " + line for line in config)),
                               self._filesystem))
-            return [*out, *swap, sidecar]
+            return [*out, *swap, *sidecar]
         return [*out,
                 Step("configure", f"Configuring {settings.hostname}", tuple("config:   " + line for line in config),
                      self._configure),
                 Step("target", f"Making the {t.kind} target {t.path}",
                      tuple(f"target:   {line}" for line in _target_plan(t)),
                      lambda w: _make_target(w.root, t, w.undo, settings)),
-                sidecar]
+                *sidecar]
 
     def plan(self) -> list[str]:
         """What :meth:`run` would do, checked as far as it can be without root: the
@@ -529,6 +536,13 @@ class Build:
         apply_to_dir(work.root, guest_files(self.spec.release, self.settings, dir_reader(work.root)))
         if self.after_configure is not None:
             self.after_configure(work.root)
+
+    def _customise(self, work: _Work) -> None:
+        """locale-gen and the roles, in the made image: a failure removes it (rollback)."""
+        t = self.target
+        source = f"/dev/{t.path}" if t.kind == "lv" else t.path
+        firstboot.customise(source, self.spec.release, self.settings, t.path,
+                            partition=1 if t.kind == "disk" else None)
 
     def _write_sidecar(self, work: _Work) -> None:
         t = self.target

@@ -81,6 +81,22 @@ def register(subparsers) -> None:
                    help="install the distribution's kernel (linux-image-amd64, Ubuntu's linux-image-virtual) "
                         "and a /boot/grub/grub.cfg for pvgrub2 (domain create --bootloader pvgrub)")
 
+    f = p.add_argument_group("first boot: access and customisation")
+    f.add_argument("--user", metavar="NAME", help="a user with password-less sudo and the --ssh-key keys (adds sudo)")
+    f.add_argument("--password-file", metavar="FILE",
+                   help="file holding --user's crypt hash (mkpasswd -m yescrypt); default: keys only")
+    f.add_argument("--genpass", action="store_true",
+                   help="a random root password, printed once and stored only as a hash")
+    f.add_argument("--copy-hosts", action="store_true", help="add dom0's /etc/hosts entries (not localhost's)")
+    f.add_argument("--timezone", metavar="ZONE", help="e.g. Europe/Paris (adds tzdata)")
+    f.add_argument("--locale", metavar="LOCALE", help="e.g. en_GB.UTF-8: generated and made the default (adds locales)")
+    f.add_argument("--packages", metavar="FILE", help="more packages, one per line (# comments)")
+    f.add_argument("--role", action="append", default=[], metavar="SCRIPT",
+                   help="run SCRIPT (a path, or a shipped role: sudo-user, unattended-upgrades, serial-console) "
+                        "in the image's chroot after configuring it (repeatable; see README for its environment)")
+    f.add_argument("--first-boot", metavar="SCRIPT",
+                   help="run SCRIPT once at the guest's first boot (a one-shot unit that then removes itself)")
+
     t = p.add_argument_group("templates")
     t.add_argument("--save-template", metavar="NAME",
                    help="also save the new image as template NAME: a file, or for an --lv guest an LV "
@@ -144,7 +160,8 @@ def parse(args) -> ImageSettings:
         fstype = args.fstype or info.get("fstype") or ("ext3" if release.old_glibc else "ext4")
         target = _target(args, fstype, args.size)
         base = info.get("base", {})
-        guest = _guest(args, target, release, base.get("mirror") or "", base.get("components") or ["main"])
+        guest = _guest(args, target, release, base.get("mirror") or "", base.get("components") or ["main"],
+                       _firstboot(args, release))
         room = parse_size(args.snapshot_size, "snapshot size", minimum=4 * MiB) if args.snapshot_size else None
         return ImageSettings(target, guest, template=args.from_template, snapshot_size=room, **common)
     if args.snapshot_size:
@@ -152,9 +169,11 @@ def parse(args) -> ImageSettings:
                              hint="a new LV of its own takes --size")
     if args.refresh and args.offline:
         raise ProvisionError("--refresh bootstraps again, which --offline forbids", hint="give one of them")
+    from provision.guest import suites
     from provision.guest.bootstrap import resolve
 
-    include = list(args.include)
+    firstboot = _firstboot(args, release=suites.lookup(args.debootstrap))
+    include = list(args.include) + list(firstboot[0].includes() if firstboot[0] else ())
     if args.ssh_key:
         include.append("openssh-server")  # root's key is of no use without an SSH server
     kernel = _guest_kernel(args)
@@ -165,7 +184,7 @@ def parse(args) -> ImageSettings:
                    check_gpg=not args.no_check_gpg, proxy=args.proxy, boot_packages=not args.no_boot_packages)
     fstype = args.fstype or ("ext3" if spec.release.old_glibc else "ext4")
     target = _target(args, fstype, args.size if args.size is not None else "2G")
-    guest = _guest(args, target, spec.release, spec.mirror, spec.components)
+    guest = _guest(args, target, spec.release, spec.mirror, spec.components, firstboot)
     if kernel:
         guest = replace(guest, guest_kernel=kernel)
     return ImageSettings(target, guest, spec=spec, save_template=args.save_template,
@@ -219,7 +238,15 @@ def _hostname(args, target) -> str:
                              hint="give --hostname NAME") from None
 
 
-def _guest(args, target, release, mirror, components) -> GuestSettings:
+def _firstboot(args, release):
+    """(FirstBoot or None, root's hash from --genpass or None): read before the bootstrap
+    is resolved, as its packages are part of the base."""
+    from provision.guest import firstboot
+
+    return firstboot.from_args(args, old_glibc=release.old_glibc)
+
+
+def _guest(args, target, release, mirror, components, firstboot=(None, None)) -> GuestSettings:
     from provision.guest.configure import (
         GuestSettings,
         Network,
@@ -243,9 +270,10 @@ def _guest(args, target, release, mirror, components) -> GuestSettings:
         hostname=_hostname(args, target),
         network=network,
         devices=args.devices,
-        root_hash=read_root_hash(args.root_password_file) if args.root_password_file else None,
+        root_hash=read_root_hash(args.root_password_file) if args.root_password_file else firstboot[1],
         ssh_keys=read_ssh_keys(args.ssh_key) if args.ssh_key else (),
         apt_sources=apt_sources(release, mirror, components),
+        firstboot=firstboot[0],
     ).on(target)
 
 
@@ -291,7 +319,7 @@ def run_image(args) -> int:
 
 
 def _bootstrap(s: ImageSettings) -> int:
-    from provision.guest import templates
+    from provision.guest import firstboot, templates
     from provision.guest.build import Build
 
     job = Build(s.spec, s.guest, s.target, refresh=s.refresh, offline=s.offline, quiet=not sys.stderr.isatty(),
@@ -308,11 +336,12 @@ def _bootstrap(s: ImageSettings) -> int:
     if s.save_template:
         templates.save(s.save_template, info, vg=s.template_vg)
     _report(info, s.target)
+    firstboot.print_password(s.guest.firstboot, s.guest.hostname)
     return 0
 
 
 def _from_template(s: ImageSettings) -> int:
-    from provision.guest import templates
+    from provision.guest import firstboot, templates
 
     if s.dry_run:
         if s.target.kind != "lv":  # an LV target is checked against its VG by the real run
@@ -322,6 +351,7 @@ def _from_template(s: ImageSettings) -> int:
         return 0
     new = templates.instantiate(s.template, s.guest, s.target, snapshot_size=s.snapshot_size)
     _report(new, s.target)
+    firstboot.print_password(s.guest.firstboot, s.guest.hostname)
     return 0
 
 

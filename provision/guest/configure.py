@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 
@@ -26,6 +27,9 @@ from provision import validate
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.guest.suites import GuestKernel, Release
+
+if TYPE_CHECKING:
+    from provision.guest.firstboot import FirstBoot
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(os.path.dirname(__file__)),
@@ -109,6 +113,7 @@ class GuestSettings:
     swap_uuid: str | None = None
     nfs_root: bool = False             # a tree served over NFS: the kernel mounts / and sets the NIC up
     guest_kernel: GuestKernel | None = None    # the distribution's kernel, booted by pvgrub2
+    firstboot: FirstBoot | None = None  # access and customisation: user, timezone, roles... (guest.firstboot)
 
     def on(self, target) -> GuestSettings:
         """These settings for a guest made at ``target`` (a guest.target.Target): the
@@ -149,24 +154,30 @@ class GuestSettings:
                 "fstype": self.fstype, "nfs_root": self.nfs_root, "guest_kernel": self.guest_kernel.package if self.guest_kernel else None,
                 "root_password": self.root_hash is not None,
                 "root_uuid": self.root_uuid, "swap_uuid": self.swap_uuid if self.swap else None,
-                "ssh_keys": len(self.ssh_keys)}
+                "ssh_keys": len(self.ssh_keys),
+                **({"firstboot": self.firstboot.public()} if self.firstboot else {})}
 
 
 def read_root_hash(path: str | os.PathLike) -> str:
-    """The crypt hash in ``path`` (e.g. ``mkpasswd -m yescrypt > file``); a plain password is refused."""
+    """Root's crypt hash in ``path`` (e.g. ``mkpasswd -m yescrypt > file``)."""
+    return read_crypt_hash(path, "root password")
+
+
+def read_crypt_hash(path: str | os.PathLike, what: str) -> str:
+    """The crypt hash in ``path``; a plain password is refused. ``what``: whose, for messages."""
     try:
         text = Path(path).read_text().strip()
         mode = os.stat(path).st_mode
     except OSError as e:
-        raise ProvisionError(f"cannot read root password file {path}: {e.strerror}") from None
+        raise ProvisionError(f"cannot read {what} file {path}: {e.strerror}") from None
     if not _HASH_RE.match(text) or "\n" in text:
         # Never echo the content: it may be a password.
-        raise ProvisionError(f"root password file {path} does not hold a crypt hash",
+        raise ProvisionError(f"{what} file {path} does not hold a crypt hash",
                              hint="write a hash into it, e.g. mkpasswd -m yescrypt > FILE (not a plain password)")
     if mode & 0o077:
         from provision import log
 
-        log.warn(f"root password file {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
+        log.warn(f"{what} file {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
     return text
 
 
@@ -228,6 +239,8 @@ class Remove:
 class Mkdir:
     path: str
     mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
 
 
 Op = Write | Symlink | Remove | Mkdir
@@ -396,6 +409,10 @@ def guest_files(release: Release, settings: GuestSettings, tree: TreeReader) -> 
             write("/etc/init.d/regenerate-ssh-host-keys",
                   render("regenerate-ssh-host-keys.init.j2", key_types=types), 0o755)
             ops.append(Symlink("/etc/rcS.d/S90regenerate-ssh-host-keys", "../init.d/regenerate-ssh-host-keys"))
+    if s.firstboot:
+        from provision.guest import firstboot
+
+        ops = firstboot.guest_files(release, s, tree, ops)
     return ops
 
 
@@ -420,6 +437,7 @@ def apply_to_dir(root: str | os.PathLike, ops: list[Op]) -> None:
             p = _inside(root, op.path)
             p.mkdir(parents=True, exist_ok=True)
             os.chmod(p, op.mode)
+            os.chown(p, op.uid, op.gid)
             continue
         p = _inside(root, op.path)
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,8 @@ def apply(image: str | os.PathLike, ops: list[Op], offset: int = 0) -> None:
                 if path not in made:
                     script.append(f"mkdir {path}")
                     made.add(path)
-                script.append(f"sif {path} mode 0{0o40000 | op.mode:o}")
+                script += [f"sif {path} mode 0{0o40000 | op.mode:o}", f"sif {path} uid {op.uid}",
+                           f"sif {path} gid {op.gid}"]
             elif isinstance(op, Write):
                 src = Path(tmp, f"f{n}")
                 src.write_bytes(op.data)

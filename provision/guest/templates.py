@@ -28,7 +28,7 @@ from provision import log, validate
 from provision.cache import cache_dir
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
-from provision.guest import ext4edit
+from provision.guest import ext4edit, firstboot
 from provision.guest.build import set_fs_uuid, sidecar_info, staging_path
 from provision.guest.configure import GuestSettings, describe, guest_files
 from provision.guest.suites import Release, lookup
@@ -242,14 +242,14 @@ def plan(name: str, settings: GuestSettings, target: Target, snapshot_size=None)
         _check_origin(name, vg, origin)
         ops = guest_files(release, settings, ext4edit.reader(image))
         return ([f"template: {name} ({release}, LV {info['lv']})", f"run:      {commands[0]}"]
-                + ["debugfs:  " + line for line in describe(ops)]
+                + ["debugfs:  " + line for line in describe(ops)] + _plan_customise(image, settings)
                 + [f"target:   {c}" for c in commands[1:]] + [f"write:    {target.sidecar}"])
     _file_target(name, target, snapshot_size)
     ops = guest_files(release, settings, ext4edit.reader(image))
     lines = [f"template: {name} ({release}, {image})", f"clone:    {image} -> {target.path}"]
     if target.size and target.size > os.path.getsize(image):
         lines.append(f"run:      resize2fs {target.path}")
-    lines += ["debugfs:  " + line for line in describe(ops)]
+    lines += ["debugfs:  " + line for line in describe(ops)] + _plan_customise(image, settings)
     if target.swap:
         lines += [f"target:   sparse image {target.swap_path}", f"target:   mkswap {target.swap_path}"]
     lines.append(f"write:    {target.sidecar}")
@@ -264,6 +264,20 @@ def _file_target(name: str, target: Target, snapshot_size) -> None:
     if snapshot_size is not None:
         raise ProvisionError(f"--snapshot-size is for LVM templates; '{name}' is a file template",
                              hint="leave --snapshot-size out (a file clone takes --size)")
+
+
+def _customise(image, release: Release, settings: GuestSettings, target: Target) -> None:
+    """The first-boot options that run in the guest: apt for what the template lacks,
+    locale-gen, roles (a failure rolls the new guest back)."""
+    fb = settings.firstboot
+    if fb is not None:
+        apt = firstboot.template_packages(fb, ext4edit.reader(image))
+        firstboot.customise(image, release, settings, target.path, apt=apt)
+
+
+def _plan_customise(image, settings: GuestSettings) -> list[str]:
+    fb = settings.firstboot
+    return firstboot.plan(fb, firstboot.template_packages(fb, ext4edit.reader(image))) if fb else []
 
 
 def _write_sidecar(target: Target, new: dict, undo: UndoStack) -> None:
@@ -299,6 +313,7 @@ def instantiate(name: str, settings: GuestSettings, target: Target, *, snapshot_
         set_fs_uuid(tmp, settings.root_uuid)
         ops = guest_files(release, settings, ext4edit.reader(tmp))
         ext4edit.apply(tmp, ops)
+        _customise(tmp, release, settings, target)
         os.replace(tmp, target.path)
         undo.rollback(f"remove {target.path}", Path(target.path).unlink, True, made=target.path)
         if target.swap:
@@ -324,6 +339,7 @@ def _snapshot(name: str, info: dict, release: Release, settings: GuestSettings, 
         dev = storage.snapshot_lv(vg, origin, lv, room, undo=undo)
         set_fs_uuid(dev, settings.root_uuid)
         ext4edit.apply(dev, guest_files(release, settings, ext4edit.reader(dev)))
+        _customise(dev, release, settings, target)
         if target.swap:
             storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo), uuid=settings.swap_uuid)
         new = sidecar_info({**info.get("base", {}), "template": name, "clone": "lvm snapshot",
