@@ -47,7 +47,11 @@ HOST_DISK_SIZE = "6G"
 # hotplug script sets up, and under TCG two guests' scripts at once come close to
 # libxl's 40 s hotplug timeout. Swap images are proven by the image tests.
 GUEST_SIZE = "1G"
-GUEST_PACKAGES = ("iputils-ping",)   # guest1 pings guest2; the routed guest pings dom0
+# guest1 pings guest2; the routed guest pings dom0; sudo: --user adds it, so every guest
+# shares one cached base.
+GUEST_PACKAGES = ("iputils-ping", "sudo")
+USER = "alice"                # the --user of a guest made with first-boot access
+FIRST_BOOT = "#!/bin/sh\n# the boot test's --first-boot script: the count must stay at one\necho once >> /root/fb-count\n"
 IMAGES_DIR = "/var/lib/xen/images"
 NFS_DIR = "/srv/nfs"          # dom0 serves NFS-root guests' trees from here (manual 5.4)
 DOM0_ROOT = "/dev/vda1"   # our xen0 has no initrd: the kernel mounts the first virtio disk
@@ -82,6 +86,7 @@ class Guest:
     type: str | None = None  # None: what `domain create` chooses for our xenU (PVH)
     nfs: bool = False        # root is a tree in dom0's NFS_DIR, exported to it, not an image
     own_kernel: bool = False  # the distribution's kernel in its image (--guest-kernel), booted by pvgrub2
+    access: bool = False     # made with --user USER, --role and --first-boot (first-boot access)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ SCENARIOS = {
                         broken_guest=True),
     # guest3 stays PV, beside the bridged host's PVH guests: both guest types are booted.
     "routed": Scenario("routed", "routed", "192.0.2.1/24",
-                       (Guest("guest3", "192.0.2.21/24", type="pv"),
+                       (Guest("guest3", "192.0.2.21/24", type="pv", access=True),
                         # pvgrub2 boots the Debian kernel installed in guest5's own image (PV,
                         # as guest1: its initramfs boot is the longest of all).
                         Guest("guest5", "192.0.2.25/24", memory=384, type="pv", own_kernel=True))),
@@ -324,9 +329,16 @@ def assemble(scenario: Scenario, inputs: Inputs, final: Path, work: Path, tarbal
             continue
         img = root / IMAGES_DIR.lstrip("/") / f"{g.name}.img"
         img.parent.mkdir(parents=True, exist_ok=True)
+        access = []
+        if g.access:
+            first_boot = work / "first-boot.sh"
+            first_boot.write_text(FIRST_BOOT)
+            first_boot.chmod(0o755)
+            access = ["--user", USER, "--role", "sudo-user", "--role", "serial-console",
+                      "--first-boot", str(first_boot)]
         transcript.provision(
             "image", "--debootstrap", inputs.suite, "--mirror", inputs.mirror, "--file", str(img),
-            "--size", GUEST_SIZE, *(["--guest-kernel"] if g.own_kernel else []), *common)
+            "--size", GUEST_SIZE, *(["--guest-kernel"] if g.own_kernel else []), *common, *access)
         # An image with its own kernel is booted by pvgrub2 (the image's facts say so): no --kernel.
         kernel = [] if g.own_kernel else ["--kernel", guest_kernel]
         transcript.provision("domain", "create", "--root", str(root), "--from-image", str(img),

@@ -13,7 +13,7 @@ import shlex
 import time
 
 from provision.errors import ProvisionError
-from provision.proof.assemble import BROKEN, IMAGES_DIR, PASSWORD, Facts
+from provision.proof.assemble import BROKEN, IMAGES_DIR, PASSWORD, USER, Facts
 from provision.proof.machine import Machine
 
 CODE_MOUNT = "/opt/xen-provision"
@@ -91,9 +91,9 @@ def dom0_settled(vm: Machine, timeout: float) -> None:
 
 # -- the guests ---------------------------------------------------------------------------------
 
-def _ssh(address: str, command: str) -> str:
+def _ssh(address: str, command: str, user: str = "root") -> str:
     return (f"ssh -i {KEY} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-            f"-o ConnectTimeout=10 -o LogLevel=ERROR root@{address} {shlex.quote(command)}")
+            f"-o ConnectTimeout=10 -o LogLevel=ERROR {user}@{address} {shlex.quote(command)}")
 
 
 def mount_code(vm: Machine, device: str) -> None:
@@ -205,6 +205,22 @@ def own_kernels_booted(vm: Machine, facts: Facts) -> None:
                     f"ssh_out=$({_ssh(g['ip'].split('/')[0], 'readlink -f /vmlinuz; uname -r')}); echo \"$ssh_out\"",
                     120, expect=r'"kernel": "/usr/lib/grub-xen/grub-(?:x86_64-xen|i386-xen_pvh)\.bin"'
                                 r"(?s:.*)^Linux version (\S+-amd64)$(?s:.*)^/boot/vmlinuz-\1$\n^\1$")
+
+
+def first_boot_access(vm: Machine, facts: Facts) -> None:
+    """A guest made with ``image --user --role sudo-user --first-boot``: the user logs in
+    with the --ssh-key key and sudo asks no password; the first-boot script ran exactly
+    once, left its mark, and its unit and script removed themselves."""
+    for g in facts.guests:
+        if not g.get("access"):
+            continue
+        name = g["name"]
+        probe = ("id -un; sudo -n true && echo SUDO-OK; sudo -n cat /var/lib/xen-provision/first-boot.done; "
+                 "sudo -n sh -c 'wc -l < /root/fb-count'; "
+                 "ls /usr/local/sbin/xp-first-boot /etc/systemd/system/xp-first-boot.service 2>/dev/null | wc -l")
+        shell_check(vm, f"{name}: {USER} logs in with the key, sudo, first-boot script ran once and is gone",
+                    _ssh(g["ip"].split("/")[0], probe, user=USER), 120,
+                    expect=rf"^{USER}$\n^SUDO-OK$\n^exit 0 .*\n^1$\n^0$")
 
 
 def nfs_root_served(vm: Machine, facts: Facts, server: str) -> None:

@@ -158,6 +158,7 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
             if slow:
                 checks.guests_answer(vm, facts, slow, t, pingable)
             checks.own_kernels_booted(vm, facts)
+            checks.first_boot_access(vm, facts)
             if scenario.network == "bridge":
                 checks.guest_pings_guest(vm, facts)
                 checks.xl_console_login(vm, facts.guests[0]["name"])
