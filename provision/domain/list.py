@@ -114,8 +114,9 @@ def xl_state(paths: Paths) -> XlState:
 def host_path(paths: Paths, target: str) -> Path:
     """Where a config's disk (or NFS tree) is on this machine: under --root; else, for an
     offline root, the path as given when it lies outside the root (``domain create
-    --from-image`` keeps such a path as the host saw it)."""
-    if _live(paths):
+    --from-image`` keeps such a path as the host saw it). A device (/dev/...) is this
+    machine's: an offline root's /dev holds no disks (``image --lv`` made it here)."""
+    if _live(paths) or target.startswith("/dev/"):
         return Path(target)
     inside = paths.inside(target)
     if os.path.lexists(inside):
