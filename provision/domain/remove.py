@@ -136,7 +136,7 @@ def _disk_step(path: Path, role: str, facts: Path) -> Step | None:
         lv = _lv_of(Path(os.path.realpath(path)) if backing == "lv" else path) or _lv_of(path)
         if lv:
             return Step("lv", lv, f"logical volume, {what}")
-    if backing in ("file", "missing"):
+    if backing in ("file", "missing"):   # a regular file (or gone): never a directory
         return Step("file", str(path), what)
     return None   # a block device that is no LV is never ours to remove
 
@@ -189,19 +189,27 @@ def plan(paths: Paths, name: str) -> Plan:
         if _has_line(paths.exports, line):
             out.steps.append(Step("export", str(paths.exports), "its NFS root's export", line))
         tree_image = lister.image_of_tree(lister.host_path(paths, root[1]))
+    # A disk goes when the config uses it AND the facts record it as made for the guest:
+    # the facts alone name no file for removal (a config without its swap keeps it).
+    used = {inuse.identity(w) for w in wheres}
     owned: set = set()
     for image in images.values():
         for role, path in image.disks:
             ident = inuse.identity(path)
             if ident in owned:
                 continue
-            owned.add(ident)
+            if ident not in used:
+                out.kept.append(f"{path} ({role} of {image.facts_path}, which {name}'s config does not use)")
+                continue
             step = _disk_step(path, role, image.facts_path)
             if step:
+                owned.add(ident)
                 out.steps.append(step)
     for d, where in zip(disks, wheres, strict=True):
         if inuse.identity(where) not in owned:
             out.kept.append(f"{where} ({d.vdev}: not made for {name} by image)")
+    if tree_image and os.path.realpath(tree_image.tree) in ("/", os.path.realpath(paths.root)):
+        tree_image = None   # never a whole root, whatever a facts file says
     if tree_image:
         out.steps.append(Step("tree", str(tree_image.tree), f"its NFS root tree, made by image: {tree_image.facts_path}"))
     elif root:

@@ -49,7 +49,12 @@ def web_gone(root: Path) -> None:
     assert (root / "srv/data.img").read_bytes() == b"data"
 
 
+def _mac(cfg: Path) -> str:
+    return cfg.read_text().split("mac=")[1].split(",")[0].split('"')[0]
+
+
 def test_purge_removes_what_image_made_and_keeps_the_rest(run_cli, root, web):
+    mac = _mac(root / "etc/xen/web1.cfg")
     proc = run_cli("domain", "remove", "--root", root, "web1", "--purge")
     assert proc.returncode == 0, proc.stderr
     web_gone(root)
@@ -58,8 +63,11 @@ def test_purge_removes_what_image_made_and_keeps_the_rest(run_cli, root, web):
     assert f"removed {web} (root, 64MiB, made by image: {web}.json)\n" in err
     assert f"removed {web}.json (the image's facts file)\n" in err
     assert f"kept: {root}/srv/data.img (xvdb: not made for web1 by image)\n" in err
-    assert "frees MAC 00:16:3e:" in err
-    # The MAC is free again: a new guest of that name gets the same one (deterministic per host).
+    assert f"frees MAC {mac})" in err
+    # Its MAC is free again: the next guest gets it (the search is deterministic per host).
+    run_cli("domain", "create", "--root", root, "--name", "web3", "--memory", "64", "--kernel", KERNEL,
+            "--vif", "bridge=xenbr0", check=True)
+    assert _mac(root / "etc/xen/web3.cfg") == mac
 
 
 def test_dry_run_lists_everything_and_changes_nothing(run_cli, root, web):
@@ -117,8 +125,11 @@ def test_a_running_domain_is_refused(run_cli, tmp_path):
     line = refused(run_cli, tmp_path, "--config-dir", xen, "vm1", "--purge", env=env)
     assert line == "error: domain vm1 is running (domid 5)"
     env = guests.xl_stub(tmp_path / "bin2", {"other": 6})
-    run_cli("domain", "remove", "--config-dir", xen, "vm1", "--purge", env=env, check=True)
-    assert list(tmp_path.joinpath("images").iterdir()) == [] and list(xen.iterdir()) == []
+    proc = run_cli("domain", "remove", "--config-dir", xen, "vm1", "--purge", env=env, check=True)
+    # Its config does not use the swap the facts record: the facts alone remove nothing.
+    swap = tmp_path / "images/vm1-swap.img"
+    assert [p.name for p in tmp_path.joinpath("images").iterdir()] == [swap.name] and list(xen.iterdir()) == []
+    assert f"kept: {swap} (swap of {img}.json, which vm1's config does not use)" in proc.stderr
 
 
 def test_nfs_root_tree_and_its_export_line(run_cli, root):
