@@ -169,3 +169,29 @@ def test_interrupted_purge_is_finished_by_a_second(host, step, sig):
     cli("domain", "remove", "--root", host, "vm1", "--purge")
     assert not journal.exists() and not img.exists()
     assert sorted(p.name for p in (host / "var/lib/xen/images").iterdir()) == []
+
+
+def test_lv_guest_is_purged_with_lvremove(host, tmp_path, device_mapper_required):
+    """Skipped where device-mapper is missing (this kernel); runs where lvm2 can make volumes."""
+    sbin = dict(os.environ, PATH=SBIN_PATH)
+    backing = tmp_path / "pv.img"
+    subprocess.run(["truncate", "-s", "2G", backing], check=True)
+    loop = subprocess.run(["losetup", "--find", "--show", backing], capture_output=True, text=True,
+                          check=True, env=sbin).stdout.strip()
+    try:
+        subprocess.run(["pvcreate", "-q", loop], check=True, env=sbin)
+        subprocess.run(["vgcreate", "-q", "xpurge", loop], check=True, env=sbin)
+        cli("image", "--debootstrap", host_suite(), "--lv", "xpurge/vm1", "--size", "1G", "--swap", "64M",
+            "--hostname", "vm1", "--ip", "192.0.2.10/24")
+        cli("domain", "create", "--root", host, "--from-image", "/dev/xpurge/vm1", "--memory", "256",
+            "--kernel", KERNEL, "--no-kernel-check", "--bridge", "xenbr0")
+        dry = cli("domain", "remove", "--root", host, "vm1", "--purge", "--dry-run").stdout
+        assert "would remove: xpurge/vm1 (logical volume, root" in dry
+        assert "would remove: xpurge/vm1-swap (logical volume, swap" in dry
+        cli("domain", "remove", "--root", host, "vm1", "--purge")
+        lvs = subprocess.run(["lvs", "--noheadings", "-o", "lv_name", "xpurge"], capture_output=True, text=True,
+                             env=sbin).stdout.split()
+        assert lvs == [] and not (host / "etc/xen/vm1.cfg").exists()
+    finally:
+        subprocess.run(["vgremove", "-f", "-q", "xpurge"], env=sbin)
+        subprocess.run(["losetup", "-d", loop], env=sbin)
