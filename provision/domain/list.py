@@ -51,7 +51,7 @@ from provision.domain.create import sidecar_of
 from provision.domain.model import Domain, parse_disk, parse_vif
 from provision.domain.paths import Paths
 from provision.errors import ProvisionError
-from provision.network import xlconf
+from provision.network import discover, xlconf
 from provision.run import run, which
 from provision.sizes import format_approx
 
@@ -89,13 +89,14 @@ def parse_xl_list(text: str) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _live(paths: Paths) -> bool:
-    return paths.root.resolve() == Path("/")
+def is_live(paths: Paths) -> bool:
+    """Whether ``paths`` is this running host (asked once per command: it is asked per disk)."""
+    return discover.is_live(paths.root)
 
 
 def xl_state(paths: Paths) -> XlState:
     """Which domains run, from ``xl list`` on the live host; "offline" for another root."""
-    if not _live(paths):
+    if not is_live(paths):
         return XlState("offline", why=f"{paths.root} is an offline root")
     if which("xl") is None:
         return XlState("absent", why="xl is not installed")
@@ -116,7 +117,7 @@ def host_path(paths: Paths, target: str) -> Path:
     offline root, the path as given when it lies outside the root (``domain create
     --from-image`` keeps such a path as the host saw it). A device (/dev/...) is this
     machine's: an offline root's /dev holds no disks (``image --lv`` made it here)."""
-    if _live(paths) or target.startswith("/dev/"):
+    if is_live(paths) or target.startswith("/dev/"):
         return Path(target)
     inside = paths.inside(target)
     if os.path.lexists(inside):
@@ -270,7 +271,7 @@ class Entry:
     error: str | None = None
 
 
-def _kernel_ip(values: dict) -> str | None:
+def kernel_ip(values: dict) -> str | None:
     """The client address of a kernel ip=CLIENT:SERVER:... argument (an NFS root's)."""
     for key in ("extra", "cmdline"):
         text = values.get(key)
@@ -343,7 +344,7 @@ def entry(paths: Paths, config: Path, auto: set[str], xl: XlState, defaults: dic
         _add(e.bridges, bridge)
         for a in (ip or "").split():
             _add(e.ips, a.split("/")[0])
-    _add(e.ips, _kernel_ip(values))
+    _add(e.ips, kernel_ip(values))
     if facts:
         network = (facts.facts.get("guest") or {}).get("network") or {}
         address = network.get("address") if isinstance(network, dict) else None
@@ -375,7 +376,7 @@ def as_json(found: list[Entry], xl: XlState) -> str:
             + domains + ("\n" if domains else "") + "]}\n")
 
 
-def _size(n: int | None) -> str:
+def size_text(n: int | None) -> str:
     return "?" if n is None else format_approx(n) if n else "0B"
 
 
@@ -393,7 +394,7 @@ def lines(found: list[Entry], xl: XlState) -> list[str]:
             out.append(f"  error   {e.error}")
         for d in e.disks:
             made = f", {d.role} made by image" if d.owned else ""
-            sizes = "" if d.backing == "missing" else f"  {_size(d.size)}, {_size(d.allocated)} allocated"
+            sizes = "" if d.backing == "missing" else f"  {size_text(d.size)}, {size_text(d.allocated)} allocated"
             out.append(f"  disk    {d.vdev} {d.access}  {d.backing} {d.target}{sizes}{made}")
         if e.nfs_root:
             server = f"{e.nfs_root['server']}:" if e.nfs_root["server"] else ""

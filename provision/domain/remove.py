@@ -106,7 +106,7 @@ def _read_journal(path: Path) -> Plan | None:
 
 def _export_line(values: dict, root: tuple[str | None, str]) -> str:
     """The line ``domain create --exports`` writes for this guest (nfs.NfsRoot.export_line)."""
-    client = lister._kernel_ip(values) or "*"
+    client = lister.kernel_ip(values) or "*"
     return f"{root[1]} {client}({EXPORT_OPTIONS})"
 
 
@@ -131,7 +131,7 @@ def _lv_of(path: Path) -> str | None:
 
 def _disk_step(path: Path, role: str, facts: Path) -> Step | None:
     backing, size, _ = lister.disk_facts(path)
-    what = f"{role}{', ' + lister._size(size) if size else ''}, made by image: {facts}"
+    what = f"{role}{', ' + lister.size_text(size) if size else ''}, made by image: {facts}"
     if backing == "lv" or (backing == "missing" and _lv_of(path)):
         lv = _lv_of(Path(os.path.realpath(path)) if backing == "lv" else path) or _lv_of(path)
         if lv:
@@ -316,7 +316,7 @@ def _remove(paths: Paths, name: str, s: Step) -> bool:
     if s.kind == "auto-link":
         return autostart.disable(paths, name)
     if s.kind == "export":
-        return _remove_export(Path(s.path), s.line, lister._live(paths))
+        return _remove_export(Path(s.path), s.line, lister.is_live(paths))
     if s.kind in ("config", "file", "facts"):
         return _unlink(s.path)
     if s.kind == "lv":

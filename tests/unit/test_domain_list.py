@@ -66,7 +66,7 @@ def test_image_made_guest_and_hand_made_ones(run_cli, root, tmp_path):
     # The same as text: a block per domain.
     text = run_cli("domain", "list", "--root", root, check=True).stdout
     assert "web1  pv  256 MiB  2 vcpus  unknown  autostart\n" in text
-    assert f"  disk    xvda1 rw  file /var/lib/xen/images/web1.img  64MiB, {lister._size(root_disk['allocated'])} allocated, root made by image\n" in text
+    assert f"  disk    xvda1 rw  file /var/lib/xen/images/web1.img  64MiB, {lister.size_text(root_disk['allocated'])} allocated, root made by image\n" in text
     assert "  ip      192.0.2.10\n" in text and f"  image   {img}.json (debian bookworm)\n" in text
     assert "(running state unknown: " in text and "is an offline root)" in text
 
