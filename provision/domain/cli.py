@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from provision import log, validate
-from provision.domain import autostart, create, macs, nfs, render, safety, xendomains, xmconvert
+from provision.domain import autostart, create, macs, nfs, render, xendomains, xmconvert
+from provision.domain import list as lister
+from provision.domain import remove as remover
 from provision.domain.model import Domain
 from provision.domain.paths import from_args
 from provision.errors import ProvisionError
@@ -82,12 +84,24 @@ def register(subparsers) -> None:
     k.add_argument("files", type=Path, nargs="+")
     k.set_defaults(func=cmd_check)
 
-    ls = sub.add_parser("list", help="the domain configs, and which start at boot")
+    ls = sub.add_parser("list", help="the domains: type, memory, disks, network, autostart, running",
+                        description="Every domain config, in the manner of xen-list-images: type, memory, "
+                                    "vcpus, each disk (backing, size, allocated), IPs, MACs, bridges, "
+                                    "autostart, and whether it runs (xl list; 'unknown' offline).")
+    ls.add_argument("--json", action="store_true", help="one JSON object for scripts (format "
+                    "xen-provision-domain-list/1, keys documented in provision/domain/list.py)")
     _root_options(ls)
     ls.set_defaults(func=cmd_list)
 
-    rm = sub.add_parser("remove", help="remove a domain's config and its auto link")
+    rm = sub.add_parser("remove", help="remove a domain's config and its auto link (--purge: and its disks)",
+                        description="Remove a domain's config and its /etc/xen/auto link. --purge also removes "
+                                    "what `image` made for it (disks, swap, NFS root tree, facts file) and "
+                                    "the export line `domain create --exports` wrote; other disks are kept.")
     rm.add_argument("name")
+    rm.add_argument("--purge", action="store_true",
+                    help="also the disks and swap recorded in its image's facts file (IMAGE.json), that file, "
+                         "its NFS root tree and export line; refused while it runs or if another domain uses one")
+    rm.add_argument("-n", "--dry-run", action="store_true", help="list what would be removed and kept; remove nothing")
     _root_options(rm)
     rm.set_defaults(func=cmd_remove)
 
@@ -233,17 +247,38 @@ def cmd_check(args) -> int:
 
 
 def cmd_list(args) -> int:
-    paths = from_args(args)
-    auto = {str(e.target) for e in autostart.listing(paths) if e.ok}
-    for existing in safety.scan(paths):
-        boot = "boot" if str(existing.path.resolve()) in auto else "-"
-        disks = " ".join(f"{d.vdev}:{d.target}:{d.access}" for d in existing.disks)
-        print(f"{existing.name or '?':20} {boot:5} {existing.path}  {disks}")
+    found, xl = lister.entries(from_args(args))
+    if args.json:
+        sys.stdout.write(lister.as_json(found, xl))
+    else:
+        for line in lister.lines(found, xl):
+            print(line)
     return 0
 
 
 def cmd_remove(args) -> int:
-    path = create.remove(from_args(args), args.name)
+    paths = from_args(args)
+    if args.purge:
+        plan = remover.purge(paths, args.name, dry_run=args.dry_run)
+        if args.dry_run:
+            for line in remover.listing(plan, dry_run=True):
+                print(line)
+        else:
+            for kept in plan.kept:
+                log.info(f"kept: {kept}")
+        return 0
+    config = paths.config(args.name)
+    if not config.exists() and remover.journal_path(paths, args.name).exists():
+        raise ProvisionError(f"no domain config {config}; an interrupted purge of {args.name} left its plan",
+                             hint=f"finish it: python -m provision domain remove {args.name} --purge")
+    if args.dry_run:
+        link = autostart.link_path(paths, args.name)
+        if not config.exists():
+            raise ProvisionError(f"no domain config {config}")
+        for path in ([link] if link.is_symlink() else []) + [config]:
+            print(f"would remove: {path}")
+        return 0
+    path = create.remove(paths, args.name)
     log.info(f"removed {path}")
     return 0
 
