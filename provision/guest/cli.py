@@ -202,7 +202,7 @@ def _seed(args, target, guest) -> Seed | None:
     from provision.run import require
 
     seed = cloudinit.read(args.cloud_init, guest.hostname, args.network_config)
-    cloudinit.check_new(cloudinit.seed_path(target.sidecar))
+    cloudinit.check_new(cloudinit.seed_path(target.sidecar), make_parent=target.kind == "lv")
     if not args.dry_run:
         require("xorriso")
     return seed
@@ -344,10 +344,10 @@ def _bootstrap(s: ImageSettings) -> int:
     with UndoStack() as undo:
         _write_seed(s, undo)  # first: a failed build takes it away again
         info, _ = job.run()  # --debug logs the seconds of each step
-        info = _attach_seed(s, info)
+        seeded = _attach_seed(s, info)
     if s.save_template:
-        templates.save(s.save_template, info, vg=s.template_vg)
-    _report(info, s.target)
+        templates.save(s.save_template, info, vg=s.template_vg)  # each guest gets its own seed
+    _report(seeded, s.target)
     return 0
 
 
@@ -361,7 +361,7 @@ def _write_seed(s: ImageSettings, undo: UndoStack) -> None:
     if s.seed is not None:
         from provision.guest import cloudinit
 
-        cloudinit.write(s.seed, s.seed_path, undo)
+        cloudinit.write(s.seed, s.seed_path, undo, make_parent=s.target.kind == "lv")
 
 
 def _attach_seed(s: ImageSettings, info: dict) -> dict:

@@ -118,11 +118,13 @@ def seed_path(sidecar: str | os.PathLike) -> str:
     return s.removesuffix(".json") + SUFFIX
 
 
-def check_new(path: str | os.PathLike) -> None:
+def check_new(path: str | os.PathLike, *, make_parent: bool = False) -> None:
+    """Refuse a seed that exists, or whose directory does not (unless ``make_parent``: an
+    LV's, in the cache, is made with its facts file)."""
     if os.path.lexists(path):
         raise ProvisionError(f"seed {path} already exists", hint="remove it first, or choose another target")
     parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
+    if not make_parent and not os.path.isdir(parent):
         raise ProvisionError(f"directory {parent} does not exist", hint="create it first")
 
 
@@ -131,11 +133,13 @@ def argv(staged: str, out: str) -> list[str]:
             "-output", out, staged]
 
 
-def write(seed: Seed, path: str | os.PathLike, undo: UndoStack) -> str:
+def write(seed: Seed, path: str | os.PathLike, undo: UndoStack, *, make_parent: bool = False) -> str:
     """Make the ISO at ``path`` (refused if it exists); removed again if ``undo`` fails."""
     path = os.path.abspath(path)
-    check_new(path)
+    check_new(path, make_parent=make_parent)
     parent = os.path.dirname(path)
+    if make_parent:
+        os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cidata.", dir=parent) as tmp:
         staged = Path(tmp, "files")
         staged.mkdir()
@@ -145,6 +149,8 @@ def write(seed: Seed, path: str | os.PathLike, undo: UndoStack) -> str:
             (staged / name).chmod(0o644)
             if epoch:
                 os.utime(staged / name, (int(epoch), int(epoch)))
+        if epoch:
+            os.utime(staged, (int(epoch), int(epoch)))  # the root directory's date too
         iso = Path(tmp, "seed.iso")
         run(argv(str(staged), str(iso)), quiet=True)
         os.chmod(iso, 0o644)

@@ -269,3 +269,28 @@ def test_interrupted_update_leaves_no_mount_and_no_policy(older, env):
     fsck_clean(img)
     assert "policy-rc.d" not in debugfs_ls(img, "/usr/sbin")
     assert not any(name.endswith("_InRelease") for name in debugfs_ls(img, "/var/lib/apt/lists"))
+
+
+def test_lv_guest(workdir, env, device_mapper_required):
+    """An --lv guest: its facts are in the cache, TARGET is VG/LV. Runs where the kernel
+    has device-mapper (the boot test's dom0); skips here saying so."""
+    vg = f"xpu{os.getpid()}"
+    pv = workdir / "pv.img"
+    sh("truncate", "-s", "1536M", pv)
+    loop = sh("losetup", "--find", "--show", pv).stdout.strip()
+    cache = {**env, "XEN_PROVISION_CACHE": str(workdir / "cache")}
+    try:
+        sh("pvcreate", "-y", loop)
+        sh("vgcreate", vg, loop)
+        p = cli("--debootstrap", host_suite(), "--lv", f"{vg}/guest", "--size", "1G", "--hostname", "lvguest",
+                env=cache)
+        assert p.returncode == 0, p.stderr
+        p = cli("update", f"{vg}/guest", env=cache)
+        assert p.returncode == 0, p.stderr[-3000:]
+        fsck_clean(f"/dev/{vg}/guest")
+        assert json.loads((workdir / f"cache/images/{vg}/guest.json").read_text())["updated"]["at"]
+        assert "xen-provision-update." not in Path("/proc/mounts").read_text()
+    finally:
+        sh("vgremove", "-y", "-f", vg, check=False)
+        sh("pvremove", "-y", "-ff", loop, check=False)
+        sh("losetup", "-d", loop)
