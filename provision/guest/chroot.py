@@ -39,7 +39,10 @@ def chroot_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def _mount(argv: list[str]) -> None:
     import subprocess
 
-    subprocess.run(["mount", *argv], check=True)
+    proc = subprocess.run(["mount", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:  # one line: the caller's error shows the last line of our output
+        said = " ".join(proc.stdout.split()) or f"exit code {proc.returncode}"
+        raise SystemExit(f"cannot mount {argv[-1]} for the chroot: {said}")
 
 
 def main(args: list[str]) -> None:

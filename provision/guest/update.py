@@ -316,7 +316,12 @@ def upgrade_root(root: Path, label: str) -> dict:
         undo.cleanup("restore the guest's identity and apt's state", lambda: restored.extend(state.restore(root)))
         _install_policy(root, undo)
         with log.step(f"{label}: apt-get update"):
+            # An update interrupted during dpkg left packages unconfigured: finish them first.
+            _apt(root, ["dpkg", "--configure", "-a"])
             _apt(root, ["apt-get", "update"])
+        undo.rollback("say what apt left", lambda: log.warn(
+            f"{label}: apt stopped part-way: the packages it changed stay; the next image update "
+            "finishes them (dpkg --configure -a)", hold=False))
         with log.step(f"{label}: apt-get -y dist-upgrade"):
             _apt(root, ["apt-get", "-y", *APT_OPTS, "dist-upgrade"])
         if not state.debs:
@@ -381,7 +386,8 @@ def plan(item: Item) -> list[str]:
     lines += [f"write:    ROOT/{POLICY_RC_D} (exit 101: no service starts)",
               "chroot:   unshare --mount --propagation private: /proc, /sys, /dev, the host's resolv.conf"]
     env = " ".join(f"{k}={v}" for k, v in APT_ENV.items())
-    lines += [f"chroot:   {env} apt-get update",
+    lines += [f"chroot:   {env} dpkg --configure -a",
+              f"chroot:   {env} apt-get update",
               f"chroot:   {env} {shlex.join(['apt-get', '-y', *APT_OPTS, 'dist-upgrade'])}",
               f"remove:   ROOT/{POLICY_RC_D}; apt's lists and downloads if the image had none; "
               "SSH host keys and a machine-id apt made in a never-booted image"]
@@ -402,6 +408,9 @@ def run_update(args) -> int:
         for item in settings.items:
             print("\n".join(plan(item)))
         return 0
+    if os.geteuid() != 0:
+        raise ProvisionError("image update needs root: it mounts the image and runs apt in a chroot",
+                             hint="run it as root (sudo), or see the plan with --dry-run")
     for item in settings.items:
         update(item, running)
     return 0

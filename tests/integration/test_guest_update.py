@@ -242,33 +242,59 @@ def test_a_stopped_guest_config_does_not_refuse(older, env, workdir):
         (xen / "old.cfg").unlink()
 
 
+def _interrupt_at(img, env, mark: str) -> tuple[int, str]:
+    """Run image update on ``img`` and send SIGINT (Ctrl-C) once ``mark`` shows in its
+    output (apt's goes to stdout, ours to stderr: both read here); (exit code, output)."""
+    import signal
+    import time
+
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    proc = subprocess.Popen([sys.executable, "-m", "provision", "image", "update", str(img)], cwd=ROOT, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    deadline = time.monotonic() + 600
+    while mark not in seen and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    if mark in seen:
+        proc.send_signal(signal.SIGINT)
+    seen += proc.stdout.read()
+    return proc.wait(120), seen
+
+
 def test_interrupted_update_leaves_no_mount_and_no_policy(older, env):
     """Ctrl-C while apt runs: apt's process group is ended, policy-rc.d goes, the image is
     unmounted and detached, and its filesystem is clean (the namespace's own mounts died
     with it)."""
-    import signal
-    import time
-
     img = older[0]
-    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    proc = subprocess.Popen([sys.executable, "-m", "provision", "image", "update", str(img)], cwd=ROOT, env=full,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen = ""
-    deadline = time.monotonic() + 300
-    while "apt-get update" not in seen and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert "apt-get update" in seen, seen
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    rest = proc.stderr.read()
-    assert proc.wait(120) != 0, seen + rest
+    code, out = _interrupt_at(img, env, "apt-get update")
+    assert code == 130, out
     nothing_attached(img)
     fsck_clean(img)
     assert "policy-rc.d" not in debugfs_ls(img, "/usr/sbin")
     assert not any(name.endswith("_InRelease") for name in debugfs_ls(img, "/var/lib/apt/lists"))
+
+
+def test_interrupted_dist_upgrade_is_finished_by_the_next_update(workdir, env):
+    """Ctrl-C while dpkg unpacks: said in a warning; the next update configures what was
+    left and completes the upgrade."""
+    img = workdir / "cut.img"
+    p = cli("--debootstrap", host_suite(), "--file", img, "--hostname", "cut", env=env)
+    assert p.returncode == 0, p.stderr
+    code, out = _interrupt_at(img, env, "Unpacking ")
+    if "Unpacking " not in out:
+        pytest.skip("a fresh image has nothing to upgrade on this mirror today")
+    assert code == 130, out
+    assert "apt stopped part-way: the packages it changed stay; the next image update finishes them" in out
+    nothing_attached(img)
+    fsck_clean(img)
+    p = cli("update", img, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    status = sh("debugfs", "-R", "cat /var/lib/dpkg/status", img).stdout
+    states = {line for line in status.splitlines() if line.startswith("Status: ")}
+    assert states == {"Status: install ok installed"}, states
 
 
 def test_lv_guest(workdir, env, device_mapper_required):
@@ -294,3 +320,18 @@ def test_lv_guest(workdir, env, device_mapper_required):
         sh("vgremove", "-y", "-f", vg, check=False)
         sh("pvremove", "-y", "-ff", loop, check=False)
         sh("losetup", "-d", loop)
+
+
+def test_directory_tree(workdir, env):
+    """A --dir tree (an NFS root): nothing to mount; the namespace's mounts never show in dom0."""
+    tree = workdir / "tree"
+    p = cli("--debootstrap", host_suite(), "--dir", tree, "--hostname", "tree", env=env)
+    assert p.returncode == 0, p.stderr
+    p = cli("update", tree, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"{tree}: " in p.stderr and " upgraded, " in p.stderr
+    assert not (tree / "usr/sbin/policy-rc.d").exists()
+    assert str(tree) not in Path("/proc/mounts").read_text()
+    assert sorted(p.name for p in (tree / "var/lib/apt/lists").iterdir() if p.is_file()) == ["lock"]
+    assert (tree / "etc/machine-id").read_bytes() == b""
+    assert json.loads(Path(f"{tree}.json").read_text())["updated"]["at"]
