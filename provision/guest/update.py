@@ -266,7 +266,7 @@ class _State:
         """Put the guest's identity and apt's state back; says what it removed."""
         done = []
         mid = root / "etc/machine-id"
-        if self.machine_id == b"" and mid.is_file() and mid.read_bytes() != b"":
+        if self.machine_id == b"" and mid.is_file() and not mid.is_symlink() and mid.read_bytes() != b"":
             mid.write_bytes(b"")
             done.append("/etc/machine-id (emptied again: each guest makes its own)")
         dbus = root / "var/lib/dbus/machine-id"
@@ -306,8 +306,9 @@ def upgrade_root(root: Path, label: str) -> dict:
     """Run apt in the mounted (or directory) root ``root``; returns what changed."""
     root = Path(root)
     for d in ("proc", "sys", "dev", "usr/sbin"):
-        if not (root / d).is_dir():
-            raise ProvisionError(f"{label} holds no guest root: /{d} is missing")
+        # A symlink would lead our mounts and policy-rc.d out of the root, into dom0's own tree.
+        if not (root / d).is_dir() or (root / d).is_symlink():
+            raise ProvisionError(f"{label} holds no guest root: /{d} is missing or a symlink")
     state = _State.read(root)
     before = _installed(root)
     restored: list[str] = []
