@@ -77,6 +77,7 @@ PACKAGES: dict[str, str] = {
     "tar": "tar",
     "thin_check": "thin-provisioning-tools",
     "umount": "mount",
+    "unshare": "util-linux",
     "update-grub": "grub2-common",
     "update-rc.d": "init-system-helpers",
     "vgcreate": "lvm2",

@@ -135,9 +135,11 @@ def read_image_facts(image: Path, root: Path | None = None) -> ImageFacts:
     image_path = image if image.suffix != ".json" else image.with_suffix("")
     root_device = facts.get("root") or facts.get("root_device") or "/dev/xvda1"
     disks = []
-    if facts.get("target") == "dir":
-        # A directory tree is no disk: it boots over NFS (--nfs-server/--nfs-root).
-        declared = []
+    tree = facts.get("target") == "dir"
+    if tree:
+        # A directory tree is no disk: it boots over NFS (--nfs-server/--nfs-root). Its
+        # cloud-init seed (image --cloud-init) is one, read-only.
+        declared = [d for d in facts.get("disks") or [] if d.get("role") == "seed"]
     else:
         declared = facts.get("disks") or [{"path": str(image_path), "vdev": root_device.removeprefix("/dev/")}]
     for d in declared:
@@ -157,7 +159,7 @@ def read_image_facts(image: Path, root: Path | None = None) -> ImageFacts:
         args.append(str(facts["extra"]))
     return ImageFacts(
         disks=disks,
-        root=f"{root_device} ro" if disks else None,
+        root=f"{root_device} ro" if disks and not tree else None,
         extra=" ".join(args) or None,
         kernel=facts.get("kernel"),
         ramdisk=facts.get("ramdisk"),
@@ -242,7 +244,7 @@ def settings(req: Request, root: Path | None = None) -> Settings:
     file_values = dict(values)
     if req.image:
         facts = read_image_facts(req.image, root)
-        if not facts.disks and not req.nfs:
+        if facts.facts.get("target") == "dir" and not req.nfs:
             raise ProvisionError(f"{req.image} is a directory tree, not a disk image",
                                  hint=f"boot it over NFS: add --nfs-server ADDRESS --nfs-root {req.image}")
         values.update({k: v for k, v in (("disk", facts.disks), ("root", facts.root),

@@ -70,7 +70,7 @@ class Chroot:
         return run(self.argv(argv, env, network), check=check, quiet=quiet, capture=capture, group=True)
 
 
-def _policy(root: Path):
+def install_policy(root: Path):
     """Install policy-rc.d; returns how to put the image's own state back."""
     p = root / POLICY_RC_D.lstrip("/")
     if p.is_symlink() or (p.exists() and not p.is_file()):
@@ -112,5 +112,5 @@ def chrooted(source: str | os.PathLike, *, partition: int | None = None) -> Iter
         for d in ("proc", "sys", "dev"):
             if not (root / d).is_dir():
                 raise ProvisionError(f"{source} has no /{d}: it is not a guest root")
-        undo.cleanup(f"restore {POLICY_RC_D}", _policy(root))
+        undo.cleanup(f"restore {POLICY_RC_D}", install_policy(root))
         yield Chroot(root)

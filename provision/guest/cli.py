@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 
 from provision import log, validate
 from provision.errors import ProvisionError
+from provision.undo import UndoStack
 
 if TYPE_CHECKING:
     from provision.guest.bootstrap import BaseSpec
+    from provision.guest.cloudinit import Seed
     from provision.guest.configure import GuestSettings
     from provision.guest.target import Target
 
@@ -106,8 +108,18 @@ def register(subparsers) -> None:
                         "it with --lv are LVM snapshots)")
     t.add_argument("--snapshot-size", metavar="SIZE",
                    help="with --from-template of an LV template: the snapshot's room for the guest's changes")
+    c = p.add_argument_group("cloud-init")
+    c.add_argument("--cloud-init", metavar="USER_DATA",
+                   help="also write a NoCloud seed IMAGE.cidata.iso (user-data, meta-data, network-config) "
+                        "that domain create --from-image attaches read-only")
+    c.add_argument("--network-config", metavar="FILE", help="with --cloud-init: the seed's network-config")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands and files); change nothing")
     p.set_defaults(func=run_image)
+    actions = p.add_subparsers(dest="image_action", metavar="ACTION", required=False)
+    from provision.guest import cloudinit, update
+
+    update.register(actions)
+    cloudinit.register(actions)
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,13 @@ class ImageSettings:
     refresh: bool = False
     offline: bool = False
     dry_run: bool = False
+    seed: Seed | None = None             # --cloud-init: the NoCloud seed written beside the image
+
+    @property
+    def seed_path(self) -> str:
+        from provision.guest.cloudinit import seed_path
+
+        return seed_path(self.target.sidecar)
 
     @property
     def reserve(self) -> int:
@@ -163,7 +182,8 @@ def parse(args) -> ImageSettings:
         guest = _guest(args, target, release, base.get("mirror") or "", base.get("components") or ["main"],
                        _firstboot(args, release))
         room = parse_size(args.snapshot_size, "snapshot size", minimum=4 * MiB) if args.snapshot_size else None
-        return ImageSettings(target, guest, template=args.from_template, snapshot_size=room, **common)
+        return ImageSettings(target, guest, template=args.from_template, snapshot_size=room,
+                             seed=_seed(args, target, guest), **common)
     if args.snapshot_size:
         raise ProvisionError("--snapshot-size goes with --from-template (an LVM template)",
                              hint="a new LV of its own takes --size")
@@ -188,7 +208,23 @@ def parse(args) -> ImageSettings:
     if kernel:
         guest = replace(guest, guest_kernel=kernel)
     return ImageSettings(target, guest, spec=spec, save_template=args.save_template,
-                         template_vg=_template_vg(args, target), **common)
+                         template_vg=_template_vg(args, target), seed=_seed(args, target, guest), **common)
+
+
+def _seed(args, target, guest) -> Seed | None:
+    """--cloud-init's seed, its files checked before anything is built."""
+    if not args.cloud_init:
+        if args.network_config:
+            raise ProvisionError("--network-config goes with --cloud-init USER_DATA")
+        return None
+    from provision.guest import cloudinit
+    from provision.run import require
+
+    seed = cloudinit.read(args.cloud_init, guest.hostname, args.network_config)
+    cloudinit.check_new(cloudinit.seed_path(target.sidecar), make_parent=target.kind == "lv")
+    if not args.dry_run:
+        require("xorriso")
+    return seed
 
 
 def _guest_kernel(args):
@@ -331,13 +367,38 @@ def _bootstrap(s: ImageSettings) -> int:
             root = f"/dev/{s.target.path}" if s.target.kind == "lv" else s.target.path
             for line in templates.save_plan(s.save_template, root, s.target.size, s.template_vg):
                 print(line)
+        _seed_plan(s)
         return 0
-    info, _ = job.run()  # --debug logs the seconds of each step
+    with UndoStack() as undo:
+        _write_seed(s, undo)  # first: a failed build takes it away again
+        info, _ = job.run()  # --debug logs the seconds of each step
+        seeded = _attach_seed(s, info)
     if s.save_template:
-        templates.save(s.save_template, info, vg=s.template_vg)
-    _report(info, s.target)
+        templates.save(s.save_template, info, vg=s.template_vg)  # each guest gets its own seed
+    _report(seeded, s.target)
     firstboot.print_password(s.guest.firstboot, s.guest.hostname)
     return 0
+
+
+def _seed_plan(s: ImageSettings) -> None:
+    if s.seed is not None:
+        print(f"seed:     {s.seed_path} (iso9660 cidata: {', '.join(s.seed.files())}), "
+              f"read-only disk {s.guest.devices}b in {s.target.sidecar}")
+
+
+def _write_seed(s: ImageSettings, undo: UndoStack) -> None:
+    if s.seed is not None:
+        from provision.guest import cloudinit
+
+        cloudinit.write(s.seed, s.seed_path, undo, make_parent=s.target.kind == "lv")
+
+
+def _attach_seed(s: ImageSettings, info: dict) -> dict:
+    if s.seed is None:
+        return info
+    from provision.guest import cloudinit
+
+    return cloudinit.attach(info, s.seed_path, s.target.sidecar, s.guest.devices)
 
 
 def _from_template(s: ImageSettings) -> int:
@@ -348,8 +409,12 @@ def _from_template(s: ImageSettings) -> int:
             s.target.check_free()
         for line in templates.plan(s.template, s.guest, s.target, s.snapshot_size):
             print(line)
+        _seed_plan(s)
         return 0
-    new = templates.instantiate(s.template, s.guest, s.target, snapshot_size=s.snapshot_size)
+    with UndoStack() as undo:
+        _write_seed(s, undo)
+        new = templates.instantiate(s.template, s.guest, s.target, snapshot_size=s.snapshot_size)
+        new = _attach_seed(s, new)
     _report(new, s.target)
     firstboot.print_password(s.guest.firstboot, s.guest.hostname)
     return 0

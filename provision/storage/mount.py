@@ -40,14 +40,15 @@ def umount(mountpoint: str | os.PathLike) -> None:
 
 
 def mount(device: str | os.PathLike, mountpoint: str | os.PathLike, *, options: Sequence[str] = (),
-          fstype: str | None = None, undo: UndoStack | None = None) -> None:
+          fstype: str | None = None, undo: UndoStack | None = None, configs: list | None = None) -> None:
     """Mount ``device`` (a block device) on ``mountpoint``; with ``undo`` it is unmounted at exit.
 
     Refuses a device dom0 already has mounted read-write: mounting one filesystem twice
-    read-write destroys it.
+    read-write destroys it. ``configs``: the domain configs to check it against (default:
+    all; ``[]`` when the caller has judged the domains itself, e.g. only running ones).
     """
     device, mountpoint = os.fspath(device), os.fspath(mountpoint)
-    inuse.refuse(device, writing="ro" not in options)
+    inuse.refuse(device, writing="ro" not in options, configs=configs)
     argv = ["mount"]
     if fstype:
         argv += ["-t", fstype]
