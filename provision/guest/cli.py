@@ -92,6 +92,10 @@ def register(subparsers) -> None:
                    help="with --from-template of an LV template: the snapshot's room for the guest's changes")
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands and files); change nothing")
     p.set_defaults(func=run_image)
+    actions = p.add_subparsers(dest="image_action", metavar="ACTION", required=False)
+    from provision.guest import resize
+
+    resize.register(actions)
 
 
 @dataclass(frozen=True)
