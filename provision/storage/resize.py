@@ -34,7 +34,7 @@ from provision.sizes import MAX_BYTES, format_size, parse_size, shorten
 from provision.storage.images import allocated_bytes
 from provision.storage.loop import attach_loop, loop_device, partition_device
 from provision.storage.mount import umount
-from provision.undo import UndoStack, critical, pause_point
+from provision.undo import UndoStack, critical, keep, pause_point
 
 EXT = ("ext2", "ext3", "ext4")
 FILESYSTEMS = (*EXT, "xfs")
@@ -397,6 +397,7 @@ def _resize_ext(facts: Facts, size: int | None) -> None:
         except CommandError as e:
             raise ProvisionError(f"resize2fs could not resize {facts.name}: "
                                  f"{e.message.split(': ', 1)[-1]}") from None
+    keep(f"the {facts.fstype} on {facts.name} {'shrunk' if size else 'grown'}")
     pause_point("fs-resized")
 
 
@@ -414,6 +415,7 @@ def _grow_xfs(facts: Facts) -> None:
         pause_point("mounted")
         log.info(f"growing xfs on {facts.name} to fill it")
         _careful(["xfs_growfs", "-d", mnt])
+        keep(f"the xfs on {facts.name} grown")
     pause_point("fs-resized")
 
 
@@ -426,6 +428,8 @@ def _resize_file(facts: Facts, size: int) -> None:
         # The backup GPT stays where the old end was: move it to the new end, or the
         # partition cannot reach past it.
         _careful(["sfdisk", "--relocate", "gpt-bak-std", facts.path])
+    keep(f"{facts.path} {'grown' if size > facts.size else 'shrunk'} to {format_size(size)}"
+         + (" (run again to finish)" if size > facts.size else ""))
     pause_point("container-resized")
 
 
@@ -449,6 +453,7 @@ def _resize_partition(facts: Facts, new_size: int) -> None:
     if part.geometry.end != end:
         raise ProvisionError(f"libparted set partition {p.number} of {facts.path} to end at sector "
                              f"{part.geometry.end}, not {end}")
+    keep(f"partition {p.number} of {facts.path} set to {format_size(new_size)}")
     pause_point("partition-resized")
 
 
@@ -460,6 +465,8 @@ def _resize_lv(facts: Facts, size: int) -> None:
         extend_lv(vg, lv, f"{size}b", resize_fs=False)
     else:
         reduce_lv(vg, lv, size)
+    keep(f"{vg}/{lv} {'grown' if size > facts.size else 'shrunk'} to {format_size(size)}"
+         + (" (run again to finish)" if size > facts.size else ""))
     pause_point("container-resized")
 
 
