@@ -13,6 +13,8 @@ size on to blkback reliably.
 
 from __future__ import annotations
 
+import os
+
 from provision import inuse, log
 from provision.domain.paths import from_args
 from provision.errors import ProvisionError
@@ -56,12 +58,14 @@ def find_disk(configs: list[inuse.DomainConfig], name: str, vdev: str):
     return cfg, disk
 
 
-def online_refusal(facts: resize.Facts, name: str, vdev: str) -> None:
-    """Why the running domain ``name``'s disk cannot be resized online, if it cannot."""
-    if facts.kind != "lv":
+def online_refusal(target: str, name: str, vdev: str) -> None:
+    """Why the running domain ``name``'s disk ``target`` cannot be resized online, if it
+    cannot: only an LV can."""
+    if resize.lv_of(target) is None or os.path.isfile(target):
+        kind = "a file" if os.path.isfile(target) else "not an LV"
         raise ProvisionError(
-            f"{name} is running and its disk {vdev} is a file ({facts.path}): a loop-backed disk does not "
-            "pass a new size on to the guest reliably",
+            f"{name} is running and its disk {vdev} is {kind} ({target}): only an LV grows while its guest "
+            "runs; a loop-backed disk does not pass a new size on to the guest reliably",
             hint=f"shut {name} down, resize, start it again; or keep guests that grow online on LVs")
 
 
@@ -78,10 +82,10 @@ def cmd_resize(args) -> int:
         raise ProvisionError(f"cannot tell whether {args.name} is running: xl list failed",
                              hint="run it in dom0 as root, where xl list works")
     online = args.name in running
+    if online:
+        online_refusal(target, args.name, args.disk)
     facts = resize.inspect(target, partition=args.partition)
     want = resize.wanted(args.size, facts.size)
-    if online:
-        online_refusal(facts, args.name, args.disk)
     steps = resize.plan(facts, want, online=online)
     if not args.dry_run:
         resize.refuse_in_use(facts, running=running, domain=args.name if online else None)

@@ -175,6 +175,7 @@ SANDBOX = {
     ("storage", "lvm", "lv"): lambda box: [], ("storage", "lvm", "pool"): lambda box: [],
     ("storage", "lvm", "snapshot"): lambda box: [], ("storage", "lvm", "extend"): lambda box: [],
     ("image",): lambda box: ["--dry-run"],
+    ("image", "resize"): lambda box: ["--dry-run"], ("domain", "resize"): lambda box: ["--dry-run", *_root(box)],
     ("domain", "create"): _root, ("domain", "convert"): lambda box: [], ("domain", "check"): lambda box: [],
     ("domain", "list"): _root, ("domain", "remove"): _root, ("domain", "autostart"): _root,
     ("xendomains", "install"): _root, ("xendomains", "enable"): _root, ("xendomains", "disable"): _root,

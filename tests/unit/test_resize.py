@@ -259,10 +259,27 @@ def test_domain_disk_lookup(tmp_path):
         domain_resize.find_disk([cfg], "vm1", "xvdb")
 
 
-def test_running_guest_file_disk_is_refused():
+def test_running_guest_file_disk_is_refused(run_cli, tmp_path, monkeypatch):
+    img = tmp_path / "vm1.img"
+    img.write_bytes(b"\0" * 4096)
     with pytest.raises(ProvisionError, match="vm1 is running and its disk xvda1 is a file .* loop-backed"):
-        domain_resize.online_refusal(ext_file(), "vm1", "xvda1")
-    domain_resize.online_refusal(lv(), "vm1", "xvda1")
+        domain_resize.online_refusal(str(img), "vm1", "xvda1")
+    with pytest.raises(ProvisionError, match="is not an LV"):
+        domain_resize.online_refusal("/dev/sdb1", "vm1", "xvda1")
+    domain_resize.online_refusal("/dev/vg0/vm1", "vm1", "xvda1")
+    # The command, with xl saying vm1 runs: refused before the disk is read.
+    xen = tmp_path / "xen"
+    xen.mkdir()
+    (xen / "vm1.cfg").write_text(f'name = "vm1"\ndisk = ["format=raw, vdev=xvda1, access=rw, target={img}"]\n')
+    monkeypatch.setattr(inuse, "running_domains", lambda: {"vm1"})
+    args = build_parser().parse_args(["domain", "resize", "vm1", "--disk", "xvda1", "--size", "+1G",
+                                      "--config-dir", str(xen)])
+    with pytest.raises(ProvisionError, match="vm1 is running and its disk xvda1 is a file"):
+        args.func(args)
+    monkeypatch.setattr(inuse, "running_domains", lambda: None)
+    with pytest.raises(ProvisionError, match="cannot tell whether vm1 is running"):
+        args.func(args)
+    assert img.stat().st_size == 4096
 
 
 def test_image_parser_keeps_its_flat_form_and_gains_actions():
@@ -301,3 +318,27 @@ def test_resize_imports_without_pyparted():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_running_guest_lv_grows_online_and_the_guest_grows_its_filesystem(tmp_path, monkeypatch, capsys):
+    """The online path without device-mapper: the LV's facts made by hand, the steps
+    recorded instead of run (the boot test's dom0 runs lvextend for real)."""
+    xen = tmp_path / "xen"
+    xen.mkdir()
+    (xen / "vm1.cfg").write_text('name = "vm1"\ndisk = ["format=raw, vdev=xvda1, access=rw, target=/dev/vg0/vm1"]\n')
+    monkeypatch.setattr(inuse, "running_domains", lambda: {"vm1"})
+    monkeypatch.setattr(resize, "inspect", lambda target, partition=None: lv())
+    done = []
+    monkeypatch.setattr(resize, "apply", lambda facts, steps: done.extend(s.command for s in steps))
+    monkeypatch.setattr(resize, "refuse_in_use", lambda facts, running, domain=None: done.append(f"checked {domain}"))
+    args = build_parser().parse_args(["domain", "resize", "vm1", "--disk", "xvda1", "--size", "+1G",
+                                      "--config-dir", str(xen), "--dry-run"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.splitlines() == [f"lvextend -L {3 * GiB}b vg0/vm1",
+                                                    "# then, inside vm1: resize2fs /dev/xvda1"]
+    args.dry_run = False
+    assert args.func(args) == 0
+    assert done == ["checked vm1", f"lvextend -L {3 * GiB}b vg0/vm1"]
+    args.size = "1G"
+    with pytest.raises(ProvisionError, match="running guest: a disk in use is only grown"):
+        args.func(args)
