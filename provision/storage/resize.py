@@ -305,6 +305,7 @@ def plan(facts: Facts, want: Wanted, *, online: bool = False) -> list[Step]:
     steps: list[Step] = []
     fs_dev = _fs_device(facts)
     if shrink_fs:
+        steps += [_loop_note(facts)] if facts.part else []
         steps.append(_fsck_step(facts, fs_dev))
         steps.append(Step(f"resize2fs {fs_dev} {fs_new // 1024}K", _resize_ext, (facts, fs_new)))
     part_size = facts.part.size if facts.part else None
@@ -319,6 +320,7 @@ def plan(facts: Facts, want: Wanted, *, online: bool = False) -> list[Step]:
     elif facts.part and part_size < new_room:  # a run stopped after the disk grew
         steps.append(_partition_step(facts, new_room))
     if not shrink_fs and facts.fs_size < fs_new and not online:
+        steps += [_loop_note(facts)] if facts.part else []
         if facts.fstype in EXT:
             steps.append(_fsck_step(facts, fs_dev))
             steps.append(Step(f"resize2fs {fs_dev}", _resize_ext, (facts, None)))
@@ -330,9 +332,13 @@ def plan(facts: Facts, want: Wanted, *, online: bool = False) -> list[Step]:
 
 def _fs_device(facts: Facts) -> str:
     """How the plan names the filesystem's device."""
-    if facts.part:
-        return f"/dev/loopNp{facts.part.number}  # (partition {facts.part.number} of {facts.path}, attached)"
-    return facts.path
+    return f"/dev/loopNp{facts.part.number}" if facts.part else facts.path
+
+
+def _loop_note(facts: Facts) -> Step:
+    """A line of the plan saying where /dev/loopNpM comes from; it does nothing itself."""
+    return Step(f"# /dev/loopNp{facts.part.number}: partition {facts.part.number} of {facts.path}, through "
+                "losetup --find --partscan for each step, detached after it", lambda: None)
 
 
 def _fsck_step(facts: Facts, dev: str) -> Step:
