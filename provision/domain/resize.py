@@ -14,9 +14,10 @@ size on to blkback reliably.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from provision import inuse, log
-from provision.domain.paths import from_args
+from provision.domain.paths import Paths, from_args
 from provision.errors import ProvisionError
 from provision.guest.resize import finish
 from provision.storage import resize
@@ -69,33 +70,52 @@ def online_refusal(target: str, name: str, vdev: str) -> None:
             hint=f"shut {name} down, resize, start it again; or keep guests that grow online on LVs")
 
 
+@dataclass(frozen=True)
+class DomainResize:
+    """The command's arguments, checked once at the edge."""
+
+    name: str
+    vdev: str
+    size: str               # SIZE or +SIZE, read against the disk's size once it is known
+    partition: int | None
+    dry_run: bool
+    paths: Paths
+
+    @classmethod
+    def parse(cls, args) -> DomainResize:
+        if args.partition is not None and args.partition < 1:
+            raise ProvisionError(f"--partition {args.partition} is not a partition number")
+        resize.size_request(args.size)
+        return cls(args.name, args.disk, args.size, args.partition, args.dry_run, from_args(args))
+
+
 def cmd_resize(args) -> int:
-    paths = from_args(args)
-    if args.partition is not None and args.partition < 1:
-        raise ProvisionError(f"--partition {args.partition} is not a partition number")
-    resize.size_request(args.size)
-    cfg, disk = find_disk(inuse.domain_configs(paths.xen, quiet=True), args.name, args.disk)
+    return run(DomainResize.parse(args))
+
+
+def run(s: DomainResize) -> int:
+    paths = s.paths
+    cfg, disk = find_disk(inuse.domain_configs(paths.xen, quiet=True), s.name, s.vdev)
     target = disk.target if str(paths.root) == "/" or disk.target.startswith("/dev/") \
         else str(paths.inside(disk.target))
     running = inuse.running_domains()
     if running is None:
-        raise ProvisionError(f"cannot tell whether {args.name} is running: xl list failed",
+        raise ProvisionError(f"cannot tell whether {s.name} is running: xl list failed",
                              hint="run it in dom0 as root, where xl list works")
-    online = args.name in running
+    online = s.name in running
     if online:
-        online_refusal(target, args.name, args.disk)
-    facts = resize.inspect(target, partition=args.partition)
-    want = resize.wanted(args.size, facts.size)
+        online_refusal(target, s.name, s.vdev)
+    facts = resize.inspect(target, partition=s.partition)
+    want = resize.wanted(s.size, facts.size)
     steps = resize.plan(facts, want, online=online)
-    if not args.dry_run:
-        resize.refuse_in_use(facts, running=running, domain=args.name if online else None)
-    code = finish(facts, steps, args.dry_run, what=f"{args.name}'s {args.disk} ({facts.name})")
+    resize.refuse_in_use(facts, running=running, domain=s.name if online else None)
+    code = finish(facts, steps, s.dry_run, what=f"{s.name}'s {s.vdev} ({facts.name})")
     if online and steps:
-        grow = "resize2fs /dev/" + args.disk if facts.fstype in resize.EXT else "xfs_growfs /"
-        msg = (f"{args.name} sees the new size of {args.disk} through blkback; grow its filesystem inside the "
+        grow = "resize2fs /dev/" + s.vdev if facts.fstype in resize.EXT else "xfs_growfs /"
+        msg = (f"{s.name} sees the new size of {s.vdev} through blkback; grow its filesystem inside the "
                f"guest: {grow}")
-        if args.dry_run:
-            print(f"# then, inside {args.name}: {grow}")
+        if s.dry_run:
+            print(f"# then, inside {s.name}: {grow}")
         else:
             log.info(msg)
     return code

@@ -51,8 +51,7 @@ def run_resize(args) -> int:
     facts = resize.inspect(s.target, partition=s.partition)
     want = resize.wanted(s.size, facts.size)
     steps = resize.plan(facts, want)
-    if not s.dry_run:
-        resize.refuse_in_use(facts, running=inuse.running_domains())
+    resize.refuse_in_use(facts, running=inuse.running_domains())  # --dry-run too: the plan is the run's
     return finish(facts, steps, s.dry_run)
 
 

@@ -176,6 +176,7 @@ def test_refused_while_mounted_or_attached(cli, tmp_path):
     img = ext4_image(tmp_path / "vm1.img", "64M")
     with mounted(img):
         one_error(cli("image", "resize", img, "--size", "+64M"), "is in use in dom0", "mounted on")
+        one_error(cli("image", "resize", img, "--size", "+64M", "--dry-run"), "mounted on")  # as the run would
     with loop_device(img):
         one_error(cli("image", "resize", img, "--size", "+64M"), "is in use in dom0", "attached to")
     assert img.stat().st_size == 64 * MiB and ext_bytes(img) == 64 * MiB

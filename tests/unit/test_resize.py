@@ -341,7 +341,7 @@ def test_running_guest_lv_grows_online_and_the_guest_grows_its_filesystem(tmp_pa
                                                     "# then, inside vm1: resize2fs /dev/xvda1"]
     args.dry_run = False
     assert args.func(args) == 0
-    assert done == ["checked vm1", f"lvextend -L {3 * GiB}b vg0/vm1"]
+    assert done == ["checked vm1", "checked vm1", f"lvextend -L {3 * GiB}b vg0/vm1"]  # the dry run checks too
     args.size = "1G"
     with pytest.raises(ProvisionError, match="running guest: a disk in use is only grown"):
         args.func(args)
