@@ -383,3 +383,36 @@ def refuse(target: str | os.PathLike, *, writing: bool = True, what: str | None 
     for use in found:
         log.warn(f"{what or target} is {use.describe(target)}: if that domain is running, "
                  "the copy may be torn")
+
+
+# -- running domains ------------------------------------------------------------------------------
+
+def running_domains() -> set[str] | None:
+    """The names of the domains running here (``xl list``, Domain-0 left out); an empty set
+    where xl is not installed (no domain can run), None where xl is there but cannot say
+    (not a running Xen host, no permission): then any domain may be running."""
+    import subprocess
+
+    from provision.run import which
+
+    xl = which("xl")
+    if xl is None:
+        return set()
+    try:
+        proc = subprocess.run([xl, "list"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        log.debug(f"xl list failed: {proc.stderr.strip()}")
+        return None
+    return parse_xl_list(proc.stdout)
+
+
+def parse_xl_list(text: str) -> set[str]:
+    """The domain names in ``xl list`` output (its header and Domain-0 left out)."""
+    names = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] != "Domain-0":
+            names.add(fields[0])
+    return names

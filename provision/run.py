@@ -32,6 +32,7 @@ PACKAGES: dict[str, str] = {
     "debootstrap": "debootstrap",
     "debugfs": "e2fsprogs",
     "dpkg-source": "dpkg-dev",
+    "dumpe2fs": "e2fsprogs",
     "e2fsck": "e2fsprogs",
     "e2image": "e2fsprogs",
     "exportfs": "nfs-kernel-server",
@@ -49,6 +50,7 @@ PACKAGES: dict[str, str] = {
     "losetup": "mount",
     "lvcreate": "lvm2",
     "lvextend": "lvm2",
+    "lvreduce": "lvm2",
     "lvremove": "lvm2",
     "lvs": "lvm2",
     "make": "make",
@@ -83,6 +85,8 @@ PACKAGES: dict[str, str] = {
     "vgcreate": "lvm2",
     "vgremove": "lvm2",
     "vgs": "lvm2",
+    "xfs_db": "xfsprogs",
+    "xfs_growfs": "xfsprogs",
     "xorriso": "xorriso",
 }
 

@@ -105,6 +105,10 @@ def register(subparsers) -> None:
     _root_options(rm)
     rm.set_defaults(func=cmd_remove)
 
+    from provision.domain import resize
+
+    resize.register(sub)
+
     a = sub.add_parser("autostart", help="start a domain at boot (on), not (off), or list")
     a.add_argument("state", choices=("on", "off", "list"))
     a.add_argument("name", nargs="?")

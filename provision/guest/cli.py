@@ -116,8 +116,9 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (commands and files); change nothing")
     p.set_defaults(func=run_image)
     actions = p.add_subparsers(dest="image_action", metavar="ACTION", required=False)
-    from provision.guest import cloudinit, update
+    from provision.guest import cloudinit, resize, update
 
+    resize.register(actions)
     update.register(actions)
     cloudinit.register(actions)
 

@@ -345,7 +345,7 @@ def broken_guest_reported(vm: Machine, running: str) -> None:
 
 
 LVM_CHECK = ("LVM path of the storage library in dom0 "
-             "(lvmcheck: PV, VG, LV, snapshot, thin, extend, fill watch)")
+             "(lvmcheck: PV, VG, LV, snapshot, thin, extend, image resize, fill watch)")
 LVM_CHECK_TIMEOUT = 900.0   # about 75 s under TCG on an idle machine; ours are shared
 # What ends the LVM check: its own verdict, or the kernel failing under it (an oops
 # leaves lvmcheck stuck in D state, so waiting for its exit would take the whole timeout).

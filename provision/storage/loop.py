@@ -79,7 +79,8 @@ def _count_partitions(image: str) -> int | None:
         text = output(["sfdisk", "-d", image], quiet=True)
     except (CommandError, ProvisionError):
         return None
-    return sum(1 for line in text.splitlines() if line.startswith("/") and ": start=" in line)
+    # "IMAGE1 : start=..." lines; IMAGE is named as given, relative or not.
+    return sum(1 for line in text.splitlines() if ": start=" in line)
 
 
 def _backing(loop: str) -> str | None:

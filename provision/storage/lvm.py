@@ -344,6 +344,21 @@ def extend_lv(vg: str, name: str, size: int | str, *, resize_fs: bool = True) ->
     return grown
 
 
+def reduce_lv(vg: str, name: str, size: int) -> int:
+    """Shrink ``vg/name`` to ``size`` bytes (LVM rounds up to whole extents). Its
+    filesystem must already be that small: :mod:`provision.storage.resize` shrinks it
+    first. Returns the new size."""
+    validate_vg_name(vg)
+    validate_lv_name(name)
+    current = _lv_size(vg, name)
+    if size >= current:
+        raise ProvisionError(f"{vg}/{name} is {format_size(current)}: reducing only shrinks a volume")
+    _lvm(["lvreduce", "-y", "-L", _size_arg(size), f"{vg}/{name}"])
+    smaller = _lv_size(vg, name)
+    log.info(f"reduced {vg}/{name} to {format_size(smaller)}")
+    return smaller
+
+
 def snapshot_usage(vg: str, name: str) -> float:
     """How full a snapshot (or thin pool) is, in percent of its room for changes."""
     validate_vg_name(vg)

@@ -176,6 +176,7 @@ SANDBOX = {
     ("storage", "lvm", "snapshot"): lambda box: [], ("storage", "lvm", "extend"): lambda box: [],
     ("image",): lambda box: ["--dry-run"],
     ("image", "update"): lambda box: ["--dry-run"], ("image", "seed"): lambda box: ["--dry-run"],
+    ("image", "resize"): lambda box: ["--dry-run"], ("domain", "resize"): lambda box: ["--dry-run", *_root(box)],
     ("domain", "create"): _root, ("domain", "convert"): lambda box: [], ("domain", "check"): lambda box: [],
     ("domain", "list"): _root, ("domain", "remove"): _root, ("domain", "autostart"): _root,
     ("xendomains", "install"): _root, ("xendomains", "enable"): _root, ("xendomains", "disable"): _root,

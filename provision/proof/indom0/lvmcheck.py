@@ -11,6 +11,7 @@ The disk is overwritten: give it an empty scratch disk only.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -118,6 +119,7 @@ def check(disk: str) -> None:
         _ok(f"thin pool, 1 GiB thin volume in 64 MiB, thin snapshot; pool {snapshot_usage(VG, 'pool'):.1f}% used")
 
         _cli_checks()
+        _resize_checks()
         expect_refused("an LV larger than the VG", create_lv, VG, "huge", "100G")
         expect_refused("an existing LV", create_lv, VG, "template", "8M")
         expect_refused("a mounted LV as a new PV", _mounted_pvcreate, base)
@@ -129,7 +131,7 @@ def check(disk: str) -> None:
             pass
         assert not lv_exists(VG, "half"), "rollback left the LV behind"
         _ok("a failed run removed the LV it made")
-        for name in ("thin1snap", "thin1", "pool", "cli", "data", "clone2", "clone1", "template"):
+        for name in ("thin1snap", "thin1", "pool", "resized", "cli", "data", "clone2", "clone1", "template"):
             run(["lvremove", "-y", "-f", lv_path(VG, name)], quiet=True)
     _ok("everything removed")
 
@@ -220,6 +222,56 @@ def _cli_checks() -> None:
     _cli_refused("an LV name with '/'", "lvm", "lv", VG, "a/b", "--size", "8M")
     assert not any(lv_exists(VG, n) for n in ("huge", "zero")), "a refused LV was made"
     assert _lv_size("cli") == 24 * MiB, "a refused command changed the existing LV"
+
+
+def _provision(*args: str):
+    """``python3 -m provision ARGS``, the whole command line, as a user in dom0 runs it."""
+    return run([sys.executable, "-m", "provision", *args], check=False, capture=True)
+
+
+def ext_bytes(device: str) -> int:
+    """The bytes the ext filesystem on ``device`` spans (dumpe2fs -h: block count x size)."""
+    text = run(["dumpe2fs", "-h", device], capture=True, quiet=True).stdout
+    fields = dict(re.findall(r"^(Block count|Block size):\s*(\d+)", text, re.M))
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+def _fsck_clean(device: str) -> bool:
+    return run(["e2fsck", "-f", "-n", device], check=False, quiet=True).returncode == 0
+
+
+def _resize_checks() -> None:
+    """``image resize`` on a real LV with ext4: grown (lvextend, then resize2fs), shrunk
+    (e2fsck -f, resize2fs, then lvreduce), and a shrink below its data refused."""
+    path = create_lv(VG, "resized", "32M")
+    make_fs(path, "ext4", label="resized")
+    with mounted(path) as mnt:
+        (mnt / "data").write_bytes(os.urandom(12 * MiB))
+    before = ext_bytes(path)
+    proc = _provision("image", "resize", f"{VG}/resized", "--size", "+32M")
+    assert proc.returncode == 0, f"image resize +32M: {proc.stderr.strip()}"
+    grown = ext_bytes(path)
+    assert _lv_size("resized") == 64 * MiB, f"the LV is {_lv_size('resized')} bytes after +32M"
+    assert grown == 64 * MiB and grown > before, f"ext4 spans {grown} bytes (was {before}) in a 64 MiB LV"
+    assert _fsck_clean(path), "e2fsck -fn finds errors after growing"
+    _ok(f"image resize grew an LV and its ext4: {before // MiB} -> {grown // MiB} MiB, fsck clean")
+
+    proc = _provision("image", "resize", path, "--size", "40M")
+    assert proc.returncode == 0, f"image resize to 40M: {proc.stderr.strip()}"
+    shrunk = ext_bytes(path)
+    assert _lv_size("resized") == 40 * MiB, f"the LV is {_lv_size('resized')} bytes after shrinking to 40M"
+    assert shrunk == 40 * MiB, f"ext4 spans {shrunk} bytes after shrinking to 40M"
+    assert _fsck_clean(path), "e2fsck -fn finds errors after shrinking"
+    with mounted(path, options=("ro",)) as mnt:
+        assert (mnt / "data").stat().st_size == 12 * MiB, "the file did not survive the shrink"
+    _ok(f"image resize shrank it offline (e2fsck -f first): 64 -> {shrunk // MiB} MiB, data kept, fsck clean")
+
+    proc = _provision("image", "resize", f"{VG}/resized", "--size", "8M")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1 and "cannot shrink" in errors[0], \
+        f"shrinking below the data: exit {proc.returncode}, {proc.stderr.strip()!r}"
+    assert _lv_size("resized") == 40 * MiB and ext_bytes(path) == 40 * MiB, "a refused shrink changed the LV"
+    _ok(f"image resize below the data refused in one line: {errors[0][len('error: '):]}")
 
 
 def _mounted_pvcreate(device: str) -> None:
