@@ -387,32 +387,87 @@ def refuse(target: str | os.PathLike, *, writing: bool = True, what: str | None 
 
 # -- running domains ------------------------------------------------------------------------------
 
-def running_domains() -> set[str] | None:
-    """The names of the domains running here (``xl list``, Domain-0 left out); an empty set
-    where xl is not installed (no domain can run), None where xl is there but cannot say
-    (not a running Xen host, no permission): then any domain may be running."""
+@dataclass(frozen=True)
+class XlState:
+    """What ``xl list`` says: "ok" with {name: domid} (Domain-0 included), "absent" where
+    xl is not installed, "failed" where it cannot say (not a running Xen host, no
+    permission), "offline" for a root that is not this host (set by the caller)."""
+
+    status: str
+    domids: dict[str, int] = field(default_factory=dict)
+    why: str = ""
+
+    def state(self, name: str | None) -> tuple[str, int | None]:
+        """("running", domid), ("stopped", None) or ("unknown", None) for ``name``."""
+        if self.status != "ok":
+            return "unknown", None
+        if name in self.domids:
+            return "running", self.domids[name]
+        return "stopped", None
+
+
+def xl_list() -> XlState:
+    """The domains running on this host: the one place ``xl list`` is run and read."""
     import subprocess
 
     from provision.run import which
 
     xl = which("xl")
     if xl is None:
-        return set()
+        return XlState("absent", why="xl is not installed")
     try:
         proc = subprocess.run([xl, "list"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return XlState("failed", why=f"xl list: {e}")
     if proc.returncode != 0:
-        log.debug(f"xl list failed: {proc.stderr.strip()}")
+        said = (proc.stderr or proc.stdout or "").strip().splitlines()
+        log.debug(f"xl list failed: {said[-1] if said else proc.returncode}")
+        return XlState("failed", why=f"xl list failed: {said[-1] if said else f'exit {proc.returncode}'}")
+    return XlState("ok", parse_xl_list(proc.stdout))
+
+
+def parse_xl_list(text: str) -> dict[str, int]:
+    """{name: domid} from ``xl list``: a header, then NAME ID MEM VCPUS STATE TIME per
+    domain (the name is what comes before the last five fields). Domain-0 included."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or not parts[-5].isdigit():
+            continue  # the header, a blank line
+        name = " ".join(parts[:-5])
+        if name and name != "(null)":
+            out[name] = int(parts[-5])
+    return out
+
+
+def running_domains() -> set[str] | None:
+    """The names of the domains running here (Domain-0 left out); an empty set where xl is
+    not installed (no domain can run), None where xl is there but cannot say: then any
+    domain may be running."""
+    xl = xl_list()
+    if xl.status == "absent":
+        return set()
+    if xl.status != "ok":
         return None
-    return parse_xl_list(proc.stdout)
+    return {name for name in xl.domids if name != "Domain-0"}
 
 
-def parse_xl_list(text: str) -> set[str]:
-    """The domain names in ``xl list`` output (its header and Domain-0 left out)."""
-    names = set()
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] != "Domain-0":
-            names.add(fields[0])
-    return names
+def refuse_busy(target: str | os.PathLike, *, running: set[str] | None, what: str | None = None,
+                but: str | None = None) -> None:
+    """Refuse, in one line, to change ``target`` while anyone else may write or read it:
+    dom0 (mounts, swap, loop devices) and running domains. A config of a domain that is
+    not ``running`` is no user; where xl cannot say which run (``running`` None) every
+    config counts. ``but``: a running domain whose own disk is changed online."""
+    target = os.fspath(target)
+    for use in users(target, quiet=True):
+        if use.kind == "domain":
+            if but is not None and use.domain == but:
+                continue
+            if running is not None and use.domain not in running:
+                log.debug(f"{target} is in the config of {use.domain}, which is not running")
+                continue
+            state = "running" if running is not None else "perhaps running (xl cannot tell)"
+            raise ProvisionError(f"{what or target} is {use.describe(target)}, {state}",
+                                 hint=f"shut it down first: xl shutdown -w {use.domain}"
+                                      + ("" if running is not None else "; xl list says which domains run"))
+        raise ProvisionError(f"{what or target} is {use.describe(target)}", hint=use.hint())

@@ -51,42 +51,14 @@ from provision.domain.create import sidecar_of
 from provision.domain.model import Domain, parse_disk, parse_vif
 from provision.domain.paths import Paths
 from provision.errors import ProvisionError
+from provision.inuse import XlState
 from provision.network import discover, xlconf
-from provision.run import run, which
 from provision.sizes import format_approx
 
 FORMAT = "xen-provision-domain-list/1"
 
 
 # -- the live host's domains --------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class XlState:
-    status: str                       # "ok" | "absent" | "failed" | "offline"
-    domids: dict[str, int] = field(default_factory=dict)
-    why: str = ""
-
-    def state(self, name: str | None) -> tuple[str, int | None]:
-        if self.status != "ok":
-            return "unknown", None
-        if name in self.domids:
-            return "running", self.domids[name]
-        return "stopped", None
-
-
-def parse_xl_list(text: str) -> dict[str, int]:
-    """{name: domid} from ``xl list``: a header, then NAME ID MEM VCPUS STATE TIME per
-    domain (the name is what comes before the last five fields). Domain-0 included."""
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 6 or not parts[-5].isdigit():
-            continue  # the header, a blank line
-        name = " ".join(parts[:-5])
-        if name and name != "(null)":
-            out[name] = int(parts[-5])
-    return out
-
 
 @functools.lru_cache(maxsize=8)
 def is_live(paths: Paths) -> bool:
@@ -98,16 +70,7 @@ def xl_state(paths: Paths) -> XlState:
     """Which domains run, from ``xl list`` on the live host; "offline" for another root."""
     if not is_live(paths):
         return XlState("offline", why=f"{paths.root} is an offline root")
-    if which("xl") is None:
-        return XlState("absent", why="xl is not installed")
-    try:
-        proc = run(["xl", "list"], check=False, capture=True, quiet=True, timeout=30)
-    except ProvisionError as e:
-        return XlState("failed", why=e.message)
-    if proc.returncode != 0:
-        why = (proc.stderr or proc.stdout or "").strip().splitlines()
-        return XlState("failed", why=f"xl list failed: {why[-1] if why else f'exit {proc.returncode}'}")
-    return XlState("ok", parse_xl_list(proc.stdout))
+    return inuse.xl_list()
 
 
 # -- disks on this machine -----------------------------------------------------------------------

@@ -35,7 +35,7 @@ from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
 from provision.guest.chroot import POLICY_RC_D, Chroot, install_policy
-from provision.run import run, which
+from provision.run import run
 from provision.undo import UndoStack
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"}
@@ -179,35 +179,18 @@ def parse(args) -> UpdateSettings:
 
 # -- may it be updated? ----------------------------------------------------------------------------
 
-def running_domains() -> set[str] | None:
-    """The names ``xl list`` shows, or None where xl does not run (no xl, or not on Xen):
-    then no domain runs on this host."""
-    if which("xl") is None:
-        return None
-    proc = run(["xl", "list"], check=False, capture=True, quiet=True)
-    if proc.returncode != 0:
-        return None
-    return {line.split()[0] for line in proc.stdout.splitlines()[1:] if line.split()}
-
-
-def refuse_busy(item: Item, running: set[str] | None = None) -> None:
+def refuse_busy(item: Item, running: set[str] | None) -> None:
     """One line for the first user that forbids writing ``item``: dom0 (a mount, swap, a
-    loop device) always; a domain config only while that domain runs."""
-    if running is None:
-        running = running_domains() or set()
+    loop device) always; a domain config only while that domain runs (every config where
+    xl cannot say: ``running`` None)."""
     if item.kind == "dir":
         real = os.path.realpath(item.path)
         for cfg in inuse.domain_configs(quiet=True):
-            if cfg.nfs_root and os.path.realpath(cfg.nfs_root[1]) == real and cfg.name in running:
+            if cfg.nfs_root and os.path.realpath(cfg.nfs_root[1]) == real and (running is None or cfg.name in running):
                 raise ProvisionError(f"{item.label} is the root of domain {cfg.name}, which is running ({cfg.path})",
                                      hint=f"shut it down first: xl shutdown -w {cfg.name}")
         return
-    for use in inuse.users(item.path, quiet=True):
-        if use.kind != "domain":
-            raise ProvisionError(f"{item.label} is {use.describe(item.path)}", hint=use.hint())
-        if use.domain in running:
-            raise ProvisionError(f"{item.label} is a disk of domain {use.domain}, which is running ({use.config})",
-                                 hint=f"shut it down first: xl shutdown -w {use.domain}")
+    inuse.refuse_busy(item.path, running=running, what=item.label)
 
 
 # -- the update --------------------------------------------------------------------------------------
@@ -333,7 +316,7 @@ def _fsck(device: str, fstype: str | None) -> None:
                              hint=f"repair it: e2fsck -f {device}")
 
 
-def update(item: Item, running: set[str] | None = None) -> dict:
+def update(item: Item, running: set[str] | None) -> dict:
     """Upgrade one image or template; returns the counts written into its facts."""
     from provision.storage.loop import attach_loop, partition_device
     from provision.storage.mount import mount
@@ -386,7 +369,7 @@ def plan(item: Item) -> list[str]:
 
 def run_update(args) -> int:
     settings = parse(args)
-    running = running_domains() or set()
+    running = inuse.running_domains()
     for item in settings.items:
         refuse_busy(item, running)  # all of them, before any is changed
     if settings.dry_run:

@@ -9,25 +9,17 @@ import re
 import time
 from pathlib import Path
 
+from provision import inuse
 from provision.network import xlconf
 from provision.network.apply import PENDING, read_record, record_path
 from provision.network.discover import Config, is_live, live_links
-from provision.run import run, which
 
 SYS_NET = Path("/sys/class/net")
 
 
 def _domains() -> dict[int, str]:
     """{domid: name} of the running domains, from ``xl list`` where xl runs."""
-    if which("xl") is None:
-        return {}
-    proc = run(["xl", "list"], check=False, capture=True, quiet=True)
-    out = {}
-    for line in proc.stdout.splitlines()[1:] if proc.returncode == 0 else []:
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            out[int(parts[1])] = parts[0]
-    return out
+    return {domid: name for name, domid in inuse.xl_list().domids.items()}
 
 
 def _ports(bridge: str) -> list[str]:

@@ -477,22 +477,9 @@ def _resize_lv(facts: Facts, size: int) -> None:
 
 
 def refuse_in_use(facts: Facts, *, running: set[str] | None, domain: str | None = None) -> None:
-    """Refused while anyone else may write or read the disk: dom0 (mounts, swap, loop
-    devices) and running domains. A config of a domain that is not running is no user;
-    when xl cannot say which run (``running`` None) every config counts. ``domain``: the
-    running guest whose own disk is grown online."""
-    for use in inuse.users(facts.path, quiet=True):
-        if use.kind == "domain":
-            if use.domain == domain and domain is not None:
-                continue
-            if running is not None and use.domain not in running:
-                log.debug(f"{facts.path} is in the config of {use.domain}, which is not running")
-                continue
-            state = "running" if running is not None else "perhaps running (xl cannot tell)"
-            raise ProvisionError(f"{facts.path} is {use.describe(facts.path)}, {state}",
-                                 hint=f"shut {use.domain or 'it'} down first"
-                                      + ("" if running is not None else "; xl list says which domains run"))
-        raise ProvisionError(f"{facts.path} is {use.describe(facts.path)}", hint=use.hint())
+    """Refused while anyone else may write or read the disk (:func:`inuse.refuse_busy`);
+    ``domain``: the running guest whose own disk is grown online."""
+    inuse.refuse_busy(facts.path, running=running, but=domain)
 
 
 def apply(facts: Facts, steps: list[Step]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from provision import inuse
 from provision.domain import list as lister
 from tests.unit import guests
 
@@ -126,8 +127,8 @@ def test_parse_xl_list():
             "Domain-0                                     0  1024     2     r-----      42.0\n"
             "web 1                                        3   256     1     -b----       1.0\n"
             "(null)                                       4     0     1     --p--d       0.1\n")
-    assert lister.parse_xl_list(text) == {"Domain-0": 0, "web 1": 3}
-    assert lister.parse_xl_list("") == {}
+    assert inuse.parse_xl_list(text) == {"Domain-0": 0, "web 1": 3}
+    assert inuse.parse_xl_list("") == {}
 
 
 def test_bad_root_is_one_line(run_cli, tmp_path):

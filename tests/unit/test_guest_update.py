@@ -120,7 +120,7 @@ def test_running_domain_refuses_a_stopped_one_does_not(tmp_path, env):
     item = update.resolve(str(img))
     update.refuse_busy(item, running=set())         # a config alone: the guest is off
     update.refuse_busy(item, running={"other"})
-    with pytest.raises(ProvisionError, match=r"is a disk of domain vm1, which is running .*vm1\.cfg"):
+    with pytest.raises(ProvisionError, match=r"used read-write by domain vm1 \(.*vm1\.cfg\), running"):
         update.refuse_busy(item, running={"vm1"})
 
 

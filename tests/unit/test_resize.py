@@ -200,7 +200,7 @@ def test_xl_list_names():
     text = ("Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
             "Domain-0                                     0  1024     2     r-----      12.0\n"
             "vm1                                          3   512     1     -b----       1.2\n")
-    assert inuse.parse_xl_list(text) == {"vm1"}
+    assert inuse.parse_xl_list(text) == {"Domain-0": 0, "vm1": 3}
 
 
 def test_refused_only_for_a_running_domain(tmp_path, monkeypatch):
