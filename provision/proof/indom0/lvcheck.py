@@ -227,11 +227,43 @@ def check(disk: str, seed_dir: str | os.PathLike, work_parent: str = WORK_PARENT
         expect_refused("a template name that is taken", templates.save, TEMPLATE, info, vg=VG, report=_ok)
         assert not lv_exists(VG, "lvguest3"), "a refused guest left its LV"
 
-        for name in ("lvguest2-swap", "lvguest2", templates.template_lv(TEMPLATE), "lvguest1-swap", "lvguest1"):
+        _lifecycle(work / "root")
+        _ok(f"domain create --from-image /dev/{VG}/lvguest1, domain list --json, domain remove --purge "
+            f"(lvremove of its LV and swap LV; the other guests' LVs kept) ({took()})")
+
+        for name in ("lvguest2-swap", "lvguest2", templates.template_lv(TEMPLATE)):
             remove_lv(VG, name)
     assert run(["pvs", disk], check=False, capture=True).returncode != 0, f"{disk} is still a PV"
     assert not work.exists(), f"{work} is left behind"
     _ok("everything removed")
+
+
+def _lifecycle(root: Path) -> None:
+    """The guest lifecycle commands on an LV guest, as an administrator types them: a
+    domain config from the image's facts, ``domain list --json`` (LV backing and size),
+    ``domain remove --purge`` (lvremove of what image made for it, nothing else)."""
+    import json
+
+    from provision.proof.indom0.lvmcheck import _provision
+    from provision.storage import lv_exists
+
+    (root / "etc/xen").mkdir(parents=True)
+    proc = _provision("domain", "create", "--root", str(root), "--from-image", _lv("lvguest1"),
+                      "--kernel", "/boot/vmlinuz-xenU", "--no-kernel-check", "--memory", "128")
+    assert proc.returncode == 0, f"domain create --from-image {_lv('lvguest1')}: {proc.stderr.strip()}"
+    proc = _provision("domain", "list", "--root", str(root), "--json")
+    assert proc.returncode == 0, f"domain list --json: {proc.stderr.strip()}"
+    [guest] = json.loads(proc.stdout)["domains"]
+    disks = {d["vdev"]: d for d in guest["disks"]}
+    assert guest["name"] == "lvguest1" and set(disks) == {"xvda1", "xvda2"}, guest
+    assert all(d["backing"] == "lv" and d["owned"] for d in disks.values()), disks
+    assert disks["xvda2"]["size"] == SWAP, disks["xvda2"]
+    proc = _provision("domain", "remove", "lvguest1", "--purge", "--root", str(root))
+    assert proc.returncode == 0, f"domain remove --purge: {proc.stderr.strip()}"
+    assert not lv_exists(VG, "lvguest1") and not lv_exists(VG, "lvguest1-swap"), "--purge left an LV"
+    assert lv_exists(VG, "lvguest2") and lv_exists(VG, templates.template_lv(TEMPLATE)), \
+        "--purge removed another guest's LV"
+    assert not (root / "etc/xen/lvguest1.cfg").exists(), "--purge left the config"
 
 
 def main(argv: list[str]) -> int:
