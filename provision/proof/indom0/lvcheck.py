@@ -248,6 +248,10 @@ def _lifecycle(root: Path) -> None:
     from provision.storage import lv_exists
 
     (root / "etc/xen").mkdir(parents=True)
+    # The guest's vif joins xenbr0 (xl.conf's default bridge), which the root must configure.
+    proc = _provision("network", "bridge", "--root", str(root), "--uplink", "eth0", "--ip", "192.0.2.1/24",
+                      "--backend", "networkd")
+    assert proc.returncode == 0, f"network bridge --root {root}: {proc.stderr.strip()}"
     proc = _provision("domain", "create", "--root", str(root), "--from-image", _lv("lvguest1"),
                       "--kernel", "/boot/vmlinuz-xenU", "--no-kernel-check", "--memory", "128")
     assert proc.returncode == 0, f"domain create --from-image {_lv('lvguest1')}: {proc.stderr.strip()}"
