@@ -62,7 +62,7 @@ FAIL = "LV-IMAGE-CHECK-FAIL"
 END = rf"^({OK} in \S+|{FAIL} .*|Traceback .*|BUG: .*|Oops: .*|Kernel panic .*)$"
 TIMEOUT = 1800.0                    # a few minutes under TCG on an idle machine; ours are shared
 PACKAGES = ("python3", "python3-jinja2", "lvm2", "e2fsprogs")  # dom0's, beyond minbase
-TOOLS = ("pvcreate", "vgcreate", "lvcreate", "lvs", "vgs", "lvremove", "vgremove", "pvremove",
+TOOLS = ("dpkg-deb", "pvcreate", "vgcreate", "lvcreate", "lvs", "vgs", "lvremove", "vgremove", "pvremove",
          "mkfs.ext4", "debugfs", "e2fsck", "e2image", "mkswap", "blkid", "tar")
 
 
@@ -227,6 +227,9 @@ def check(disk: str, seed_dir: str | os.PathLike, work_parent: str = WORK_PARENT
         expect_refused("a template name that is taken", templates.save, TEMPLATE, info, vg=VG, report=_ok)
         assert not lv_exists(VG, "lvguest3"), "a refused guest left its LV"
 
+        _update_lv(work)
+        _ok(f"image update {_lv('lvguest1')}: apt in the mounted LV's chroot upgraded xp-update-probe 1 -> 2 "
+            f"from a repository in the guest; e2fsck clean ({took()})")
         _lifecycle(work / "root")
         _ok(f"domain create --from-image /dev/{VG}/lvguest1, domain list --json, domain remove --purge "
             f"(lvremove of its LV and swap LV; the other guests' LVs kept) ({took()})")
@@ -236,6 +239,53 @@ def check(disk: str, seed_dir: str | os.PathLike, work_parent: str = WORK_PARENT
     assert run(["pvs", disk], check=False, capture=True).returncode != 0, f"{disk} is still a PV"
     assert not work.exists(), f"{work} is left behind"
     _ok("everything removed")
+
+
+PROBE = "xp-update-probe"
+
+
+def _probe_deb(work: Path, version: str) -> Path:
+    """A tiny package of ours, built with dpkg-deb (dom0 has no mirror to upgrade from)."""
+    tree = work / f"{PROBE}-{version}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {PROBE}\nVersion: {version}\nArchitecture: all\nMaintainer: xen-provision <root@localhost>\n"
+        f"Description: image update probe, version {version}\n")
+    deb = work / f"{PROBE}_{version}_all.deb"
+    run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], quiet=True)
+    return deb
+
+
+def _update_lv(work: Path) -> None:
+    """``image update`` of an LV guest, for real: version 1 of a probe package installed in
+    the guest, version 2 in a flat repository inside the guest, which its sources.list
+    names; after the update dpkg has version 2."""
+    import hashlib
+    import shutil
+
+    from provision.guest.chroot import chrooted
+    from provision.proof.indom0.lvmcheck import _provision
+
+    old, new = _probe_deb(work, "1"), _probe_deb(work, "2")
+    with chrooted(_lv("lvguest1")) as guest:
+        repo = guest.path("/var/local/xp-repo")
+        repo.mkdir(parents=True)
+        shutil.copy(old, guest.path(f"/var/local/{old.name}"))
+        guest.run(["dpkg", "-i", f"/var/local/{old.name}"], quiet=True)
+        guest.path(f"/var/local/{old.name}").unlink()
+        shutil.copy(new, repo / new.name)
+        data = new.read_bytes()
+        control = (work / f"{PROBE}-2/DEBIAN/control").read_text()
+        (repo / "Packages").write_text(f"{control}Filename: ./{new.name}\nSize: {len(data)}\n"
+                                       f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n")
+        for listed in guest.path("/etc/apt/sources.list.d").glob("*"):
+            listed.unlink()
+        guest.path("/etc/apt/sources.list").write_text("deb [trusted=yes] file:/var/local/xp-repo ./\n")
+    proc = _provision("image", "update", _lv("lvguest1"))
+    assert proc.returncode == 0, f"image update {_lv('lvguest1')}: {proc.stderr.strip()[-600:]}"
+    status = ext4edit.reader(_lv("lvguest1")).read("/var/lib/dpkg/status") or ""
+    stanza = next((s for s in status.split("\n\n") if s.startswith(f"Package: {PROBE}\n")), "")
+    assert "\nVersion: 2\n" in stanza + "\n", f"after image update, dpkg has: {stanza!r}"
 
 
 def _lifecycle(root: Path) -> None:
