@@ -20,6 +20,7 @@ then gives it to the guest as a read-only ``xvdb``.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -189,7 +190,7 @@ def register(actions) -> None:
     p.add_argument("--network-config", metavar="FILE", help="network-config (version 1 or 2)")
     p.add_argument("--hostname", required=True, help="the guest's local-hostname")
     p.add_argument("--out", required=True, metavar="SEED.iso", help="the seed to write (refused if it exists)")
-    p.add_argument("--dry-run", action="store_true", help="check the files and print the plan; write nothing")
+    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="check the files and print the plan; write nothing")
     p.set_defaults(func=run_seed)
 
 

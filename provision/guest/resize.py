@@ -9,6 +9,7 @@ image's facts file (``<image>.json``) records in step.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ def register(actions) -> None:
     r.add_argument("--size", required=True, metavar="SIZE", help="the new size (e.g. 4G), or +SIZE to grow by that")
     r.add_argument("--partition", type=int, metavar="N",
                    help="of a disk image: the partition to resize (default and only choice: the last one)")
-    r.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    r.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="print the plan; change nothing")
     r.set_defaults(func=run_resize)
 
 

@@ -23,6 +23,7 @@ facts file.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -52,7 +53,7 @@ def register(actions) -> None:
                    help="an image, disk image, VG/LV or directory made by `image`, or a template's name")
     p.add_argument("--template", action="append", default=[], metavar="NAME", help="a saved template (repeatable)")
     p.add_argument("--all-templates", action="store_true", help="every saved template")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and the checks' outcome; change nothing")
+    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help="print the plan and the checks' outcome; change nothing")
     p.set_defaults(func=run_update)
 
 

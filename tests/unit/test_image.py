@@ -395,3 +395,18 @@ def test_grub_cfg_for_pvgrub_follows_the_kernel_links(tmp_path):
         f = tmp_path / "grub.cfg"
         f.write_text(cfg)
         assert subprocess.run(["grub-script-check", str(f)]).returncode == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["image", "--dry-run", "resize", "x.img", "--size", "2G"],
+    ["image", "resize", "x.img", "--size", "2G", "--dry-run"],
+    ["image", "--dry-run", "update", "x.img"],
+    ["image", "--dry-run", "seed", "--cloud-init", "u", "--hostname", "h", "--out", "o.iso"],
+])
+def test_dry_run_before_or_after_an_image_action_is_kept(argv):
+    """argparse lets an action's own defaults overwrite what the image parser read: a
+    --dry-run given before the action must not turn into a real run."""
+    from provision.cli import build_parser
+
+    assert build_parser().parse_args(argv).dry_run is True
+    assert build_parser().parse_args([a for a in argv if a != "--dry-run"]).dry_run is False
