@@ -14,18 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_debootstrap import SBIN_PATH, host_suite
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL = "/boot/vmlinuz-xenU"
-SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def host_suite() -> str:
-    for line in Path("/etc/os-release").read_text().splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip('"')
-    return "bookworm"
 
 
 def cli(*args, check=True, env=None) -> subprocess.CompletedProcess:

@@ -20,18 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_debootstrap import SBIN_PATH, fsck_clean, host_suite
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CANDIDATES = ("tzdata", "libssl3", "libpam0g", "libpcre2-8-0", "base-files", "perl-base", "libc6")
-
-
-def host_suite() -> str:
-    for line in Path("/etc/os-release").read_text().splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip('"')
-    return "bookworm"
 
 
 def cli(*args, env=None, timeout=1800):
@@ -71,11 +65,6 @@ def installed(image, offset: int = 0) -> dict[str, str]:
 def debugfs_ls(image, path, offset: int = 0) -> list[str]:
     dev = f"{image}?offset={offset}" if offset else str(image)
     return sh("debugfs", "-R", f"ls -l {path}", dev).stdout.split()
-
-
-def fsck_clean(target) -> None:
-    p = sh("e2fsck", "-fn", target, check=False)
-    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def nothing_attached(image) -> None:
