@@ -103,6 +103,7 @@ class Console:
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self._logfile = None
+        self._timesfile = None
         self._echoing = False    # login() set the shell up for verified typing
 
     # -- lifetime -------------------------------------------------------------------
@@ -110,6 +111,8 @@ class Console:
     def start(self) -> Console:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._logfile = open(self.log_path, "ab", buffering=0)
+        # "<seconds since power-on> <log size>" per read: when each part of the log came.
+        self._timesfile = open(self.log_path.with_name(self.log_path.name + ".times"), "a")
         log.debug("console: " + " ".join(self.argv))
         self.started = time.monotonic()
         env = dict(os.environ, **(self.env or {}))
@@ -145,6 +148,9 @@ class Console:
         if self._logfile is not None:
             self._logfile.close()
             self._logfile = None
+        if self._timesfile is not None:
+            self._timesfile.close()
+            self._timesfile = None
         return proc.returncode
 
     def __enter__(self) -> Console:
@@ -162,6 +168,8 @@ class Console:
                 chunk = b""
             if chunk and self._logfile is not None:
                 self._logfile.write(chunk)
+                with contextlib.suppress(Exception):
+                    self._timesfile.write(f"{self.elapsed():.2f} {self._logfile.tell()}\n")
             with self._cond:
                 if not chunk:
                     self._eof = True

@@ -5,11 +5,13 @@ before anything is built. (The boot itself: tests/integration/test_boottest.py.)
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,7 +112,11 @@ def test_code_disk_holds_the_package_and_the_guests_key(tmp_path, monkeypatch):
     assert cat("/id_ed25519") == assemble.credentials()[1].read_bytes()
     listing = subprocess.run([debugfs, "-R", "ls -p /provision", str(disk)], capture_output=True, text=True,
                              check=True).stdout
-    assert "/__init__.py/" in listing and "__pycache__" not in listing
+    assert "/__init__.py/" in listing and "/__pycache__/" in listing
+    # Compiled for dom0's python3, checked against the source's hash (not its mtime).
+    tag = sys.implementation.cache_tag
+    pyc = cat(f"/provision/__pycache__/__init__.{tag}.pyc")
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(pyc[4:8], "little") == 0b11
     assert sorted(p.name for p in settings.out.iterdir()) == ["code-routed.img"]   # no staging left
 
 
