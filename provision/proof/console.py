@@ -112,7 +112,7 @@ class Console:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._logfile = open(self.log_path, "ab", buffering=0)
         # "<seconds since power-on> <log size>" per read: when each part of the log came.
-        self._timesfile = open(self.log_path.with_name(self.log_path.name + ".times"), "a")
+        self._timesfile = open(self.log_path.with_name(self.log_path.name + ".times"), "a", buffering=1)
         log.debug("console: " + " ".join(self.argv))
         self.started = time.monotonic()
         env = dict(os.environ, **(self.env or {}))
@@ -461,7 +461,10 @@ class Console:
             # earlier, it would reach readline's unechoed input, and a retry's Ctrl-C
             # would cut the first line short).
             try:
-                self.wait_for(r"[#$] ?$", 60, what="shell prompt", record=False)
+                # Also a prompt with a kernel message printed right after it on its line
+                # ("root@xenhost:~# loop0: detected capacity change"): anchored at the
+                # line's end only, that waited the whole minute.
+                self.wait_for(r"[#$] ?$|^\S+@[\w.-]+:\S*[#$] ", 60, what="shell prompt", record=False)
             except ConsoleTimeout:
                 if not self.running():
                     raise

@@ -319,3 +319,35 @@ def test_a_console_that_never_echoes_a_line_intact_fails_loudly(tmp_path):
         assert console.text.count("^C") == 2     # each garbled attempt discarded
     assert not (tmp_path / "never").exists()
     assert console.checks[-1].what == "typing on the console" and not console.checks[-1].ok
+
+
+def test_a_kernel_message_on_the_prompts_line_does_not_stall_the_login(tmp_path):
+    # As on dom0's hvc0 while xendomains starts guests: "root@xenhost:~# loop0: detected
+    # capacity change from 0 to 2097152", one line; the login once waited a minute on it.
+    # Here the message is part of bash's first prompt, so it always lands on that line.
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    link = tmp_path / "pty_shell.py"
+    link.write_text(
+        "import os, pty, threading\n"
+        "pid, master = pty.fork()\n"
+        "if pid == 0:\n"
+        "    os.environ.update(TERM='vt220', PS1='root@xenhost:~# loop0: detected capacity change\\n')\n"
+        "    os.execvp('sh', ['sh', '-c', 'printf \"xenhost login: \"; read user; "
+        "exec bash --norc --noprofile -i'])\n"
+        "def feed():\n"
+        "    while data := os.read(0, 4096):\n"
+        "        os.write(master, data)\n"
+        "threading.Thread(target=feed, daemon=True).start()\n"
+        "try:\n"
+        "    while out := os.read(master, 4096):\n"
+        "        os.write(1, out)\n"
+        "except OSError:\n"
+        "    pass\n")
+    with Console([sys.executable, str(link)], tmp_path / "serial.log") as console:
+        console.verify_echo, console.echo_timeout = True, 3.0
+        start = time.monotonic()
+        console.login(timeout=20)
+        assert time.monotonic() - start < 20
+        assert console.shell("echo ok", 10) == ("ok\n", 0)
+    assert "root@xenhost:~# loop0: detected capacity change" in console.text
