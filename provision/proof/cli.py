@@ -29,6 +29,7 @@ import py_compile
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class Settings:
     timeout: float = 300.0            # for each long wait (boot to multi-user, guest boot)
     extra_checks: bool = True         # LVM, save/restore, mem-set, the bad-disk guest (bridged)
     lvmcheck: bool = True
+    parallel: bool = True             # the scenarios' machines at once (--serial: one after the other)
 
 
 @dataclass
@@ -121,12 +123,19 @@ def code_disk(out: Path, settings: Settings, scenario: Scenario) -> Path:
     return disk
 
 
+# The LVM checks (minutes in dom0 under TCG) run on the host whose other checks end
+# first, so that with both machines booting at once neither waits long for the other.
+LVM_SCENARIO = "routed"
+
+
 def _lvm(settings: Settings, scenario: Scenario) -> bool:
-    return settings.extra_checks and settings.lvmcheck and scenario.name == "bridged"
+    return settings.extra_checks and settings.lvmcheck and scenario.name == LVM_SCENARIO
 
 
-def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, result: Result) -> None:
-    """Boot the scenario's host and run its checks."""
+def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, result: Result,
+         machines: list[Machine] | None = None) -> None:
+    """Boot the scenario's host and run its checks (its machine is added to ``machines``,
+    for whoever must stop it from another thread)."""
     out = settings.out
     code = code_disk(out, settings, scenario)
     disks = [Disk(image, snapshot=True), Disk(code, snapshot=True)]   # vda, vdb
@@ -143,6 +152,8 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
     log_path.unlink(missing_ok=True)
     vm = Machine(log_path=log_path, disks=disks, memory=settings.memory, smp=settings.smp,
                  name=f"xen-host-{scenario.name}", lan=Lan(), cpu=CPU)
+    if machines is not None:
+        machines.append(vm)
     t = settings.timeout
     first: list[float] = []
     pingable: list[float] = []
@@ -176,15 +187,17 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
                     checks.save_restore(vm, name)
                     checks.mem_set(vm, name)
                     checks.broken_guest_reported(vm, name)
-                    # The guests go before the storage checks: under TCG every running
-                    # domain slows dom0's block I/O several times over.
                     checks.guests_stopped(vm, [g["name"] for g in facts.guests if g["name"] not in pvh])
                     checks.nfs_guests_shut_down_cleanly(vm, facts)
-                    if settings.lvmcheck:
-                        checks.lvm_checks(vm, "/dev/vdc", "/dev/vdd")
             else:
                 checks.live_bridge_rolled_back(vm, scenario.uplink, scenario.host_ip,
                                                facts.guests[0]["ip"].split("/")[0])
+            if _lvm(settings, scenario):
+                # The guests go before the storage checks: under TCG every running domain
+                # slows dom0's block I/O several times over.
+                if scenario.network != "bridge":
+                    checks.guests_stopped(vm, [g["name"] for g in facts.guests])
+                checks.lvm_checks(vm, "/dev/vdc", "/dev/vdd")
     finally:
         result.checks += [f"[{scenario.name}] {c.line()}" for c in vm.checks]
         if first:
@@ -214,17 +227,70 @@ def run_boottest(settings: Settings) -> Result:
         facts = next(iter(images.values()))[1]
         result.booted = (f"dist/install: xen-{facts.xen_version}, {Path(facts.dom0_kernel).name}; "
                          f"installed by install.sh from {tarball.name}")
-        for name in settings.scenarios:
-            image, facts = images[name]
-            with _stage(result, f"boot-{name}", f"Booting the {name} host under QEMU (TCG); "
-                                                f"serial log {settings.out}/serial-{name}.log"):
-                boot(settings, SCENARIOS[name], image, facts, result)
+        if settings.parallel and len(settings.scenarios) > 1:
+            _boot_together(settings, images, result)
+        else:
+            for name in settings.scenarios:
+                image, facts = images[name]
+                with _stage(result, f"boot-{name}", f"Booting the {name} host under QEMU (TCG); "
+                                                    f"serial log {settings.out}/serial-{name}.log"):
+                    boot(settings, SCENARIOS[name], image, facts, result)
         result.ok = True
     finally:
         result.stages["total"] = round(time.monotonic() - start, 1)
         atomic_write(settings.out / "report.txt", result.summary() + "\n")
         log.info(result.summary())
     return result
+
+
+def _boot_together(settings: Settings, images: dict, result: Result) -> None:
+    """Boot every scenario's host at once, one QEMU each. Under TCG a booting Xen host
+    keeps about one of the two cores busy (its domains wait on each other's I/O and
+    events), so two machines side by side take little longer than the slower one alone.
+    Each scenario runs to its end; the first failure (in scenario order) is raised after
+    both are done. An interrupt stops both machines."""
+    names = settings.scenarios
+    parts = {name: Result(out=settings.out) for name in names}
+    machines: list[Machine] = []
+
+    def one(name: str) -> None:
+        image, facts = images[name]
+        start = time.monotonic()
+        try:
+            boot(settings, SCENARIOS[name], image, facts, parts[name], machines)
+        finally:
+            parts[name].stages[f"boot-{name}"] = round(time.monotonic() - start, 1)
+
+    errors: dict[str, BaseException] = {}
+    start = time.monotonic()
+    with log.step(f"Booting the {' and '.join(names)} hosts at once under QEMU (TCG); serial logs "
+                  f"{settings.out}/serial-*.log"):
+        pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="boot")
+        futures = {name: pool.submit(one, name) for name in names}
+        try:
+            for name, future in futures.items():
+                while True:   # short waits: the main thread stays free for SIGINT/SIGTERM
+                    try:
+                        future.result(timeout=1)
+                    except TimeoutError:
+                        continue
+                    except Exception as e:  # noqa: BLE001 - kept, raised after the others end
+                        errors[name] = e
+                    break
+        except BaseException:
+            for vm in list(machines):
+                vm.stop()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            for name in names:
+                result.stages.update(parts[name].stages)
+                result.checks += parts[name].checks
+                result.timings += parts[name].timings
+            result.stages["boot-all"] = round(time.monotonic() - start, 1)
+    for name in names:
+        if name in errors:
+            raise errors[name]
 
 
 def settings_from_args(args) -> Settings:
@@ -251,7 +317,8 @@ def settings_from_args(args) -> Settings:
                     dom0_mem=args.dom0_mem, refresh=args.refresh)
     out = Path(args.out).resolve() if args.out else paths.dist() / "boottest"
     return Settings(inputs=inputs, out=out, scenarios=scenarios, memory=memory,
-                    timeout=args.timeout, extra_checks=not args.boot_only, lvmcheck=args.lvmcheck)
+                    timeout=args.timeout, extra_checks=not args.boot_only, lvmcheck=args.lvmcheck,
+                    parallel=not args.serial)
 
 
 def cmd_boottest(args) -> int:
@@ -283,5 +350,7 @@ def register(subparsers) -> None:
     p.add_argument("--boot-only", action="store_true", help="skip LVM, save/restore, mem-set")
     p.add_argument("--lvmcheck", action=argparse.BooleanOptionalAction, default=True,
                    help="run the LVM checks in dom0 (default; --no-lvmcheck skips them)")
+    p.add_argument("--serial", action="store_true",
+                   help="boot the scenarios one after the other (default: both machines at once)")
     p.add_argument("--refresh", action="store_true", help="bootstrap the bases again and rebuild the images")
     p.set_defaults(func=cmd_boottest)

@@ -159,3 +159,37 @@ def test_bad_input_is_one_line_and_builds_nothing(run_cli, tmp_path):
     proc = run_cli("boottest", "--dist", dist, "--timeout", "0", "--out", out)
     assert proc.returncode == 2 and "--timeout 0.0 must be positive" in proc.stderr
     assert not out.exists()
+
+
+def test_scenarios_boot_at_once_and_a_failure_is_raised_after_both_end(tmp_path, monkeypatch):
+    """Both machines run at the same time; each one's checks are kept in scenario order;
+    a failing scenario does not cut the other short, and its error is raised at the end."""
+    import threading
+    import time
+
+    from provision.errors import ProvisionError
+    from provision.proof import cli
+
+    inputs = assemble.Inputs(dist=tmp_path, suite="bookworm", mirror="http://deb.debian.org/debian",
+                             sched="credit", dom0_mem="1G")
+    settings = cli.Settings(inputs=inputs, out=tmp_path)
+    both_running = threading.Barrier(2, timeout=10)   # times out unless both run at once
+    finished = []
+
+    def boot(settings, scenario, image, facts, result, machines=None):
+        both_running.wait()
+        if scenario.name == "bridged":
+            result.checks.append(f"[{scenario.name}] FAIL x")
+            raise ProvisionError("bridged: a check failed")
+        time.sleep(0.5)
+        result.checks.append(f"[{scenario.name}] PASS y")
+        finished.append(scenario.name)
+
+    monkeypatch.setattr(cli, "boot", boot)
+    result = cli.Result(out=tmp_path)
+    images = {name: (tmp_path / f"{name}.img", None) for name in settings.scenarios}
+    with pytest.raises(ProvisionError, match="bridged: a check failed"):
+        cli._boot_together(settings, images, result)
+    assert finished == ["routed"]
+    assert result.checks == ["[bridged] FAIL x", "[routed] PASS y"]
+    assert {"boot-bridged", "boot-routed", "boot-all"} <= set(result.stages)
