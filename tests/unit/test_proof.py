@@ -172,7 +172,7 @@ def test_scenarios_boot_at_once_and_a_failure_is_raised_after_both_end(tmp_path,
 
     inputs = assemble.Inputs(dist=tmp_path, suite="bookworm", mirror="http://deb.debian.org/debian",
                              sched="credit", dom0_mem="1G")
-    settings = cli.Settings(inputs=inputs, out=tmp_path)
+    settings = cli.Settings(inputs=inputs, out=tmp_path, parallel=True)
     both_running = threading.Barrier(2, timeout=10)   # times out unless both run at once
     finished = []
 
