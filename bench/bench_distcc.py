@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""distcc on this machine: its overhead, what stays serial in a kernel build, and a
+projection to 1, 4, 16 and 64 build hosts of this machine's speed.
+
+    nice -n 19 python3 bench/bench_distcc.py [--no-kernel] [--json FILE]
+
+1. Overhead: the hypervisor (our config) built with plain ``make -jC`` and again with
+   ``CC="distcc gcc"`` through distccd daemons on 127.0.0.1 (C slots in all, the same
+   -j), from empty out-of-tree build directories, ccache off. Wall and CPU time (the
+   daemons' CPU counted: they are our children), and the outputs compared byte for byte.
+2. Kernel phases (xenU recipe, local, ccache off), timed through make targets:
+   configuration (tinyconfig + fragments + olddefconfig), the full ``make vmlinux``,
+   a no-op ``make vmlinux`` (kbuild's walk of the tree), a relink (vmlinux.o and vmlinux
+   deleted: ld -r, modpost, link, kallsyms, sorttable), and ``make bzImage`` (objcopy,
+   compression, setup); the walk is subtracted from the last two. The preprocessing share is measured on a sample of the kernel's compile
+   commands (from kbuild's .cmd files) run with -E instead of -c; the preprocessed
+   bytes give the data each job ships.
+3. Projection (Amdahl): with n hosts of this machine's speed (C cores each), plain mode
+   keeps preprocessing and distcc's client work on this machine, the compile proper
+   spreads over the hosts, the serial phases stay serial:
+       T(n) = S + max((W_pp + W_client) / C, W_cc / (n * C), bytes / bandwidth)
+   S: the serial phases' wall time; W_pp: preprocessing CPU; W_cc: compile CPU without
+   it; W_client: distcc's extra CPU per job (from step 1) times the kernel's job count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from provision.build import builddir, config, hypervisor, linux  # noqa: E402
+
+PINNED = {"XEN_BUILD_DATE": "Thu Jan  1 00:00:00 UTC 2026", "XEN_BUILD_TIME": "00:00:00",
+          "XEN_BUILD_HOST": "xen-provision", "XEN_WHOAMI": "xen-provision", "XEN_DOMAIN": "invalid",
+          "KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2026", **linux.ENV}
+HOSTS = (1, 4, 16, 64)
+BANDWIDTH = 125e6  # bytes/s: 1 Gbit/s Ethernet
+SAMPLE = 60  # kernel compile commands sampled for the preprocessing share
+
+
+def cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def run(argv, env, log: Path, cwd=None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one command, its output in ``log``."""
+    start, c = time.monotonic(), cpu()
+    with open(log, "a") as out:
+        proc = subprocess.run([str(a) for a in argv], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    if proc.returncode != 0:
+        sys.exit(f"error: {shlex.join(map(str, argv))} failed ({proc.returncode}); see {log}")
+    return time.monotonic() - start, cpu() - c
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_daemons(count: int, slots: int, logs: Path) -> list[tuple[subprocess.Popen, int]]:
+    daemons = []
+    for i in range(count):
+        port = free_port()
+        proc = subprocess.Popen(["distccd", "--daemon", "--no-detach", "--user", "nobody", "--allow", "127.0.0.1",
+                                 "--listen", "127.0.0.1", "--port", str(port), "--jobs", str(slots),
+                                 "--log-stderr", "--log-level", "info"],
+                                stderr=open(logs / f"distccd-{i}.log", "w"), start_new_session=True)
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        daemons.append((proc, port))
+    return daemons
+
+
+def stop_daemons(daemons) -> None:
+    for proc, _ in daemons:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+
+
+def sources(tmp: Path, env: dict) -> dict[str, Path]:
+    dist = tmp / "dist"
+    run([sys.executable, "-m", "doit", "--db-file", tmp / ".doit.db", "source", f"dist={dist}"], env,
+        tmp / "source.log", cwd=ROOT)
+    return {what: Path(json.loads((dist / f".stamps/source-{what}.json").read_text())["tree"])
+            for what in ("xen", "linux")}
+
+
+def bench_overhead(tree: Path, tmp: Path, env: dict, jobs: int) -> dict:
+    world = config.load(ROOT / "buildconfigs", kernels=[])
+    log = tmp / "hypervisor.log"
+    results, sums = {}, {}
+    daemons_n = 2  # two daemons on this machine, jobs/2 slots each: distcc really spreads jobs
+    for mode in ("local", "distcc"):
+        out = tmp / f"xen-{mode}"
+        out.mkdir()
+        hypervisor.configure(tree, out, world.xen)
+        e = dict(env)
+        args = []
+        daemons = []
+        if mode == "distcc":
+            per = max(1, jobs // daemons_n)
+            daemons = start_daemons(daemons_n, per, tmp)
+            e.update(DISTCC_HOSTS=" ".join(f"127.0.0.1:{p}/{per}" for _, p in daemons),
+                     DISTCC_FALLBACK="0", DISTCC_DIR=str(tmp / "distcc-state"))
+            Path(e["DISTCC_DIR"]).mkdir(exist_ok=True)
+            args = ["CC=distcc gcc"]
+        c0 = cpu()
+        wall, _ = run(["make", "-C", tree / "xen", f"O={out}", f"-j{jobs}", *args], e, log)
+        if daemons:
+            stop_daemons(daemons)
+            jobs_done = sum((tmp / f"distccd-{i}.log").read_text().count("COMPILE_OK") for i in range(daemons_n))
+            results["distcc_jobs"] = jobs_done
+        results[mode] = {"wall_s": round(wall, 1), "cpu_s": round(cpu() - c0, 1)}
+        sums[mode] = {name: sha(out / name) for name in ("xen.gz", "xen-syms")}
+        print(f"  hypervisor {mode}: {wall:.1f}s wall, {results[mode]['cpu_s']}s CPU", flush=True)
+    results["identical"] = sums["local"] == sums["distcc"]
+    results["sha256"] = sums["local"]
+    results["ratio_wall"] = round(results["distcc"]["wall_s"] / results["local"]["wall_s"], 3)
+    results["ratio_cpu"] = round(results["distcc"]["cpu_s"] / results["local"]["cpu_s"], 3)
+    results["client_cpu_per_job_s"] = round(
+        (results["distcc"]["cpu_s"] - results["local"]["cpu_s"]) / max(1, results.get("distcc_jobs", 1)), 4)
+    return results
+
+
+def compile_commands(out: Path) -> list[str]:
+    """kbuild's recorded compile commands (savedcmd_ / cmd_ lines of .o.cmd files)."""
+    cmds = []
+    for cmd in out.rglob("*.o.cmd"):
+        m = re.search(r"^(?:saved)?cmd_\S+ := (.*)$", cmd.read_text(errors="replace"), re.M)
+        first = m.group(1).split(";")[0].strip() if m else ""  # objtool may follow the compile
+        if " -c -o " in first and first.endswith(".c"):
+            cmds.append(first)
+    return cmds
+
+
+def kernel_source(out: Path) -> Path:
+    """The source tree an O= build directory was made from (its generated Makefile)."""
+    m = re.search(r"^include (\S+)/Makefile$", (out / "Makefile").read_text(), re.M)
+    if not m:
+        sys.exit(f"error: {out} is not an out-of-tree kernel build directory")
+    return Path(m.group(1))
+
+
+def bench_kernel(tree: Path, tmp: Path, env: dict, jobs: int, client_per_job: float,
+                 built: Path | None = None) -> dict:
+    """The kernel's phases. ``built``: a finished xenU build directory (e.g. the cache's
+    build/linux-xenU.work), copied and used instead of a full build; the compile CPU is
+    then the sample's, scaled to every compile job."""
+    world = config.load(ROOT / "buildconfigs", kernels=["mk.linux-6.1-xenU"])
+    recipe = world.kernels[0]
+    out = tmp / "linux-xenU"
+    log = tmp / "kernel.log"
+    if built:
+        tree = kernel_source(built)
+        subprocess.run(["cp", "-a", "--reflink=auto", built, out], check=True)
+    else:
+        out.mkdir()
+    mk = ["make", "-C", tree, f"O={out}", linux.ARCH]
+    phases = {}
+    start = time.monotonic()
+    linux.configure(recipe, tree, out)
+    phases["configure"] = round(time.monotonic() - start, 1)
+    print(f"  kernel configure: {phases['configure']}s", flush=True)
+    full_cpu = None
+    if not built:
+        wall, full_cpu = run([*mk, f"-j{jobs}", "vmlinux"], env, log)
+        phases["vmlinux_full"] = round(wall, 1)
+        print(f"  kernel make vmlinux: {wall:.1f}s wall, {full_cpu:.1f}s CPU", flush=True)
+    phases["noop_walk"] = round(run([*mk, f"-j{jobs}", "vmlinux"], env, log)[0], 1)
+    (out / "vmlinux").unlink()
+    (out / "vmlinux.o").unlink()
+    # Each of these make runs walks the tree once too: the walk is subtracted.
+    phases["link_modpost"] = round(run([*mk, f"-j{jobs}", "vmlinux"], env, log)[0] - phases["noop_walk"], 1)
+    phases["compress_bzImage"] = round(run([*mk, f"-j{jobs}", "bzImage"], env, log)[0] - phases["noop_walk"], 1)
+    print(f"  kernel serial phases: {phases}", flush=True)
+    cmds = compile_commands(out)
+    sample = random.Random(17).sample(cmds, min(SAMPLE, len(cmds)))
+    pp = cc = 0.0
+    pp_bytes = 0
+    scratch = tmp / "pp"
+    scratch.mkdir()
+    for i, cmd in enumerate(sample):
+        argv = shlex.split(cmd)
+        o = argv.index("-o")
+        target = scratch / f"{i}.o"
+        compile_argv = [*argv[:o], "-o", str(target), *argv[o + 2:]]
+        compile_argv = [a for a in compile_argv if not a.startswith("-Wp,-MMD")]
+        pre_argv = [a if a != "-c" else "-E" for a in compile_argv]
+        pre_argv[pre_argv.index("-o") + 1] = str(scratch / f"{i}.i")
+        pp += run(pre_argv, env, log, cwd=out)[1]
+        pp_bytes += (scratch / f"{i}.i").stat().st_size
+        cc += run(compile_argv, env, log, cwd=out)[1]
+    share = pp / cc
+    serial = phases["configure"] + phases["noop_walk"] + phases["link_modpost"] + phases["compress_bzImage"]
+    # CPU of the full vmlinux make (compiling dominates), or the sample's scaled to every job
+    compile_cpu = full_cpu if full_cpu is not None else cc / len(sample) * len(cmds)
+    if built:
+        # no full build timed: its compile wall time at -jC is the compile CPU over C cores
+        phases["vmlinux_full"] = round(compile_cpu / jobs + phases["noop_walk"] + phases["link_modpost"], 1)
+    w_pp = compile_cpu * share
+    w_cc = compile_cpu - w_pp
+    w_client = client_per_job * len(cmds)
+    shipped = pp_bytes / len(sample) * len(cmds)
+    local_total = phases["configure"] + phases["vmlinux_full"] + phases["compress_bzImage"]
+    projection = []
+    for n in HOSTS:
+        parallel = max((w_pp + w_client) / jobs, w_cc / (n * jobs), shipped / BANDWIDTH)
+        total = serial + parallel
+        projection.append({"hosts": n, "wall_s": round(total, 1), "speedup": round(local_total / total, 2),
+                           "bound": ("local preprocessing" if parallel == (w_pp + w_client) / jobs else
+                                     "remote compile" if parallel == w_cc / (n * jobs) else "network")})
+    return {"full_build_timed": not built, "phases_s": phases, "serial_s": round(serial, 1), "local_total_s": round(local_total, 1),
+            "compile_cpu_s": round(compile_cpu, 1), "compile_jobs": len(cmds),
+            "preprocess_share": round(share, 3), "preprocessed_mb": round(shipped / 1e6, 1),
+            "client_cpu_s": round(w_client, 1), "cores": jobs, "bandwidth_bytes_s": BANDWIDTH,
+            "amdahl_limit_speedup": round(local_total / (serial + (w_pp + w_client) / jobs), 2),
+            "projection": projection}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-kernel", action="store_true", help="only the hypervisor overhead")
+    parser.add_argument("--no-hypervisor", type=float, metavar="CLIENT_CPU_PER_JOB",
+                        help="skip the overhead builds; take distcc's client CPU per job (s) from an earlier run")
+    parser.add_argument("--kernel-tree", type=Path,
+                        help="a finished xenU build directory to copy instead of a full kernel build")
+    parser.add_argument("--json", default="bench-distcc.json", help="where to write the results")
+    args = parser.parse_args()
+    if not shutil.which("distccd"):
+        sys.exit("error: distcc is not installed (apt-get install distcc)")
+    os.environ["CCACHE_DISABLE"] = "1"  # compile every file, both ways
+    env = {**os.environ, **PINNED, "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    jobs = builddir.jobs()
+    results: dict = {"cores": jobs, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "loadavg_at_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="bench-distcc.", dir="/var/tmp") as tmp:
+        tmp = Path(tmp)
+        trees = sources(tmp, env)
+        if args.no_hypervisor is None:
+            print("distcc overhead: the hypervisor, local make vs distcc on 127.0.0.1", flush=True)
+            results["hypervisor"] = bench_overhead(trees["xen"], tmp, env, jobs)
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")  # partial, in case
+            client = max(0.0, results["hypervisor"]["client_cpu_per_job_s"])
+        else:
+            client = args.no_hypervisor
+        if not args.no_kernel:
+            print("kernel phases (xenU, local)", flush=True)
+            results["kernel"] = bench_kernel(trees["linux"], tmp, env, jobs, client, args.kernel_tree)
+    results["loadavg_at_end"] = os.getloadavg()
+    h = results.get("hypervisor", {"identical": True})
+    if "local" in h:
+        print(f"\nhypervisor: local {h['local']['wall_s']}s, distcc {h['distcc']['wall_s']}s wall "
+              f"(ratio {h['ratio_wall']}; CPU ratio {h['ratio_cpu']}), {h.get('distcc_jobs')} jobs on the "
+              f"daemons, outputs {'identical' if h['identical'] else 'DIFFERENT'}")
+    if "kernel" in results:
+        k = results["kernel"]
+        print(f"kernel xenU: serial {k['serial_s']}s of {k['local_total_s']}s; preprocessing "
+              f"{k['preprocess_share'] * 100:.0f}% of compile CPU; {k['compile_jobs']} compile jobs")
+        print(f"{'hosts':>6} {'wall s':>8} {'speedup':>8}  bound")
+        for p in k["projection"]:
+            print(f"{p['hosts']:>6} {p['wall_s']:>8} {p['speedup']:>8}  {p['bound']}")
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0 if h["identical"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
