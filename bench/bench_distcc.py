@@ -159,39 +159,24 @@ def compile_commands(out: Path) -> list[str]:
     return cmds
 
 
-def kernel_source(out: Path) -> Path:
-    """The source tree an O= build directory was made from (its generated Makefile)."""
-    m = re.search(r"^include (\S+)/Makefile$", (out / "Makefile").read_text(), re.M)
-    if not m:
-        sys.exit(f"error: {out} is not an out-of-tree kernel build directory")
-    return Path(m.group(1))
-
-
-def bench_kernel(tree: Path, tmp: Path, env: dict, jobs: int, client_per_job: float,
-                 built: Path | None = None) -> dict:
-    """The kernel's phases. ``built``: a finished xenU build directory (e.g. the cache's
-    build/linux-xenU.work), copied and used instead of a full build; the compile CPU is
-    then the sample's, scaled to every compile job."""
+def bench_kernel(tree: Path, tmp: Path, env: dict, jobs: int, client_per_job: float) -> dict:
+    """The kernel's phases, from an empty build directory. (A copy of a finished build
+    directory does not help: objtool's records hold the directory's path, so kbuild
+    rebuilds objtool and then every object.)"""
     world = config.load(ROOT / "buildconfigs", kernels=["mk.linux-6.1-xenU"])
     recipe = world.kernels[0]
     out = tmp / "linux-xenU"
     log = tmp / "kernel.log"
-    if built:
-        tree = kernel_source(built)
-        subprocess.run(["cp", "-a", "--reflink=auto", built, out], check=True)
-    else:
-        out.mkdir()
+    out.mkdir()
     mk = ["make", "-C", tree, f"O={out}", linux.ARCH]
     phases = {}
     start = time.monotonic()
     linux.configure(recipe, tree, out)
     phases["configure"] = round(time.monotonic() - start, 1)
     print(f"  kernel configure: {phases['configure']}s", flush=True)
-    full_cpu = None
-    if not built:
-        wall, full_cpu = run([*mk, f"-j{jobs}", "vmlinux"], env, log)
-        phases["vmlinux_full"] = round(wall, 1)
-        print(f"  kernel make vmlinux: {wall:.1f}s wall, {full_cpu:.1f}s CPU", flush=True)
+    wall, full_cpu = run([*mk, f"-j{jobs}", "vmlinux"], env, log)
+    phases["vmlinux_full"] = round(wall, 1)
+    print(f"  kernel make vmlinux: {wall:.1f}s wall, {full_cpu:.1f}s CPU", flush=True)
     phases["noop_walk"] = round(run([*mk, f"-j{jobs}", "vmlinux"], env, log)[0], 1)
     (out / "vmlinux").unlink()
     (out / "vmlinux.o").unlink()
@@ -218,28 +203,32 @@ def bench_kernel(tree: Path, tmp: Path, env: dict, jobs: int, client_per_job: fl
         cc += run(compile_argv, env, log, cwd=out)[1]
     share = pp / cc
     serial = phases["configure"] + phases["noop_walk"] + phases["link_modpost"] + phases["compress_bzImage"]
-    # CPU of the full vmlinux make (compiling dominates), or the sample's scaled to every job
-    compile_cpu = full_cpu if full_cpu is not None else cc / len(sample) * len(cmds)
-    if built:
-        # no full build timed: its compile wall time at -jC is the compile CPU over C cores
-        phases["vmlinux_full"] = round(compile_cpu / jobs + phases["noop_walk"] + phases["link_modpost"], 1)
-    w_pp = compile_cpu * share
-    w_cc = compile_cpu - w_pp
-    w_client = client_per_job * len(cmds)
+    compile_cpu = full_cpu  # CPU of the full vmlinux make (compiling dominates)
     shipped = pp_bytes / len(sample) * len(cmds)
     local_total = phases["configure"] + phases["vmlinux_full"] + phases["compress_bzImage"]
+    return project({"phases_s": phases, "serial_s": round(serial, 1), "local_total_s": round(local_total, 1),
+                    "compile_cpu_s": round(compile_cpu, 1), "compile_jobs": len(cmds),
+                    "preprocess_share": round(share, 3), "preprocessed_mb": round(shipped / 1e6, 1),
+                    "cores": jobs, "bandwidth_bytes_s": BANDWIDTH}, client_per_job)
+
+
+def project(k: dict, client_per_job: float) -> dict:
+    """The Amdahl projection of the kernel's measurements ``k`` for 1, 4, 16, 64 hosts."""
+    jobs = k["cores"]
+    w_pp = k["compile_cpu_s"] * k["preprocess_share"]
+    w_cc = k["compile_cpu_s"] - w_pp
+    w_client = client_per_job * k["compile_jobs"]
+    local = (w_pp + w_client) / jobs
+    network = k["preprocessed_mb"] * 1e6 / k["bandwidth_bytes_s"]
     projection = []
     for n in HOSTS:
-        parallel = max((w_pp + w_client) / jobs, w_cc / (n * jobs), shipped / BANDWIDTH)
-        total = serial + parallel
-        projection.append({"hosts": n, "wall_s": round(total, 1), "speedup": round(local_total / total, 2),
-                           "bound": ("local preprocessing" if parallel == (w_pp + w_client) / jobs else
+        parallel = max(local, w_cc / (n * jobs), network)
+        total = k["serial_s"] + parallel
+        projection.append({"hosts": n, "wall_s": round(total, 1), "speedup": round(k["local_total_s"] / total, 2),
+                           "bound": ("local preprocessing" if parallel == local else
                                      "remote compile" if parallel == w_cc / (n * jobs) else "network")})
-    return {"full_build_timed": not built, "phases_s": phases, "serial_s": round(serial, 1), "local_total_s": round(local_total, 1),
-            "compile_cpu_s": round(compile_cpu, 1), "compile_jobs": len(cmds),
-            "preprocess_share": round(share, 3), "preprocessed_mb": round(shipped / 1e6, 1),
-            "client_cpu_s": round(w_client, 1), "cores": jobs, "bandwidth_bytes_s": BANDWIDTH,
-            "amdahl_limit_speedup": round(local_total / (serial + (w_pp + w_client) / jobs), 2),
+    return {**k, "client_cpu_per_job_s": client_per_job, "client_cpu_s": round(w_client, 1),
+            "amdahl_limit_speedup": round(k["local_total_s"] / (k["serial_s"] + max(local, network)), 2),
             "projection": projection}
 
 
@@ -248,10 +237,16 @@ def main() -> int:
     parser.add_argument("--no-kernel", action="store_true", help="only the hypervisor overhead")
     parser.add_argument("--no-hypervisor", type=float, metavar="CLIENT_CPU_PER_JOB",
                         help="skip the overhead builds; take distcc's client CPU per job (s) from an earlier run")
-    parser.add_argument("--kernel-tree", type=Path,
-                        help="a finished xenU build directory to copy instead of a full kernel build")
     parser.add_argument("--json", default="bench-distcc.json", help="where to write the results")
+    parser.add_argument("--merge", nargs=2, type=Path, metavar=("HYPERVISOR_JSON", "KERNEL_JSON"),
+                        help="combine a --no-kernel run and a --no-hypervisor run (projection redone)")
     args = parser.parse_args()
+    if args.merge:
+        hv, kern = (json.loads(p.read_text()) for p in args.merge)
+        results = {**kern, **{k: v for k, v in hv.items() if k != "kernel"}, "kernel_run": {
+            k: kern[k] for k in ("measured_at", "loadavg_at_start", "loadavg_at_end") if k in kern}}
+        results["kernel"] = project(kern["kernel"], max(0.0, hv["hypervisor"]["client_cpu_per_job_s"]))
+        return report(results, args.json)
     if not shutil.which("distccd"):
         sys.exit("error: distcc is not installed (apt-get install distcc)")
     os.environ["CCACHE_DISABLE"] = "1"  # compile every file, both ways
@@ -271,8 +266,12 @@ def main() -> int:
             client = args.no_hypervisor
         if not args.no_kernel:
             print("kernel phases (xenU, local)", flush=True)
-            results["kernel"] = bench_kernel(trees["linux"], tmp, env, jobs, client, args.kernel_tree)
+            results["kernel"] = bench_kernel(trees["linux"], tmp, env, jobs, client)
     results["loadavg_at_end"] = os.getloadavg()
+    return report(results, args.json)
+
+
+def report(results: dict, json_path: str) -> int:
     h = results.get("hypervisor", {"identical": True})
     if "local" in h:
         print(f"\nhypervisor: local {h['local']['wall_s']}s, distcc {h['distcc']['wall_s']}s wall "
@@ -285,8 +284,8 @@ def main() -> int:
         print(f"{'hosts':>6} {'wall s':>8} {'speedup':>8}  bound")
         for p in k["projection"]:
             print(f"{p['hosts']:>6} {p['wall_s']:>8} {p['speedup']:>8}  {p['bound']}")
-    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {json_path}")
     return 0 if h["identical"] else 1
 
 
