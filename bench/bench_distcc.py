@@ -2,25 +2,27 @@
 """distcc on this machine: its overhead, what stays serial in a kernel build, and a
 projection to 1, 4, 16 and 64 build hosts of this machine's speed.
 
-    nice -n 19 python3 bench/bench_distcc.py [--no-kernel] [--json FILE]
+    nice -n 19 python3 bench/bench_distcc.py [--json FILE]
 
-1. Overhead: the hypervisor (our config) built with plain ``make -jC`` and again with
-   ``CC="distcc gcc"`` through distccd daemons on 127.0.0.1 (C slots in all, the same
-   -j), from empty out-of-tree build directories, ccache off. Wall and CPU time (the
-   daemons' CPU counted: they are our children), and the outputs compared byte for byte.
-2. Kernel phases (xenU recipe, local, ccache off), timed through make targets:
-   configuration (tinyconfig + fragments + olddefconfig), the full ``make vmlinux``,
-   a no-op ``make vmlinux`` (kbuild's walk of the tree), a relink (vmlinux.o and vmlinux
-   deleted: ld -r, modpost, link, kallsyms, sorttable), and ``make bzImage`` (objcopy,
-   compression, setup); the walk is subtracted from the last two. The preprocessing share is measured on a sample of the kernel's compile
-   commands (from kbuild's .cmd files) run with -E instead of -c; the preprocessed
-   bytes give the data each job ships.
+1. The xenU kernel built locally from an empty build directory (ccache off, make -jC),
+   its phases timed through make targets: configuration (tinyconfig + fragments +
+   olddefconfig), the full ``make vmlinux``, a no-op ``make vmlinux`` (kbuild's walk of
+   the tree), a relink (vmlinux.o and vmlinux deleted: ld -r, modpost, link, kallsyms,
+   sorttable), and ``make bzImage`` (objcopy, compression, setup); the walk is
+   subtracted from the last two.
+2. A sample of the kernel's compile commands (from kbuild's .cmd files), each run three
+   ways one at a time: -E (the preprocessing share, and the bytes a job ships), the
+   local compile, and ``distcc`` to a distccd on 127.0.0.1 (DISTCC_FALLBACK=0, no local
+   retry). The distcc overhead is the ratio of the sums (wall, and CPU with the daemon's
+   counted: it is our child); every distcc object is compared with the local one.
+   (The hypervisor cannot be the yardstick: Xen's objects need the build tree at
+   assembly time, see provision/build/distcc.py.)
 3. Projection (Amdahl): with n hosts of this machine's speed (C cores each), plain mode
    keeps preprocessing and distcc's client work on this machine, the compile proper
    spreads over the hosts, the serial phases stay serial:
        T(n) = S + max((W_pp + W_client) / C, W_cc / (n * C), bytes / bandwidth)
    S: the serial phases' wall time; W_pp: preprocessing CPU; W_cc: compile CPU without
-   it; W_client: distcc's extra CPU per job (from step 1) times the kernel's job count.
+   it; W_client: distcc's client CPU per job beyond preprocessing, times the job count.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from provision.build import builddir, config, hypervisor, linux  # noqa: E402
+from provision.build import builddir, config, linux  # noqa: E402
 
 PINNED = {"XEN_BUILD_DATE": "Thu Jan  1 00:00:00 UTC 2026", "XEN_BUILD_TIME": "00:00:00",
           "XEN_BUILD_HOST": "xen-provision", "XEN_WHOAMI": "xen-provision", "XEN_DOMAIN": "invalid",
@@ -111,43 +113,6 @@ def sources(tmp: Path, env: dict) -> dict[str, Path]:
             for what in ("xen", "linux")}
 
 
-def bench_overhead(tree: Path, tmp: Path, env: dict, jobs: int) -> dict:
-    world = config.load(ROOT / "buildconfigs", kernels=[])
-    log = tmp / "hypervisor.log"
-    results, sums = {}, {}
-    daemons_n = 2  # two daemons on this machine, jobs/2 slots each: distcc really spreads jobs
-    for mode in ("local", "distcc"):
-        out = tmp / f"xen-{mode}"
-        out.mkdir()
-        hypervisor.configure(tree, out, world.xen)
-        e = dict(env)
-        args = []
-        daemons = []
-        if mode == "distcc":
-            per = max(1, jobs // daemons_n)
-            daemons = start_daemons(daemons_n, per, tmp)
-            e.update(DISTCC_HOSTS=" ".join(f"127.0.0.1:{p}/{per}" for _, p in daemons),
-                     DISTCC_FALLBACK="0", DISTCC_DIR=str(tmp / "distcc-state"))
-            Path(e["DISTCC_DIR"]).mkdir(exist_ok=True)
-            args = ["CC=distcc gcc"]
-        c0 = cpu()
-        wall, _ = run(["make", "-C", tree / "xen", f"O={out}", f"-j{jobs}", *args], e, log)
-        if daemons:
-            stop_daemons(daemons)
-            jobs_done = sum((tmp / f"distccd-{i}.log").read_text().count("COMPILE_OK") for i in range(daemons_n))
-            results["distcc_jobs"] = jobs_done
-        results[mode] = {"wall_s": round(wall, 1), "cpu_s": round(cpu() - c0, 1)}
-        sums[mode] = {name: sha(out / name) for name in ("xen.gz", "xen-syms")}
-        print(f"  hypervisor {mode}: {wall:.1f}s wall, {results[mode]['cpu_s']}s CPU", flush=True)
-    results["identical"] = sums["local"] == sums["distcc"]
-    results["sha256"] = sums["local"]
-    results["ratio_wall"] = round(results["distcc"]["wall_s"] / results["local"]["wall_s"], 3)
-    results["ratio_cpu"] = round(results["distcc"]["cpu_s"] / results["local"]["cpu_s"], 3)
-    results["client_cpu_per_job_s"] = round(
-        (results["distcc"]["cpu_s"] - results["local"]["cpu_s"]) / max(1, results.get("distcc_jobs", 1)), 4)
-    return results
-
-
 def compile_commands(out: Path) -> list[str]:
     """kbuild's recorded compile commands (savedcmd_ / cmd_ lines of .o.cmd files)."""
     cmds = []
@@ -159,7 +124,7 @@ def compile_commands(out: Path) -> list[str]:
     return cmds
 
 
-def bench_kernel(tree: Path, tmp: Path, env: dict, jobs: int, client_per_job: float) -> dict:
+def bench_kernel(tree: Path, tmp: Path, env: dict, jobs: int) -> dict:
     """The kernel's phases, from an empty build directory. (A copy of a finished build
     directory does not help: objtool's records hold the directory's path, so kbuild
     rebuilds objtool and then every object.)"""
@@ -184,12 +149,33 @@ def bench_kernel(tree: Path, tmp: Path, env: dict, jobs: int, client_per_job: fl
     phases["link_modpost"] = round(run([*mk, f"-j{jobs}", "vmlinux"], env, log)[0] - phases["noop_walk"], 1)
     phases["compress_bzImage"] = round(run([*mk, f"-j{jobs}", "bzImage"], env, log)[0] - phases["noop_walk"], 1)
     print(f"  kernel serial phases: {phases}", flush=True)
+    overhead, pp, cc, pp_bytes, cmds = sample_jobs(out, tmp, env, log)
+    client_per_job = overhead["client_cpu_per_job_s"]
+    share = pp / cc
+    serial = phases["configure"] + phases["noop_walk"] + phases["link_modpost"] + phases["compress_bzImage"]
+    compile_cpu = full_cpu  # CPU of the full vmlinux make (compiling dominates)
+    shipped = pp_bytes / overhead["objects"] * len(cmds)
+    local_total = phases["configure"] + phases["vmlinux_full"] + phases["compress_bzImage"]
+    return project({"overhead": overhead, "phases_s": phases, "serial_s": round(serial, 1),
+                    "local_total_s": round(local_total, 1),
+                    "compile_cpu_s": round(compile_cpu, 1), "compile_jobs": len(cmds),
+                    "preprocess_share": round(share, 3), "preprocessed_mb": round(shipped / 1e6, 1),
+                    "cores": jobs, "bandwidth_bytes_s": BANDWIDTH}, client_per_job)
+
+
+def sample_jobs(out: Path, tmp: Path, env: dict, log: Path):
+    """A sample of the kernel's compile commands run as -E, locally and through distcc."""
     cmds = compile_commands(out)
     sample = random.Random(17).sample(cmds, min(SAMPLE, len(cmds)))
-    pp = cc = 0.0
-    pp_bytes = 0
+    pp = cc = cc_wall = dc_wall = dc_client = 0.0
+    pp_bytes = identical = 0
     scratch = tmp / "pp"
     scratch.mkdir()
+    daemons = start_daemons(1, 1, tmp)
+    denv = {**env, "DISTCC_HOSTS": f"127.0.0.1:{daemons[0][1]}/1", "DISTCC_FALLBACK": "0",
+            "DISTCC_SKIP_LOCAL_RETRY": "1", "DISTCC_DIR": str(tmp / "distcc-state")}
+    Path(denv["DISTCC_DIR"]).mkdir(exist_ok=True)
+    c0 = cpu()
     for i, cmd in enumerate(sample):
         argv = shlex.split(cmd)
         o = argv.index("-o")
@@ -200,16 +186,26 @@ def bench_kernel(tree: Path, tmp: Path, env: dict, jobs: int, client_per_job: fl
         pre_argv[pre_argv.index("-o") + 1] = str(scratch / f"{i}.i")
         pp += run(pre_argv, env, log, cwd=out)[1]
         pp_bytes += (scratch / f"{i}.i").stat().st_size
-        cc += run(compile_argv, env, log, cwd=out)[1]
-    share = pp / cc
-    serial = phases["configure"] + phases["noop_walk"] + phases["link_modpost"] + phases["compress_bzImage"]
-    compile_cpu = full_cpu  # CPU of the full vmlinux make (compiling dominates)
-    shipped = pp_bytes / len(sample) * len(cmds)
-    local_total = phases["configure"] + phases["vmlinux_full"] + phases["compress_bzImage"]
-    return project({"phases_s": phases, "serial_s": round(serial, 1), "local_total_s": round(local_total, 1),
-                    "compile_cpu_s": round(compile_cpu, 1), "compile_jobs": len(cmds),
-                    "preprocess_share": round(share, 3), "preprocessed_mb": round(shipped / 1e6, 1),
-                    "cores": jobs, "bandwidth_bytes_s": BANDWIDTH}, client_per_job)
+        wall, c = run(compile_argv, env, log, cwd=out)
+        cc, cc_wall = cc + c, cc_wall + wall
+        o = compile_argv.index("-o")
+        remote = [*compile_argv[:o], "-o", str(scratch / f"{i}.distcc.o"), *compile_argv[o + 2:]]
+        wall, c = run(["distcc", *remote], denv, log, cwd=out)
+        dc_wall, dc_client = dc_wall + wall, dc_client + c
+        identical += (scratch / f"{i}.distcc.o").read_bytes() == target.read_bytes()
+    local_cpu = pp + cc
+    stop_daemons(daemons)
+    dc_daemon = cpu() - c0 - local_cpu - dc_client
+    jobs_done = (tmp / "distccd-0.log").read_text().count("COMPILE_OK")
+    overhead = {"objects": len(sample), "identical": identical, "daemon_jobs_ok": jobs_done,
+                "local_wall_s": round(cc_wall, 2), "distcc_wall_s": round(dc_wall, 2),
+                "ratio_wall": round(dc_wall / cc_wall, 3),
+                "local_cpu_s": round(cc, 2), "distcc_client_cpu_s": round(dc_client, 2),
+                "distcc_daemon_cpu_s": round(dc_daemon, 2),
+                "ratio_cpu": round((dc_client + dc_daemon) / cc, 3),
+                "client_cpu_per_job_s": round(max(0.0, dc_client - pp) / len(sample), 4)}
+    print(f"  distcc overhead on {len(sample)} kernel objects: {overhead}", flush=True)
+    return overhead, pp, cc, pp_bytes, cmds
 
 
 def project(k: dict, client_per_job: float) -> dict:
@@ -234,19 +230,8 @@ def project(k: dict, client_per_job: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-kernel", action="store_true", help="only the hypervisor overhead")
-    parser.add_argument("--no-hypervisor", type=float, metavar="CLIENT_CPU_PER_JOB",
-                        help="skip the overhead builds; take distcc's client CPU per job (s) from an earlier run")
     parser.add_argument("--json", default="bench-distcc.json", help="where to write the results")
-    parser.add_argument("--merge", nargs=2, type=Path, metavar=("HYPERVISOR_JSON", "KERNEL_JSON"),
-                        help="combine a --no-kernel run and a --no-hypervisor run (projection redone)")
     args = parser.parse_args()
-    if args.merge:
-        hv, kern = (json.loads(p.read_text()) for p in args.merge)
-        results = {**kern, **{k: v for k, v in hv.items() if k != "kernel"}, "kernel_run": {
-            k: kern[k] for k in ("measured_at", "loadavg_at_start", "loadavg_at_end") if k in kern}}
-        results["kernel"] = project(kern["kernel"], max(0.0, hv["hypervisor"]["client_cpu_per_job_s"]))
-        return report(results, args.json)
     if not shutil.which("distccd"):
         sys.exit("error: distcc is not installed (apt-get install distcc)")
     os.environ["CCACHE_DISABLE"] = "1"  # compile every file, both ways
@@ -257,28 +242,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-distcc.", dir="/var/tmp") as tmp:
         tmp = Path(tmp)
         trees = sources(tmp, env)
-        if args.no_hypervisor is None:
-            print("distcc overhead: the hypervisor, local make vs distcc on 127.0.0.1", flush=True)
-            results["hypervisor"] = bench_overhead(trees["xen"], tmp, env, jobs)
-            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")  # partial, in case
-            client = max(0.0, results["hypervisor"]["client_cpu_per_job_s"])
-        else:
-            client = args.no_hypervisor
-        if not args.no_kernel:
-            print("kernel phases (xenU, local)", flush=True)
-            results["kernel"] = bench_kernel(trees["linux"], tmp, env, jobs, client)
+        print("kernel (xenU): a local build, its phases, and distcc on a sample of its objects", flush=True)
+        results["kernel"] = bench_kernel(trees["linux"], tmp, env, jobs)
     results["loadavg_at_end"] = os.getloadavg()
     return report(results, args.json)
 
 
 def report(results: dict, json_path: str) -> int:
-    h = results.get("hypervisor", {"identical": True})
-    if "local" in h:
-        print(f"\nhypervisor: local {h['local']['wall_s']}s, distcc {h['distcc']['wall_s']}s wall "
-              f"(ratio {h['ratio_wall']}; CPU ratio {h['ratio_cpu']}), {h.get('distcc_jobs')} jobs on the "
-              f"daemons, outputs {'identical' if h['identical'] else 'DIFFERENT'}")
     if "kernel" in results:
         k = results["kernel"]
+        o = k["overhead"]
+        print(f"distcc overhead per compile job (127.0.0.1, one at a time): wall ratio {o['ratio_wall']}, "
+              f"CPU ratio {o['ratio_cpu']}; objects identical {o['identical']}/{o['objects']}")
         print(f"kernel xenU: serial {k['serial_s']}s of {k['local_total_s']}s; preprocessing "
               f"{k['preprocess_share'] * 100:.0f}% of compile CPU; {k['compile_jobs']} compile jobs")
         print(f"{'hosts':>6} {'wall s':>8} {'speedup':>8}  bound")
@@ -286,7 +261,8 @@ def report(results: dict, json_path: str) -> int:
             print(f"{p['hosts']:>6} {p['wall_s']:>8} {p['speedup']:>8}  {p['bound']}")
     Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {json_path}")
-    return 0 if h["identical"] else 1
+    o = results["kernel"]["overhead"]
+    return 0 if o["identical"] == o["objects"] else 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
-"""Compiling the hypervisor and the kernels through distcc (plain mode, never pump).
+"""Compiling the kernels through distcc (plain mode, never pump).
 
     hosts = parse(["build1/8", "build2:3633/4,lzo", "localhost/2"])
     plan = prepare(hosts)          # probes each host; None: build locally
     make(..., distcc=plan)         # DISTCC_HOSTS, make -j, CC or CCACHE_PREFIX
+
+Only the kernels. Xen 4.17's hypervisor cannot compile on another machine: its C files
+carry inline ``.include "asm/asm-macros.h"`` that the assembler resolves through
+``-Wa,-I`` in the build tree (a generated header the host does not have), and with
+``-Werror`` the preprocessed source trips ``-Wtautological-compare`` in macros that gcc
+forgives when it preprocesses itself. Every job would fail remotely and be compiled
+again locally: slower than a local build, so the hypervisor (and the tools, whose
+sub-makes take ``$(CC)`` unquoted) stay local.
 
 How the known traps are handled:
 
@@ -26,8 +34,8 @@ How the known traps are handled:
 
 Whether distcc is used is not part of any build's cache key: the same compiler version
 (checked) on the same preprocessed source gives the same object, so the outputs are the
-same (tests/integration/test_distcc.py compares them byte for byte), and a distcc build
-may reuse a local one's cache and vice versa.
+same (tests/integration/test_distcc.py and bench/bench_distcc.py compare kernel objects
+byte for byte), and a distcc build may reuse a local one's cache and vice versa.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from pathlib import Path
 from provision import log
 from provision.build import builddir, kconfig
 from provision.build.config import XenSettings
-from provision.build.distcc import Plan
 from provision.build.sources import Source
 from provision.errors import ProvisionError
 from provision.run import output
@@ -62,20 +61,16 @@ def schedulers(config: dict[str, str]) -> tuple[list[str], str | None]:
     return built, default
 
 
-def build(settings: XenSettings, source: Source, *, jobs: int | None = None,
-          distcc: Plan | None = None) -> dict:
-    """Build (or reuse) the hypervisor for these inputs (make -j ``jobs``, through ``distcc``
-    when given: not part of the key, the outputs are the same); returns its build record."""
+def build(settings: XenSettings, source: Source, *, jobs: int | None = None) -> dict:
+    """Build (or reuse) the hypervisor for these inputs (make -j ``jobs``); returns its build record."""
     return builddir.build_once(NAME, inputs(settings, source), "hypervisor",
-                               functools.partial(_compile, settings, source, jobs, distcc))
+                               functools.partial(_compile, settings, source, jobs))
 
 
-def _compile(settings: XenSettings, source: Source, jobs: int | None, distcc: Plan | None,
-             work: Path, out: Path) -> dict:
-    via = f" through distcc ({len(distcc.hosts)} hosts)" if distcc else ""
-    with log.step(f"Building the Xen {source.version} hypervisor in {work}{via}"):
+def _compile(settings: XenSettings, source: Source, jobs: int | None, work: Path, out: Path) -> dict:
+    with log.step(f"Building the Xen {source.version} hypervisor in {work}"):
         final = configure(source.tree, work, settings)
-        builddir.make(f"O={work}", directory=source.tree / "xen", parallel=jobs, distcc=distcc)
+        builddir.make(f"O={work}", directory=source.tree / "xen", parallel=jobs)
     version = output(["make", "-s", "-C", source.tree / "xen", f"O={work}", "xenversion"])
     built, default = schedulers(final)
     builddir.publish(work, out, OUTPUTS)

@@ -7,7 +7,7 @@ variables); ``python -m provision world`` runs the same tasks. ``doit world name
     buildconfigs=DIR             another buildconfigs directory (provision/paths.py)
     dist=DIR                     where to stage (DIR/install; provision/paths.py)
     jobs=N                       make -j (default: the number of CPUs, or the distcc slots)
-    distcc='HOST/N ...'          compile the hypervisor and kernels through distcc (overrides
+    distcc='HOST/N ...'          compile the kernels through distcc (overrides
                                  [build] distcc in world.toml; distcc= for none)
 
 Each build task's target is a small JSON stamp (in DIST/.stamps) holding the build
@@ -136,10 +136,10 @@ def _build(task: str, build, settings, source: str, needs: str) -> None:
     """The action of the build task ``task`` ("xen", "tools", "kernel:<recipe>"): check the
     build dependencies (``needs``: a switch of preflight.check), build or reuse ``settings``
     with ``build`` from the tree of the ``source`` stamp, and write the task's stamp. The
-    hypervisor and the kernels compile through the distcc hosts that pass their probe."""
+    kernels compile through the distcc hosts that pass their probe; Xen stays local
+    (provision/build/distcc.py says why)."""
     preflight.check(**{needs: True}, staging=True)
-    # The tools stay local: Xen's tools pass $(CC) unquoted to sub-makes (builddir.build_env).
-    plan = distcc.prepare(world().distcc) if task != "tools" else None
+    plan = distcc.prepare(world().distcc) if task.startswith("kernel:") else None
     record = build(settings, _source_of(_stamp(f"source-{source}")), jobs=variables().jobs,
                    **({"distcc": plan} if plan else {}))
     _write(_stamp(task.replace(":", "-")), {**record, "task": task})

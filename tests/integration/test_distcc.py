@@ -1,16 +1,17 @@
-"""distcc for real: distccd daemons on 127.0.0.1 (started and killed here), the hypervisor
-built locally and through them, byte for byte the same.
+"""distcc for real: distccd daemons on 127.0.0.1 (started and killed here) compiling
+kernel objects that must be byte for byte the local ones.
 
-Hypervisor-sized for CI (three builds of about 1.5 min each on 2 idle cores; the third is
-all ccache hits). The builds use a private cache (sources hard-linked from the shared
-one) so that deleting the hypervisor's tree between them leaves the shared cache alone,
-and private ccache directories so that the distcc build really compiles. The kernel and
-the timing comparison are bench/bench_distcc.py's.
+CI-sized: the xenU recipe configured (tinyconfig + fragments), kbuild's prepare stage, and
+a handful of objects built locally and then through the daemons with our make
+environment (``CC="distcc gcc"``, ccache off so that every object really compiles). The
+whole kernel and the timing comparison are bench/bench_distcc.py's. (The hypervisor does
+not go through distcc: provision/build/distcc.py says why.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -21,15 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from provision.cache import cache_dir
-from tests.integration.conftest import doit
+from provision.build import config, distcc, linux
+from tests.integration.conftest import ROOT, doit
 
 pytestmark = pytest.mark.integration
 
-# Xen writes the date, the time and the build host into the binary: pinned for both builds.
-PINNED = {"XEN_BUILD_DATE": "Thu Jan  1 00:00:00 UTC 2026", "XEN_BUILD_TIME": "00:00:00",
-          "XEN_BUILD_HOST": "xen-provision", "XEN_WHOAMI": "xen-provision", "XEN_DOMAIN": "invalid"}
-OUTPUTS = ("xen.gz", "xen-syms", "xen")
+OBJECTS = ("init/main.o", "kernel/fork.o", "mm/mmap.o", "fs/open.o", "lib/string.o",
+           "arch/x86/xen/enlighten.o", "drivers/xen/events/events_base.o")
 
 
 def _free_port() -> int:
@@ -79,64 +78,51 @@ def daemons(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def private_cache(tmp_path_factory):
-    """A cache of our own with the shared cache's sources hard-linked (when it has them)."""
-    shared = cache_dir(create=False)
-    cache = tmp_path_factory.mktemp("cache")
-    for part in ("sources", "debian", "apt"):
-        if (shared / part).is_dir():
-            subprocess.run(["cp", "-al", shared / part, cache / part], check=True)
-    return cache
-
-
-def _build_xen(cache: Path, dist: Path, ccache: Path, monkeypatch, *args: str):
-    monkeypatch.setenv("XEN_PROVISION_CACHE", str(cache))
-    monkeypatch.setenv("CCACHE_DIR", str(ccache))
-    for k, v in PINNED.items():
-        monkeypatch.setenv(k, v)
-    for old in (cache / "build").glob("xen-hypervisor*"):  # its outputs and its work tree
-        shutil.rmtree(old)
-    proc, seconds = doit("xen", f"dist={dist}", *args)
+def kernel_tree(tmp_path_factory):
+    """The Linux source (the cache's) and a configured xenU build directory of our own."""
+    tmp = tmp_path_factory.mktemp("kernel")
+    proc, _ = doit("source:linux", f"dist={tmp / 'dist'}", "distcc=")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    out = next(p for p in (cache / "build").glob("xen-hypervisor-*") if p.is_dir())
-    sums = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in OUTPUTS}
-    return proc.stdout, sums, seconds
+    tree = Path(json.loads((tmp / "dist/.stamps/source-linux.json").read_text())["tree"])
+    recipe = config.load(ROOT / "buildconfigs", kernels=["mk.linux-6.1-xenU"]).kernels[0]
+    out = tmp / "linux-xenU"
+    out.mkdir()
+    linux.configure(recipe, tree, out)
+    return tree, out
 
 
-@pytest.fixture(scope="module")
-def local_build(private_cache, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        tmp = tmp_path_factory.mktemp("local")
-        _, sums, _ = _build_xen(private_cache, tmp / "dist", tmp / "ccache", mp, "distcc=")
-    return sums, tmp / "ccache"
+def _objects(tree: Path, out: Path, plan) -> dict[str, str]:
+    for name in OBJECTS:
+        (out / name).unlink(missing_ok=True)
+    linux._make(out, tree, *OBJECTS, distcc=plan)
+    return {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in OBJECTS}
 
 
-def test_distcc_build_is_identical_and_skips_a_dead_host(daemons, private_cache, local_build,
-                                                         tmp_path, monkeypatch):
-    local_sums, _ = local_build
-    dead = _free_port()
-    hosts = " ".join(f"127.0.0.1:{d.port}/1" for d in daemons) + f" 127.0.0.1:{dead}/2"
-    # An empty ccache of its own: ccache misses, and hands every compile to distcc.
-    out, sums, _ = _build_xen(private_cache, tmp_path / "dist", tmp_path / "ccache", monkeypatch,
-                              f"distcc={hosts}")
-    assert f"warning: distcc host 127.0.0.1:{dead}/2 is not usable" in out
-    assert "through distcc (2 hosts)" in out
-    assert sum(d.jobs() for d in daemons) > 50, "the daemons compiled (almost) nothing"
-    assert sums == local_sums
-
-
-def test_only_dead_hosts_build_locally_with_a_warning(daemons, private_cache, local_build,
-                                                      tmp_path, monkeypatch):
-    local_sums, local_ccache = local_build
+def test_kernel_objects_through_distcc_are_identical_and_a_dead_host_is_dropped(
+        daemons, kernel_tree, monkeypatch, capsys):
+    monkeypatch.setenv("CCACHE_DISABLE", "1")  # compile every object, both ways
+    tree, out = kernel_tree
+    local = _objects(tree, out, None)
+    dead = f"127.0.0.1:{_free_port()}/2"
+    hosts = distcc.parse(" ".join(f"127.0.0.1:{d.port}/1" for d in daemons) + f" {dead}")
+    distcc.prepare.cache_clear()
+    plan = distcc.prepare(hosts)
+    assert f"warning: distcc host {dead} is not usable" in capsys.readouterr().err
+    assert [h.spec for h in plan.hosts] == [f"127.0.0.1:{d.port}/1" for d in daemons]
     before = sum(d.jobs() for d in daemons)
-    dead = _free_port()
-    # The local build's ccache: all hits, so this third build is quick.
-    out, sums, _ = _build_xen(private_cache, tmp_path / "dist", local_ccache, monkeypatch,
-                              f"distcc=127.0.0.1:{dead}/4")
-    assert "warning: no distcc host is usable: compiling locally" in out
-    assert "through distcc" not in out
-    assert sum(d.jobs() for d in daemons) == before
-    assert sums == local_sums
+    assert _objects(tree, out, plan) == local
+    assert sum(d.jobs() for d in daemons) - before >= len(OBJECTS), "the daemons compiled nothing"
+    assert not any("COMPILE_ERROR" in d.log.read_text() for d in daemons)
+
+
+def test_only_dead_hosts_mean_a_local_build_with_a_warning(daemons, capsys):
+    distcc.prepare.cache_clear()
+    assert distcc.prepare(distcc.parse(f"127.0.0.1:{_free_port()}/4")) is None
+    err = capsys.readouterr().err
+    assert "is not usable" in err and "warning: no distcc host is usable: compiling locally" in err
+    distcc.prepare.cache_clear()
+
+
 
 
 def test_distcc_check_reports_live_and_dead(daemons, tmp_path):
