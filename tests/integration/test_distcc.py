@@ -123,8 +123,6 @@ def test_only_dead_hosts_mean_a_local_build_with_a_warning(daemons, capsys):
     distcc.prepare.cache_clear()
 
 
-
-
 def test_distcc_check_reports_live_and_dead(daemons, tmp_path):
     live = f"127.0.0.1:{daemons[0].port}/1"
     proc, _ = doit("distcc-check", f"distcc={live} localhost/1", f"dist={tmp_path}")
