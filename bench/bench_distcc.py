@@ -62,12 +62,15 @@ def cpu() -> float:
     return u.ru_utime + u.ru_stime
 
 
-def run(argv, env, log: Path, cwd=None) -> tuple[float, float]:
-    """(wall, CPU) seconds of one command, its output in ``log``."""
+def run(argv, env, log: Path, cwd=None, check: bool = True) -> tuple[float, float] | None:
+    """(wall, CPU) seconds of one command, its output in ``log``; None if it failed and
+    not ``check``."""
     start, c = time.monotonic(), cpu()
     with open(log, "a") as out:
         proc = subprocess.run([str(a) for a in argv], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     if proc.returncode != 0:
+        if not check:
+            return None
         sys.exit(f"error: {shlex.join(map(str, argv))} failed ({proc.returncode}); see {log}")
     return time.monotonic() - start, cpu() - c
 
@@ -196,7 +199,10 @@ def bench_built_tree(built: Path, tree: Path, tmp: Path, env: dict, jobs: int) -
     phases["noop_walk"] = 0.0  # not measurable read-only; a real build's walk overlaps compiling
     print(f"  kernel serial phases: {phases}", flush=True)
     overhead, pp, cc, pp_bytes, cmds = sample_jobs(built, tmp, env, log)
-    compile_cpu = cc / overhead["objects"] * len(cmds)  # a compile includes its own preprocessing
+    # the share of .cmd files that are stale (from earlier configs) as in the sample
+    n = round(len(cmds) * overhead["objects"] / (overhead["objects"] + overhead["stale_skipped"]))
+    cmds = cmds[:n]
+    compile_cpu = cc / overhead["objects"] * n  # a compile includes its own preprocessing
     serial = sum(phases.values())
     phases["vmlinux_full_estimated"] = round(compile_cpu / jobs + phases["link_modpost"], 1)
     local_total = phases["configure"] + phases["vmlinux_full_estimated"] + phases["compress_bzImage"]
@@ -211,7 +217,8 @@ def bench_built_tree(built: Path, tree: Path, tmp: Path, env: dict, jobs: int) -
 def sample_jobs(out: Path, tmp: Path, env: dict, log: Path):
     """A sample of the kernel's compile commands run as -E, locally and through distcc."""
     cmds = compile_commands(out)
-    sample = random.Random(17).sample(cmds, min(SAMPLE, len(cmds)))
+    shuffled = random.Random(17).sample(cmds, len(cmds))
+    sample, stale = [], 0
     pp = cc = cc_wall = dc_wall = dc_client = 0.0
     pp_bytes = identical = 0
     scratch = tmp / "pp"
@@ -221,7 +228,9 @@ def sample_jobs(out: Path, tmp: Path, env: dict, log: Path):
             "DISTCC_SKIP_LOCAL_RETRY": "1", "DISTCC_DIR": str(tmp / "distcc-state")}
     Path(denv["DISTCC_DIR"]).mkdir(exist_ok=True)
     c0 = cpu()
-    for i, cmd in enumerate(sample):
+    for i, cmd in enumerate(shuffled):
+        if len(sample) == SAMPLE:
+            break
         argv = shlex.split(cmd)
         o = argv.index("-o")
         target = scratch / f"{i}.o"
@@ -229,9 +238,17 @@ def sample_jobs(out: Path, tmp: Path, env: dict, log: Path):
         compile_argv = [a for a in compile_argv if not a.startswith("-Wp,-MMD")]
         pre_argv = [a if a != "-c" else "-E" for a in compile_argv]
         pre_argv[pre_argv.index("-o") + 1] = str(scratch / f"{i}.i")
-        pp += run(pre_argv, env, log, cwd=out)[1]
+        # A build directory keeps the .cmd files of objects an earlier config built: those
+        # do not preprocess with today's generated headers; skip them.
+        pre = run(pre_argv, env, log, cwd=out, check=False)
+        local = run(compile_argv, env, log, cwd=out, check=False) if pre else None
+        if local is None:
+            stale += 1
+            continue
+        sample.append(cmd)
+        pp += pre[1]
         pp_bytes += (scratch / f"{i}.i").stat().st_size
-        wall, c = run(compile_argv, env, log, cwd=out)
+        wall, c = local
         cc, cc_wall = cc + c, cc_wall + wall
         o = compile_argv.index("-o")
         remote = [*compile_argv[:o], "-o", str(scratch / f"{i}.distcc.o"), *compile_argv[o + 2:]]
@@ -242,7 +259,7 @@ def sample_jobs(out: Path, tmp: Path, env: dict, log: Path):
     stop_daemons(daemons)
     dc_daemon = cpu() - c0 - local_cpu - dc_client
     jobs_done = (tmp / "distccd-0.log").read_text().count("COMPILE_OK")
-    overhead = {"objects": len(sample), "identical": identical, "daemon_jobs_ok": jobs_done,
+    overhead = {"objects": len(sample), "identical": identical, "stale_skipped": stale, "daemon_jobs_ok": jobs_done,
                 "local_wall_s": round(cc_wall, 2), "distcc_wall_s": round(dc_wall, 2),
                 "ratio_wall": round(dc_wall / cc_wall, 3),
                 "local_cpu_s": round(cc, 2), "distcc_client_cpu_s": round(dc_client, 2),
