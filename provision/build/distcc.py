@@ -20,7 +20,9 @@ How the known traps are handled:
   ``CCACHE_PREFIX=distcc`` makes ccache hand its misses to distcc; without it make gets
   ``CC="distcc gcc"``. distcc's own masquerade directory is never put on PATH.
 - GCC plugins (``CONFIG_GCC_PLUGINS``) load .so files from the build tree, which a remote
-  host does not have: a kernel that enables them is refused (:func:`check_kernel`).
+  host does not have: a kernel that enables them is refused (:func:`check_kernel`), and
+  so is ``CONFIG_DEBUG_INFO`` (debug information compiled from preprocessed source is
+  not byte-identical to a local build's).
 - Before a build every host compiles a probe with ``DISTCC_FALLBACK=0``: a host that does
   not answer or refuses the job is dropped with a warning (all dropped: a plain local
   build, with a warning). A host whose compiler differs from the local gcc (the
@@ -181,7 +183,15 @@ def state_dir() -> Path:
 
 
 def check_kernel(name: str, config: dict[str, str]) -> None:
-    """A kernel .config that can be built through distcc (no GCC plugins)."""
+    """A kernel .config that can be built through distcc: no GCC plugins, and no debug
+    information (gcc compiling distcc's preprocessed source records other line/column
+    numbers: bench_distcc found arch/x86/boot/cpuflags.o, built with -g, different)."""
+    if config.get("DEBUG_INFO") == "y":
+        raise ProvisionError(
+            f"{name}: CONFIG_DEBUG_INFO=y is not built through distcc (debug information from "
+            "preprocessed source differs from a local build's, and builds must be reproducible)",
+            hint="build this kernel without distcc, or set CONFIG_DEBUG_INFO_NONE=y in a fragment",
+        )
     if config.get("GCC_PLUGINS") == "y":
         raise ProvisionError(
             f"{name}: CONFIG_GCC_PLUGINS=y cannot be built through distcc (the plugins are .so "

@@ -106,6 +106,8 @@ def test_gcc_plugins_are_refused():
     distcc.check_kernel("mk.linux-6.1-xenU", {})
     with pytest.raises(ProvisionError, match="CONFIG_GCC_PLUGINS=y cannot be built through distcc"):
         distcc.check_kernel("mk.linux-6.1-xenU", {"GCC_PLUGINS": "y"})
+    with pytest.raises(ProvisionError, match="CONFIG_DEBUG_INFO=y is not built through distcc"):
+        distcc.check_kernel("mk.linux-6.1-xenU", {"DEBUG_INFO": "y"})
 
 
 def test_no_usable_host_means_a_local_build(monkeypatch, capsys):
