@@ -228,41 +228,43 @@ def sample_jobs(out: Path, tmp: Path, env: dict, log: Path):
     denv = {**env, "DISTCC_HOSTS": f"127.0.0.1:{daemons[0][1]}/1", "DISTCC_FALLBACK": "0",
             "DISTCC_SKIP_LOCAL_RETRY": "1", "DISTCC_DIR": str(tmp / "distcc-state")}
     Path(denv["DISTCC_DIR"]).mkdir(exist_ok=True)
-    for i, cmd in enumerate(shuffled):
-        if len(sample) == SAMPLE:
-            break
-        argv = shlex.split(cmd)
-        o = argv.index("-o")
-        target = scratch / f"{i}.o"
-        compile_argv = [*argv[:o], "-o", str(target), *argv[o + 2:]]
-        compile_argv = [a for a in compile_argv if not a.startswith("-Wp,-MMD")]
-        pre_argv = [a if a != "-c" else "-E" for a in compile_argv]
-        pre_argv[pre_argv.index("-o") + 1] = str(scratch / f"{i}.i")
-        # A build directory keeps the .cmd files of objects an earlier config built: those
-        # do not preprocess with today's generated headers; skip them.
-        pre = run(pre_argv, env, log, cwd=out, check=False)
-        local = run(compile_argv, env, log, cwd=out, check=False) if pre else None
-        if local is None:
-            stale += 1
-            continue
-        sample.append(cmd)
-        pp += pre[1]
-        pp_bytes += (scratch / f"{i}.i").stat().st_size
-        wall, c = local
-        cc, cc_wall = cc + c, cc_wall + wall
-        o = compile_argv.index("-o")
-        remote = [*compile_argv[:o], "-o", str(scratch / f"{i}.distcc.o"), *compile_argv[o + 2:]]
-        wall, c = run(["distcc", *remote], denv, log, cwd=out)
-        dc_wall, dc_client = dc_wall + wall, dc_client + c
-        if (scratch / f"{i}.distcc.o").read_bytes() == target.read_bytes():
-            identical += 1
-        else:
-            differ.append(compile_argv[-1])
-            if KEEP:
-                shutil.copy(target, KEEP / f"{i}.local.o")
-                shutil.copy(scratch / f"{i}.distcc.o", KEEP / f"{i}.distcc.o")
-                (KEEP / f"{i}.cmd").write_text(shlex.join(compile_argv))
-    stop_daemons(daemons)
+    try:
+        for i, cmd in enumerate(shuffled):
+            if len(sample) == SAMPLE:
+                break
+            argv = shlex.split(cmd)
+            o = argv.index("-o")
+            target = scratch / f"{i}.o"
+            compile_argv = [*argv[:o], "-o", str(target), *argv[o + 2:]]
+            compile_argv = [a for a in compile_argv if not a.startswith("-Wp,-MMD")]
+            pre_argv = [a if a != "-c" else "-E" for a in compile_argv]
+            pre_argv[pre_argv.index("-o") + 1] = str(scratch / f"{i}.i")
+            # A build directory keeps the .cmd files of objects an earlier config built: those
+            # do not preprocess with today's generated headers; skip them.
+            pre = run(pre_argv, env, log, cwd=out, check=False)
+            local = run(compile_argv, env, log, cwd=out, check=False) if pre else None
+            if local is None:
+                stale += 1
+                continue
+            sample.append(cmd)
+            pp += pre[1]
+            pp_bytes += (scratch / f"{i}.i").stat().st_size
+            wall, c = local
+            cc, cc_wall = cc + c, cc_wall + wall
+            o = compile_argv.index("-o")
+            remote = [*compile_argv[:o], "-o", str(scratch / f"{i}.distcc.o"), *compile_argv[o + 2:]]
+            wall, c = run(["distcc", *remote], denv, log, cwd=out)
+            dc_wall, dc_client = dc_wall + wall, dc_client + c
+            if (scratch / f"{i}.distcc.o").read_bytes() == target.read_bytes():
+                identical += 1
+            else:
+                differ.append(compile_argv[-1])
+                if KEEP:
+                    shutil.copy(target, KEEP / f"{i}.local.o")
+                    shutil.copy(scratch / f"{i}.distcc.o", KEEP / f"{i}.distcc.o")
+                    (KEEP / f"{i}.cmd").write_text(shlex.join(compile_argv))
+    finally:
+        stop_daemons(daemons)  # also when a command fails (sys.exit)
     jobs_done = (tmp / "distccd-0.log").read_text().count("COMPILE_OK")
     overhead = {"objects": len(sample), "identical": identical, "differ": differ, "stale_skipped": stale, "daemon_jobs_ok": jobs_done,
                 "local_wall_s": round(cc_wall, 2), "distcc_wall_s": round(dc_wall, 2),
