@@ -2,7 +2,7 @@
 variables every task reads (parsed once), and the task list that dodo.py and
 ``python -m provision world`` share.
 
-    doit world kernels=mk.linux-6.1-xenU buildconfigs=DIR dist=DIR jobs=N
+    doit world kernels=mk.linux-6.1-xenU buildconfigs=DIR dist=DIR jobs=N distcc='HOST/N ...'
 
 ``dist=`` and ``buildconfigs=`` follow the rules of :mod:`provision.paths`.
 """
@@ -36,7 +36,8 @@ class Variables:
     dist: Path
     buildconfigs: Path
     kernels: str | None = None          # the KERNELS list's override (config.load parses it)
-    jobs: int | None = None             # make -j; None: builddir.jobs()
+    jobs: int | None = None             # make -j; None: builddir.jobs() or the distcc slots
+    distcc: str | None = None           # distcc hosts' override ("" for none; config.load parses it)
 
 
 def fail(e: ProvisionError):
@@ -54,7 +55,8 @@ def variables() -> Variables:
         fail(ProvisionError(f"jobs={jobs} is not a positive number", hint="e.g. jobs=4"))
     return Variables(dist=paths.dist(get_var("dist", None)),
                      buildconfigs=paths.buildconfigs(get_var("buildconfigs", None)),
-                     kernels=get_var("kernels", None), jobs=int(jobs) if jobs else None)
+                     kernels=get_var("kernels", None), jobs=int(jobs) if jobs else None,
+                     distcc=get_var("distcc", None))
 
 
 def namespace() -> dict:

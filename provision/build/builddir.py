@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from provision import cache, log
+from provision.build.distcc import Plan
 from provision.cache import cache_dir, manifest_key
 from provision.run import run
 
@@ -43,19 +44,29 @@ def jobs() -> int:
 CCACHE_DIR = Path("/usr/lib/ccache")  # Debian's gcc -> ccache masquerade links
 
 
+def ccache_enabled() -> bool:
+    return (CCACHE_DIR / "gcc").exists() and not os.environ.get("CCACHE_DISABLE")
+
+
 def build_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for builds: ccache's masquerade directory first on PATH when ccache
     is installed (unless CCACHE_DISABLE). PATH rather than CC=, because Xen's tools pass
     $(CC) unquoted to sub-makes and "CC=ccache gcc" breaks them."""
     env = dict(extra or {})
-    if (CCACHE_DIR / "gcc").exists() and not os.environ.get("CCACHE_DISABLE"):
+    if ccache_enabled():
         env["PATH"] = f"{CCACHE_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     return env
 
 
 def make(*args: str | os.PathLike, directory: Path, quiet: bool = False, env=None,
-         parallel: int | None = None) -> None:
-    """make in ``directory`` with ``-j parallel`` (the build's setting; default :func:`jobs`)."""
+         parallel: int | None = None, distcc: Plan | None = None) -> None:
+    """make in ``directory`` with ``-j parallel`` (the build's setting; default :func:`jobs`,
+    or the distcc hosts' slots), compiling through ``distcc`` when given."""
+    if distcc:
+        ccache = ccache_enabled()
+        env = {**(env or {}), **distcc.env(ccache)}
+        args = (*distcc.make_args(ccache), *args)
+        parallel = parallel or distcc.jobs
     run(["nice", "make", "-C", directory, f"-j{parallel or jobs()}", *args], quiet=quiet, env=build_env(env))
 
 

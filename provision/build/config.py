@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provision.build import distcc as distcc_hosts
 from provision.build import kconfig
 from provision.build.sources import SourceSpec, default_spec
 from provision.errors import ProvisionError
@@ -92,6 +93,7 @@ class World:
     linux_source: SourceSpec
     kernels: tuple[KernelRecipe, ...]
     available: tuple[str, ...]  # every recipe in buildconfigs/
+    distcc: tuple[distcc_hosts.Host, ...] = ()  # [build] distcc, or distcc= (provision/build/distcc.py)
 
 
 def available_recipes(root: Path) -> tuple[str, ...]:
@@ -196,12 +198,23 @@ def kernel_names(value: str | list[str] | tuple[str, ...] | None, default: tuple
     return tuple(dict.fromkeys(value))
 
 
-def load(root: str | Path = "buildconfigs", kernels: str | list[str] | None = None) -> World:
-    """Read buildconfigs/; ``kernels`` overrides the KERNELS list."""
+def load(root: str | Path = "buildconfigs", kernels: str | list[str] | None = None,
+         distcc: str | None = None) -> World:
+    """Read buildconfigs/; ``kernels`` overrides the KERNELS list, ``distcc`` (a host list,
+    "" for none) the [build] distcc hosts."""
     root = Path(root).resolve()
     world_file = root / WORLD
     d = _toml(world_file)
-    _check_keys(d, {"KERNELS", "xen", "linux"}, str(world_file))
+    _check_keys(d, {"KERNELS", "xen", "linux", "build"}, str(world_file))
+    build = d.get("build", {})
+    if not isinstance(build, dict):
+        raise ProvisionError(f"{world_file}: [build] must be a table")
+    _check_keys(build, {"distcc"}, f"{world_file} [build]")
+    if distcc is None:
+        hosts = distcc_hosts.parse(_strings(build["distcc"], f"{world_file}: [build] distcc")
+                                   if "distcc" in build else None)
+    else:
+        hosts = distcc_hosts.parse(distcc)
     xen = d.get("xen", {})
     if not isinstance(xen, dict):
         raise ProvisionError(f"{world_file}: [xen] must be a table")
@@ -243,5 +256,5 @@ def load(root: str | Path = "buildconfigs", kernels: str | list[str] | None = No
     return World(
         root=root, xen=xen_settings,
         linux_source=_source(linux, "linux", f"{world_file} [linux]"),
-        kernels=recipes, available=available_recipes(root),
+        kernels=recipes, available=available_recipes(root), distcc=hosts,
     )

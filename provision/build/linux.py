@@ -18,6 +18,7 @@ from pathlib import Path
 from provision import log
 from provision.build import builddir, kconfig
 from provision.build.config import BASES, KernelRecipe
+from provision.build.distcc import Plan, check_kernel
 from provision.build.sources import Source
 from provision.errors import ProvisionError
 from provision.run import output
@@ -38,8 +39,10 @@ def inputs(recipe: KernelRecipe, source: Source) -> dict:
     return {"source": source.identity, **recipe.inputs()}
 
 
-def _make(out: Path, tree: Path, *targets: str, quiet: bool = False, jobs: int | None = None) -> None:
-    builddir.make(f"O={out}", ARCH, *targets, directory=tree, quiet=quiet, env=ENV, parallel=jobs)
+def _make(out: Path, tree: Path, *targets: str, quiet: bool = False, jobs: int | None = None,
+          distcc: Plan | None = None) -> None:
+    builddir.make(f"O={out}", ARCH, *targets, directory=tree, quiet=quiet, env=ENV, parallel=jobs,
+                  distcc=distcc)
 
 
 def fragments(recipe: KernelRecipe, tree: Path) -> list[dict[str, str]]:
@@ -80,22 +83,28 @@ def configure(recipe: KernelRecipe, tree: Path, out: Path) -> dict[str, str]:
     return final
 
 
-def build(recipe: KernelRecipe, source: Source, *, jobs: int | None = None) -> dict:
-    """Build (or reuse) one kernel (make -j ``jobs``); returns its build record."""
+def build(recipe: KernelRecipe, source: Source, *, jobs: int | None = None,
+          distcc: Plan | None = None) -> dict:
+    """Build (or reuse) one kernel (make -j ``jobs``, through ``distcc`` when given: not part
+    of the key, the outputs are the same); returns its build record."""
     if not (source.version == recipe.series or source.version.startswith(recipe.series + ".")):
         raise ProvisionError(
             f"{recipe.name} is a recipe for Linux {recipe.series} but the Linux source is {source.version}",
             hint=f"point [linux] source in world.toml at a {recipe.series}.x tree, or use a matching recipe",
         )
     return builddir.build_once(tree_name(recipe), inputs(recipe, source), recipe.name,
-                               functools.partial(_compile, recipe, source, jobs))
+                               functools.partial(_compile, recipe, source, jobs, distcc))
 
 
-def _compile(recipe: KernelRecipe, source: Source, jobs: int | None, work: Path, out: Path) -> dict:
-    with log.step(f"Building {recipe.name} (Linux {source.version}) in {work}"):
+def _compile(recipe: KernelRecipe, source: Source, jobs: int | None, distcc: Plan | None,
+             work: Path, out: Path) -> dict:
+    via = f" through distcc ({len(distcc.hosts)} hosts)" if distcc else ""
+    with log.step(f"Building {recipe.name} (Linux {source.version}) in {work}{via}"):
         final = configure(recipe, source.tree, work)
+        if distcc:
+            check_kernel(recipe.name, final)
         modules = final.get("MODULES") == "y"
-        _make(work, source.tree, "bzImage", *(["modules"] if modules else []), jobs=jobs)
+        _make(work, source.tree, "bzImage", *(["modules"] if modules else []), jobs=jobs, distcc=distcc)
     release = output(["make", "-s", "-C", source.tree, f"O={work}", ARCH, "kernelrelease"], env=ENV)
     trees = {}
     if modules:

@@ -6,7 +6,9 @@ variables); ``python -m provision world`` runs the same tasks. ``doit world name
     kernels=mk.linux-6.1-xenU    override the KERNELS list (space or comma separated)
     buildconfigs=DIR             another buildconfigs directory (provision/paths.py)
     dist=DIR                     where to stage (DIR/install; provision/paths.py)
-    jobs=N                       make -j (default: the number of CPUs)
+    jobs=N                       make -j (default: the number of CPUs, or the distcc slots)
+    distcc='HOST/N ...'          compile the kernels through distcc (overrides
+                                 [build] distcc in world.toml; distcc= for none)
 
 Each build task's target is a small JSON stamp (in DIST/.stamps) holding the build
 record: doit fingerprints that, and the stamp names the build tree in the cache. Inputs
@@ -28,7 +30,7 @@ from pathlib import Path
 from doit.task import clean_targets
 from doit.tools import config_changed
 
-from provision.build import builddir, config, hypervisor, linux, preflight, stage, tools
+from provision.build import builddir, config, distcc, hypervisor, linux, preflight, stage, tools
 from provision.build.install_tasks import clean_dist
 from provision.build.sources import Source, SourceSpec, fetch
 from provision.errors import ProvisionError
@@ -44,7 +46,7 @@ STARTED = time.time()
 def world() -> config.World:
     v = variables()
     try:
-        return config.load(v.buildconfigs, kernels=v.kernels)
+        return config.load(v.buildconfigs, kernels=v.kernels, distcc=v.distcc)
     except ProvisionError as e:
         fail(e)
 
@@ -133,9 +135,13 @@ def _remove_stamps_dir() -> None:
 def _build(task: str, build, settings, source: str, needs: str) -> None:
     """The action of the build task ``task`` ("xen", "tools", "kernel:<recipe>"): check the
     build dependencies (``needs``: a switch of preflight.check), build or reuse ``settings``
-    with ``build`` from the tree of the ``source`` stamp, and write the task's stamp."""
+    with ``build`` from the tree of the ``source`` stamp, and write the task's stamp. The
+    kernels compile through the distcc hosts that pass their probe; Xen stays local
+    (provision/build/distcc.py says why)."""
     preflight.check(**{needs: True}, staging=True)
-    record = build(settings, _source_of(_stamp(f"source-{source}")), jobs=variables().jobs)
+    plan = distcc.prepare(world().distcc) if task.startswith("kernel:") else None
+    record = build(settings, _source_of(_stamp(f"source-{source}")), jobs=variables().jobs,
+                   **({"distcc": plan} if plan else {}))
     _write(_stamp(task.replace(":", "-")), {**record, "task": task})
 
 
@@ -222,6 +228,32 @@ def _report() -> None:
         print(f"world: rebuilt {', '.join(rebuilt)}; staged in {install_dir()}")
     else:
         print(f"world: nothing was rebuilt; {install_dir()} is up to date")
+
+
+def _distcc_check() -> None:
+    hosts = world().distcc
+    if not hosts:
+        raise ProvisionError("no distcc hosts to check",
+                             hint="give distcc='HOST/N ...', or [build] distcc = [...] in world.toml")
+    statuses = distcc.check(hosts)
+    for s in statuses:
+        print(s.line())
+    bad = [s for s in statuses if not s.ok]
+    if bad:
+        raise ProvisionError(f"distcc host {bad[0].host.spec} is not usable: {bad[0].error}"
+                             + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+                             hint="start distccd there with --allow for this machine, or drop the host")
+
+
+def task_distcc_check():
+    """Check the distcc hosts: each answers, compiles a probe, with the local gcc's version."""
+    world()
+    return {
+        "basename": "distcc-check",
+        "actions": [(_guard, [_distcc_check])],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
 
 
 def task_world():
