@@ -2,7 +2,7 @@
 variables every task reads (parsed once), and the task list that dodo.py and
 ``python -m provision world`` share.
 
-    doit world kernels=mk.linux-6.1-xenU buildconfigs=DIR dist=DIR jobs=N
+    doit world kernels=mk.linux-6.1-xenU buildconfigs=DIR dist=DIR jobs=N lsmod=FILE
 
 ``dist=`` and ``buildconfigs=`` follow the rules of :mod:`provision.paths`.
 """
@@ -37,6 +37,7 @@ class Variables:
     buildconfigs: Path
     kernels: str | None = None          # the KERNELS list's override (config.load parses it)
     jobs: int | None = None             # make -j; None: builddir.jobs()
+    lsmod: str | None = None            # an lsmod file for the kernels with modules (config.load)
 
 
 def fail(e: ProvisionError):
@@ -54,7 +55,8 @@ def variables() -> Variables:
         fail(ProvisionError(f"jobs={jobs} is not a positive number", hint="e.g. jobs=4"))
     return Variables(dist=paths.dist(get_var("dist", None)),
                      buildconfigs=paths.buildconfigs(get_var("buildconfigs", None)),
-                     kernels=get_var("kernels", None), jobs=int(jobs) if jobs else None)
+                     kernels=get_var("kernels", None), jobs=int(jobs) if jobs else None,
+                     lsmod=get_var("lsmod", None))
 
 
 def namespace() -> dict:

@@ -7,6 +7,7 @@ variables); ``python -m provision world`` runs the same tasks. ``doit world name
     buildconfigs=DIR             another buildconfigs directory (provision/paths.py)
     dist=DIR                     where to stage (DIR/install; provision/paths.py)
     jobs=N                       make -j (default: the number of CPUs)
+    lsmod=FILE                   trim the kernels with modules to FILE's (lsmod output)
 
 Each build task's target is a small JSON stamp (in DIST/.stamps) holding the build
 record: doit fingerprints that, and the stamp names the build tree in the cache. Inputs
@@ -44,7 +45,7 @@ STARTED = time.time()
 def world() -> config.World:
     v = variables()
     try:
-        return config.load(v.buildconfigs, kernels=v.kernels)
+        return config.load(v.buildconfigs, kernels=v.kernels, lsmod_file=v.lsmod)
     except ProvisionError as e:
         fail(e)
 
