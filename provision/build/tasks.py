@@ -172,7 +172,9 @@ def task_kernel():
         target = _stamp(f"kernel-{recipe.name}")
         yield {
             "name": recipe.name,
-            "doc": f"build {recipe.name}: {recipe.base} + {', '.join(f.label for f in recipe.fragments)}",
+            "doc": f"build {recipe.name}: {recipe.base}"
+                   + (f" trimmed to {recipe.lsmod.name}" if recipe.lsmod else "")
+                   + f" + {', '.join(f.label for f in recipe.fragments)}",
             "actions": [(_guard, [_build, f"kernel:{recipe.name}", linux.build, recipe, "linux", "linux"])],
             "file_dep": [_stamp("source-linux"), *recipe.files()],
             "targets": [target],
