@@ -2,7 +2,7 @@
 variables every task reads (parsed once), and the task list that dodo.py and
 ``python -m provision world`` share.
 
-    doit world kernels=mk.linux-6.1-xenU buildconfigs=DIR dist=DIR jobs=N distcc='HOST/N ...'
+    doit world kernels=mk.linux-6.1-xenU buildconfigs=DIR dist=DIR jobs=N distcc='HOST/N ...' lsmod=FILE
 
 ``dist=`` and ``buildconfigs=`` follow the rules of :mod:`provision.paths`.
 """
@@ -38,6 +38,7 @@ class Variables:
     kernels: str | None = None          # the KERNELS list's override (config.load parses it)
     jobs: int | None = None             # make -j; None: builddir.jobs() or the distcc slots
     distcc: str | None = None           # distcc hosts' override ("" for none; config.load parses it)
+    lsmod: str | None = None            # an lsmod file for the kernels with modules (config.load)
 
 
 def fail(e: ProvisionError):
@@ -56,7 +57,7 @@ def variables() -> Variables:
     return Variables(dist=paths.dist(get_var("dist", None)),
                      buildconfigs=paths.buildconfigs(get_var("buildconfigs", None)),
                      kernels=get_var("kernels", None), jobs=int(jobs) if jobs else None,
-                     distcc=get_var("distcc", None))
+                     distcc=get_var("distcc", None), lsmod=get_var("lsmod", None))
 
 
 def namespace() -> dict:

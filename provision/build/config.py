@@ -2,13 +2,15 @@
 
 ``buildconfigs/world.toml`` names the Xen source, its Kconfig fragment, the control tools
 switch, the Linux source and the KERNELS list. Each kernel is a recipe file
-``buildconfigs/mk.linux-<series>-<flavour>`` (TOML) naming its base config, the fragments
-merged onto it and the options that must (``require``) or must not (``forbid``) be set
-after olddefconfig. Everything here is checked at the edge; inner code trusts it.
+``buildconfigs/mk.linux-<series>-<flavour>`` (TOML) naming its base config (``debian``:
+the distribution's own, :mod:`provision.build.debconfig`), an optional ``lsmod`` file to
+trim it to one machine's modules, the fragments merged onto it and the options that must
+(``require``) or must not (``forbid``) be set after olddefconfig. Everything here is checked at the edge; inner code trusts it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import tomllib
@@ -17,12 +19,14 @@ from pathlib import Path
 
 from provision.build import distcc as distcc_hosts
 from provision.build import kconfig
+from provision.build.lsmod import read as read_lsmod
 from provision.build.sources import SourceSpec, default_spec
 from provision.errors import ProvisionError
 
 WORLD = "world.toml"
-RECIPE = re.compile(r"^mk\.linux-(?P<series>[0-9]+\.[0-9]+)-(?P<flavour>[A-Za-z0-9_]+)$")
-BASES = ("tinyconfig", "defconfig")
+RECIPE = re.compile(r"^mk\.linux-(?P<series>[0-9]+\.[0-9]+)-(?P<flavour>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*)$")
+DEBIAN = "debian"  # the distribution's config of the same source (provision/build/debconfig.py)
+BASES = ("tinyconfig", "defconfig", DEBIAN)
 LINUX_PREFIX = "linux:"  # a fragment from the Linux source tree, e.g. linux:kernel/configs/xen.config
 _SYMBOL = re.compile(r"^[A-Z0-9_]+$")
 
@@ -44,11 +48,13 @@ class KernelRecipe:
     path: Path
     series: str  # 6.1
     flavour: str  # xen0
-    base: str  # "tinyconfig", "defconfig" or an absolute path to a full config
+    base: str  # "tinyconfig", "defconfig", "debian" or an absolute path to a full config
     fragments: tuple[Fragment, ...]
     require: tuple[str, ...]
     forbid: tuple[str, ...]
     text: str = field(compare=False, hash=False, default="")
+    lsmod: Path | None = None  # trim the base to these loaded modules (make localmodconfig)
+    lsmod_text: str = field(compare=False, hash=False, default="")
 
     def ours(self) -> dict[str, str]:
         """The settings our own fragments ask for (checked after olddefconfig)."""
@@ -59,7 +65,7 @@ class KernelRecipe:
         base = self.base
         if base not in BASES:
             base = "sha256:" + hashlib.sha256(Path(base).read_bytes()).hexdigest()
-        return {
+        found = {
             "recipe": hashlib.sha256(self.text.encode()).hexdigest(),
             "base": base,
             "fragments": [
@@ -67,13 +73,22 @@ class KernelRecipe:
                 for f in self.fragments
             ],
         }
+        if self.lsmod:
+            found["lsmod"] = hashlib.sha256(self.lsmod_text.encode()).hexdigest()
+        return found
 
     def files(self) -> list[Path]:
         """Our files this recipe reads: doit's file_dep."""
         files = [self.path, *(f.path for f in self.fragments if f.path)]
         if self.base not in BASES:
             files.append(Path(self.base))
+        if self.lsmod:
+            files.append(self.lsmod)
         return files
+
+    def with_lsmod(self, path: Path) -> KernelRecipe:
+        """This recipe trimmed to the modules of the lsmod file ``path`` (validated)."""
+        return dataclasses.replace(self, lsmod=path, lsmod_text=read_lsmod(path))
 
 
 @dataclass(frozen=True)
@@ -155,10 +170,10 @@ def load_recipe(root: Path, name: str) -> KernelRecipe:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ProvisionError(f"{path}: not valid TOML: {e}") from None
-    _check_keys(d, {"base", "fragments", "require", "forbid"}, str(path))
+    _check_keys(d, {"base", "fragments", "require", "forbid", "lsmod"}, str(path))
     base = d.get("base", "tinyconfig")
     if not isinstance(base, str) or not base:
-        raise ProvisionError(f"{path}: base must be tinyconfig, defconfig or a config file path")
+        raise ProvisionError(f"{path}: base must be tinyconfig, defconfig, debian or a config file path")
     if base not in BASES:
         base_path = (root / base).resolve()
         if not base_path.is_file():
@@ -180,13 +195,41 @@ def load_recipe(root: Path, name: str) -> KernelRecipe:
             ftext = frag.read_text()
             values = kconfig.parse(ftext, what=str(root / label))
             fragments.append(Fragment(label, path=frag, values=values, text=ftext))
-    return KernelRecipe(
+    recipe = KernelRecipe(
         name=name, path=path, series=m["series"], flavour=m["flavour"], base=base,
         fragments=tuple(fragments),
         require=_symbols(d.get("require", []), f"{path}: require"),
         forbid=_symbols(d.get("forbid", []), f"{path}: forbid"),
         text=text,
     )
+    if "lsmod" in d:
+        if not isinstance(d["lsmod"], str) or not d["lsmod"]:
+            raise ProvisionError(f"{path}: lsmod must be the path of an lsmod output file (relative to {root})")
+        recipe = _trimmed(recipe, (root / d["lsmod"]).resolve(), str(path))
+    return recipe
+
+
+def _trimmed(recipe: KernelRecipe, path: Path, what: str) -> KernelRecipe:
+    """``recipe`` with the lsmod file ``path``: only a base with modules can be trimmed."""
+    if recipe.base == "tinyconfig":
+        raise ProvisionError(f"{what}: lsmod trims a kernel's modules, but {recipe.name} is "
+                             "built from tinyconfig, which has none",
+                             hint='use it with base = "debian" (e.g. mk.linux-6.1-xen0-hw)')
+    return recipe.with_lsmod(path)
+
+
+def with_lsmod(recipes: tuple[KernelRecipe, ...], path: str | Path) -> tuple[KernelRecipe, ...]:
+    """The command line's lsmod file for every kernel that has modules to trim (all but
+    the tinyconfig ones); an error if there is none among ``recipes``."""
+    path = Path(path).resolve()
+    text = read_lsmod(path)  # a bad file is an error even when no kernel would use it
+    trimmable = [r for r in recipes if r.base != "tinyconfig"]
+    if not trimmable:
+        raise ProvisionError(f"lsmod={path}: none of the kernels ({', '.join(r.name for r in recipes) or 'none'}) "
+                             "has modules to trim (they are built from tinyconfig)",
+                             hint="add the hardware dom0: kernels=mk.linux-6.1-xen0-hw")
+    return tuple(dataclasses.replace(r, lsmod=path, lsmod_text=text) if r.base != "tinyconfig" else r
+                 for r in recipes)
 
 
 def kernel_names(value: str | list[str] | tuple[str, ...] | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -199,9 +242,10 @@ def kernel_names(value: str | list[str] | tuple[str, ...] | None, default: tuple
 
 
 def load(root: str | Path = "buildconfigs", kernels: str | list[str] | None = None,
-         distcc: str | None = None) -> World:
+         distcc: str | None = None, lsmod_file: str | Path | None = None) -> World:
     """Read buildconfigs/; ``kernels`` overrides the KERNELS list, ``distcc`` (a host list,
-    "" for none) the [build] distcc hosts."""
+    "" for none) the [build] distcc hosts, ``lsmod_file`` the recipes' lsmod (for every
+    kernel with modules)."""
     root = Path(root).resolve()
     world_file = root / WORLD
     d = _toml(world_file)
@@ -248,6 +292,8 @@ def load(root: str | Path = "buildconfigs", kernels: str | list[str] | None = No
     default = _strings(d.get("KERNELS", []), f"{world_file}: KERNELS")
     names = kernel_names(kernels, default)
     recipes = tuple(load_recipe(root, n) for n in names)
+    if lsmod_file is not None:
+        recipes = with_lsmod(recipes, lsmod_file)
     flavours = [r.flavour for r in recipes]
     dup = sorted({f for f in flavours if flavours.count(f) > 1})
     if dup:

@@ -2,8 +2,10 @@
 
     record = build(recipe, source)   # {"dir": ..., "release": "6.1.176-xen0", ...}
 
-The base config (tinyconfig, defconfig or a file), the recipe's fragments laid over it in
-order, ``LOCALVERSION=-<flavour>`` so ``uname -r`` matches the staged names, olddefconfig,
+The base config (tinyconfig, defconfig, Debian's own or a file), trimmed to one machine's
+modules by the kernel's ``make LSMOD=FILE localmodconfig`` when the recipe has an lsmod
+file, the recipe's fragments laid over it in order (after the trim, so what they ask for
+stays whatever the machine had loaded), ``LOCALVERSION=-<flavour>`` so ``uname -r`` matches the staged names, olddefconfig,
 then the required-option check: a setting Kconfig dropped is an error naming the
 dependency that is missing, before any time is spent compiling.
 """
@@ -16,8 +18,8 @@ import shutil
 from pathlib import Path
 
 from provision import log
-from provision.build import builddir, kconfig
-from provision.build.config import BASES, KernelRecipe
+from provision.build import builddir, debconfig, kconfig
+from provision.build.config import DEBIAN, KernelRecipe
 from provision.build.distcc import Plan, check_kernel
 from provision.build.sources import Source
 from provision.errors import ProvisionError
@@ -62,11 +64,15 @@ def fragments(recipe: KernelRecipe, tree: Path) -> list[dict[str, str]]:
 
 def configure(recipe: KernelRecipe, tree: Path, out: Path) -> dict[str, str]:
     """Write ``out/.config`` for the recipe and verify it; return the final settings."""
-    if recipe.base in BASES:
+    if recipe.base == DEBIAN:
+        base = debconfig.config(tree)
+    elif recipe.base in ("tinyconfig", "defconfig"):
         _make(out, tree, recipe.base, quiet=True)
         base = kconfig.parse((out / ".config").read_text(), f"{recipe.base} output")
     else:
         base = kconfig.parse_file(Path(recipe.base))
+    if recipe.lsmod:
+        base = localmodconfig(base, recipe.lsmod, tree, out)
     local = {"LOCALVERSION": f'"-{recipe.flavour}"', "LOCALVERSION_AUTO": "n"}
     merged = kconfig.merge(base, *fragments(recipe, tree), local)
     kconfig.write_if_changed(out / ".config", merged)
@@ -81,6 +87,19 @@ def configure(recipe: KernelRecipe, tree: Path, out: Path) -> dict[str, str]:
             hint=f"add the missing dependency to a fragment of {recipe.name}, or drop the option",
         )
     return final
+
+
+def localmodconfig(base: dict[str, str], lsmod: Path, tree: Path, out: Path) -> dict[str, str]:
+    """``base`` with the modules that ``lsmod`` does not list switched off: the kernel's
+    own ``make LSMOD=FILE localmodconfig`` (scripts/kconfig/streamline_config.pl) on it."""
+    kconfig.write_if_changed(out / ".config", base)
+    _make(out, tree, "olddefconfig", quiet=True)
+    before = sum(v == "m" for v in kconfig.parse((out / ".config").read_text()).values())
+    _make(out, tree, f"LSMOD={lsmod}", "localmodconfig", quiet=True)
+    trimmed = kconfig.parse((out / ".config").read_text(), f"{out}/.config after localmodconfig")
+    log.info(f"localmodconfig with {lsmod.name}: {before} modules -> "
+             f"{sum(v == 'm' for v in trimmed.values())}")
+    return trimmed
 
 
 def build(recipe: KernelRecipe, source: Source, *, jobs: int | None = None,

@@ -9,6 +9,7 @@ variables); ``python -m provision world`` runs the same tasks. ``doit world name
     jobs=N                       make -j (default: the number of CPUs, or the distcc slots)
     distcc='HOST/N ...'          compile the kernels through distcc (overrides
                                  [build] distcc in world.toml; distcc= for none)
+    lsmod=FILE                   trim the kernels with modules to FILE's (lsmod output)
 
 Each build task's target is a small JSON stamp (in DIST/.stamps) holding the build
 record: doit fingerprints that, and the stamp names the build tree in the cache. Inputs
@@ -46,7 +47,7 @@ STARTED = time.time()
 def world() -> config.World:
     v = variables()
     try:
-        return config.load(v.buildconfigs, kernels=v.kernels, distcc=v.distcc)
+        return config.load(v.buildconfigs, kernels=v.kernels, distcc=v.distcc, lsmod_file=v.lsmod)
     except ProvisionError as e:
         fail(e)
 
@@ -177,7 +178,9 @@ def task_kernel():
         target = _stamp(f"kernel-{recipe.name}")
         yield {
             "name": recipe.name,
-            "doc": f"build {recipe.name}: {recipe.base} + {', '.join(f.label for f in recipe.fragments)}",
+            "doc": f"build {recipe.name}: {recipe.base}"
+                   + (f" trimmed to {recipe.lsmod.name}" if recipe.lsmod else "")
+                   + f" + {', '.join(f.label for f in recipe.fragments)}",
             "actions": [(_guard, [_build, f"kernel:{recipe.name}", linux.build, recipe, "linux", "linux"])],
             "file_dep": [_stamp("source-linux"), *recipe.files()],
             "targets": [target],

@@ -33,7 +33,8 @@ _CODE = [Path(__file__).with_name(n) for n in ("cmdline.py", "render.py", "tasks
 def render_staged(install: Path, out: Path, xen_args: str, dom0_args: str) -> list[Path]:
     """Render every format for the hypervisor and xen0 kernel staged under ``install``."""
     xen = newest(install, "xen-*.gz")
-    kernel = newest(install, "vmlinuz-*-xen0")
+    # The tinyconfig xen0, else a variant of it (xen0-hw, the hardware dom0) staged alone.
+    kernel = newest(install, "vmlinuz-*-xen0") or newest(install, "vmlinuz-*-xen0-*")
     if not xen or not kernel:
         raise ProvisionError(f"{install}/boot has no xen-*.gz or vmlinuz-*-xen0", hint="run doit world first")
     config = cmdline.config_beside(install / xen.lstrip("/"))

@@ -19,7 +19,7 @@ def test_world_unknown_kernel_lists_the_existing_ones(run_cli, tmp_path):
     assert proc.returncode == 2
     (line,) = _error_lines(proc.stderr)
     assert line.startswith("error: unknown kernel 'mk.linux-6.1-xenX'")
-    assert line.endswith("has: mk.linux-6.1-xen0, mk.linux-6.1-xenU")
+    assert line.endswith("has: mk.linux-6.1-xen0, mk.linux-6.1-xen0-hw, mk.linux-6.1-xenU")
     assert not (tmp_path / "dist").exists()
 
 

@@ -145,3 +145,71 @@ def test_duplicate_flavour_is_refused(configs):
     shutil.copy(configs / "mk.linux-6.1-xenU", configs / "mk.linux-6.2-xenU")
     with pytest.raises(ProvisionError, match="two kernels with the flavour xenU"):
         config.load(configs, kernels="mk.linux-6.1-xenU mk.linux-6.2-xenU")
+
+
+# -- the hardware dom0 (issue 17): base = "debian", lsmod -------------------------------------
+
+LSMOD = "Module                  Size  Used by\nvirtio_net             61440  0\next4  999424  1\n"
+
+
+def test_hw_recipe_loads_with_modules_and_the_xen0_fragments():
+    (hw,) = config.load(BUILDCONFIGS, kernels="mk.linux-6.1-xen0-hw").kernels
+    assert (hw.series, hw.flavour, hw.base) == ("6.1", "xen0-hw", "debian")
+    assert "MODULES" in hw.require and "MODULES" not in hw.forbid
+    assert [f.label for f in hw.fragments][:4] == [f.label for f in config.load_recipe(
+        BUILDCONFIGS, "mk.linux-6.1-xen0").fragments]
+    assert hw.ours()["XEN_DOM0"] == "y" and hw.ours()["MODULE_SIG"] == "n"
+    assert hw.lsmod is None and "lsmod" not in hw.inputs() and hw.inputs()["base"] == "debian"
+    # The default KERNELS stay the tinyconfig ones (the boot test's).
+    assert [k.name for k in config.load(BUILDCONFIGS).kernels] == ["mk.linux-6.1-xen0", "mk.linux-6.1-xenU"]
+
+
+def test_recipe_lsmod_key_is_validated_and_in_the_inputs(configs):
+    (configs / "host.lsmod").write_text(LSMOD)
+    recipe = configs / "mk.linux-6.1-xen0-hw"
+    recipe.write_text(recipe.read_text().replace('# lsmod = "qemu-pc.lsmod"', 'lsmod = "host.lsmod"'))
+    (hw,) = config.load(configs, kernels="mk.linux-6.1-xen0-hw").kernels
+    assert hw.lsmod == (configs / "host.lsmod").resolve()
+    assert hw.lsmod in hw.files()
+    before = hw.inputs()
+    assert "lsmod" in before
+    (configs / "host.lsmod").write_text(LSMOD + "e1000e  290816  0\n")
+    (hw,) = config.load(configs, kernels="mk.linux-6.1-xen0-hw").kernels
+    assert hw.inputs()["lsmod"] != before["lsmod"] and hw.inputs()["base"] == before["base"]
+
+
+def test_recipe_lsmod_that_is_not_lsmod_output(configs):
+    (configs / "host.lsmod").write_text("CONFIG_E1000E=m\n")
+    recipe = configs / "mk.linux-6.1-xen0-hw"
+    recipe.write_text(recipe.read_text().replace('# lsmod = "qemu-pc.lsmod"', 'lsmod = "host.lsmod"'))
+    with pytest.raises(ProvisionError) as e:
+        config.load(configs, kernels="mk.linux-6.1-xen0-hw")
+    assert "host.lsmod is not lsmod output" in e.value.message and "\n" not in e.value.message
+
+
+def test_recipe_lsmod_on_a_tinyconfig_kernel_is_refused(configs):
+    (configs / "host.lsmod").write_text(LSMOD)
+    recipe = configs / "mk.linux-6.1-xen0"
+    recipe.write_text(recipe.read_text() + 'lsmod = "host.lsmod"\n')
+    with pytest.raises(ProvisionError, match="built from tinyconfig, which has none"):
+        config.load(configs, kernels="mk.linux-6.1-xen0")
+
+
+def test_command_line_lsmod_applies_to_the_kernels_with_modules(tmp_path):
+    host = tmp_path / "host.lsmod"
+    host.write_text(LSMOD)
+    hw, xenu = config.load(BUILDCONFIGS, kernels="mk.linux-6.1-xen0-hw,mk.linux-6.1-xenU",
+                           lsmod_file=host).kernels
+    assert hw.lsmod == host and xenu.lsmod is None
+    with pytest.raises(ProvisionError) as e:
+        config.load(BUILDCONFIGS, lsmod_file=host)
+    assert "none of the kernels" in e.value.message and "mk.linux-6.1-xen0-hw" in e.value.hint
+    host.write_text("not lsmod\n")
+    with pytest.raises(ProvisionError, match="is not lsmod output"):
+        config.load(BUILDCONFIGS, kernels="mk.linux-6.1-xen0-hw", lsmod_file=host)
+
+
+def test_flavours_with_a_dash():
+    assert config.RECIPE.match("mk.linux-6.1-xen0-hw")["flavour"] == "xen0-hw"
+    assert config.RECIPE.match("mk.linux-6.1-xenU")["flavour"] == "xenU"
+    assert not config.RECIPE.match("mk.linux-6.1-xen0-")

@@ -62,3 +62,12 @@ def test_doit_grub_checks_the_scheduler_against_the_staged_config(dist):
     assert proc.returncode != 0
     assert "sched=rtds is not built into this hypervisor (it has: credit, credit2)" in proc.stdout + proc.stderr
     assert not (dist / "grub" / "custom.cfg").exists()
+
+
+
+def test_grub_takes_the_hardware_xen0_when_it_is_staged_alone(dist):
+    from provision.grub.tasks import DEFAULT_DOM0_ARGS, render_staged
+    boot = dist / "install" / "boot"
+    (boot / "vmlinuz-6.1.176-xen0").rename(boot / "vmlinuz-6.1.176-xen0-hw")
+    render_staged(dist / "install", dist / "grub", "dom0_mem=1G", DEFAULT_DOM0_ARGS)
+    assert "\tmodule2 /boot/vmlinuz-6.1.176-xen0-hw root=/dev/sda1 ro" in (dist / "grub/custom.cfg").read_text()
