@@ -262,7 +262,8 @@ def _verify() -> None:
     names = ["xen", *(["tools"] if w.xen.tools else []), *(f"kernel-{r.name}" for r in w.kernels)]
     missing = [n for n in ["source-xen", *(["source-linux"] if w.kernels else []), *names] if not _stamp(n).exists()]
     if missing:
-        raise ProvisionError(f"{dist()} has no build of {missing[0]} to verify", hint="run doit world first")
+        raise ProvisionError(f"{dist()} has no finished doit world to verify ({_stamp(missing[0])} is missing)",
+                             hint="run doit world first")
     sources = {what: _source_of(_stamp(f"source-{what}")) for what in ("xen", "linux") if _stamp(f"source-{what}").exists()}
     records = {n.removeprefix("kernel-"): _read(_stamp(n)) for n in names}
     preflight.check(hypervisor="xen" in parts, xen_tools="tools" in parts,

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -195,3 +196,23 @@ def test_verify_refuses_a_tree_staged_before_pinning(tmp_path, records):  # noqa
         verify.verify(w, {}, {}, tmp_path / "dist", ("xen",), scratch=tmp_path / "scratch")
     assert not (tmp_path / "scratch").exists()
     assert json.loads((tmp_path / "dist/install/manifest.json").read_text())["reproducible"] is None
+
+
+def _doit(tmp_path, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XEN_PROVISION_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "doit", "--db-file", str(tmp_path / ".doit.db"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_doit_verify_bad_input_is_one_line_and_builds_nothing(tmp_path):
+    proc = _doit(tmp_path, "verify", f"dist={tmp_path / 'dist'}", "parts=xen,bogus")
+    assert proc.returncode != 0
+    assert [x for x in proc.stderr.splitlines() if x.startswith("error:")] == \
+        ["error: parts=xen,bogus: 'bogus' is not a part of this world"]
+    assert "hint: choose from xen, tools, mk.linux-6.1-xen0, mk.linux-6.1-xenU" in proc.stderr
+    proc = _doit(tmp_path, "verify", f"dist={tmp_path / 'dist'}", "parts=xen")
+    assert proc.returncode != 0
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "has no finished doit world to verify" in errors[0]
+    assert "hint: run doit world first" in proc.stderr
+    assert not (tmp_path / "dist").exists() and not (tmp_path / "cache" / "build").exists()
