@@ -109,8 +109,8 @@ class Difference:
     expected: str | None
     actual: str | None
 
-    def describe(self) -> str:
-        return f"{self.path} differs: expected {self.expected or 'nothing'}, rebuilt {self.actual or 'nothing'}"
+    def describe(self, actual: str = "rebuilt") -> str:
+        return f"{self.path} differs: expected {self.expected or 'nothing'}, {actual} {self.actual or 'nothing'}"
 
 
 def _digest(entry: dict | None) -> str | None:

@@ -126,7 +126,7 @@ def verify(world: World, sources: dict[str, Source], records: dict[str, dict], d
     tampered = reproducible.compare(expected["files"], stage.file_table(install))
     if tampered is not None:
         raise ProvisionError(f"verify: {install}/{tampered.path} does not match manifest.json: "
-                             f"{tampered.describe().split(': ', 1)[1]}",
+                             f"{tampered.describe('staged').split(': ', 1)[1]}",
                              hint="run doit world again (it restages dist/install), then doit verify")
     made = scratch is None
     scratch = Path(scratch or tempfile.mkdtemp(prefix="xen-provision-verify-", dir="/var/tmp"))

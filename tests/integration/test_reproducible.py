@@ -82,7 +82,8 @@ def test_verify_rebuilds_the_same_bytes_and_names_a_changed_file(xen_world):
     proc, _ = _verify(xen_world, f"scratch={scratch}", "parts=xen")
     assert proc.returncode != 0
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"{config} does not match manifest.json" in errors[0], proc.stdout[-2000:]
+    assert len(errors) == 1 and f"{config} does not match manifest.json: expected {want} (mode 0644), staged" \
+        in errors[0], proc.stdout[-2000:]
 
     # A dist that was built differently (its manifest says so): the rebuild names the file,
     # with both digests. The scratch directory's builds are reused: no second compile.
