@@ -164,7 +164,8 @@ def pinned(xen: dict, tools: dict | None, kernels: dict[str, dict]) -> dict | No
     return {
         "SOURCE_DATE_EPOCH": max(int(rec["reproducible"]["SOURCE_DATE_EPOCH"]) for rec in records.values()),
         "builds": {name: rec["reproducible"] for name, rec in records.items()},
-        "prefix_map": "source and build trees compiled as /usr/src/<tree> (gcc -ffile-prefix-map)",
+        "prefix_map": "source and work trees as /usr/src/<tree> in debug information (-fdebug-prefix-map), "
+                      "__FILE__ relative to the source tree (-fmacro-prefix-map)",
     }
 
 
@@ -231,13 +232,14 @@ def stage(dest: Path, xen: dict, tools: dict | None, kernels: dict[str, dict]) -
         elf = (root / xnames["elf"]).resolve()
         if xen.get("elf_sha256"):
             manifest["xen"]["elf_sha256"] = xen["elf_sha256"]
-        if manifest["reproducible"]:
-            set_mtimes(root, manifest["reproducible"]["SOURCE_DATE_EPOCH"])
-            os.utime(elf, (manifest["reproducible"]["SOURCE_DATE_EPOCH"],) * 2)
+        epoch = manifest["reproducible"] and manifest["reproducible"]["SOURCE_DATE_EPOCH"]
+        if epoch:
+            set_mtimes(root, epoch)
+            os.utime(elf, (epoch, epoch))
         manifest = seal(root, manifest)
-        if manifest["reproducible"]:  # manifest.json itself too
-            os.utime(root / MANIFEST, (manifest["reproducible"]["SOURCE_DATE_EPOCH"],) * 2)
-            os.utime(root, (manifest["reproducible"]["SOURCE_DATE_EPOCH"],) * 2)
+        if epoch:  # manifest.json (and so the directory) too
+            os.utime(root / MANIFEST, (epoch, epoch))
+            os.utime(root, (epoch, epoch))
         # Swap the new tree and ELF in.
         shutil.rmtree(old, ignore_errors=True)
         if dest.exists():
