@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 
 from provision import log
-from provision.build import builddir, kconfig
+from provision.build import builddir, kconfig, reproducible
 from provision.build.config import XenSettings
 from provision.build.sources import Source
 from provision.errors import ProvisionError
@@ -29,7 +29,20 @@ def inputs(settings: XenSettings, source: Source) -> dict:
     return {
         "source": source.identity,
         "fragment": kconfig.render(settings.fragment_values),
+        "reproducible": pinned(source),
     }
+
+
+def pinned(source: Source) -> dict[str, str]:
+    """The build identity the hypervisor is built with (:mod:`.reproducible`)."""
+    return reproducible.xen_env(reproducible.source_date_epoch(source))
+
+
+def build_env(source: Source, work: Path) -> dict[str, str]:
+    """:func:`pinned`, and the source and work trees' paths mapped to fixed names."""
+    paths = {source.tree: f"/usr/src/xen-{source.version}", work: f"/usr/src/xen-{source.version}-build"}
+    flags = f"{reproducible.prefix_map(paths)} {reproducible.macro_map(source.tree)}"
+    return {**pinned(source), "EXTRA_CFLAGS_XEN_CORE": flags}
 
 
 def configure(tree: Path, out: Path, settings: XenSettings) -> dict[str, str]:
@@ -70,7 +83,7 @@ def build(settings: XenSettings, source: Source, *, jobs: int | None = None) -> 
 def _compile(settings: XenSettings, source: Source, jobs: int | None, work: Path, out: Path) -> dict:
     with log.step(f"Building the Xen {source.version} hypervisor in {work}"):
         final = configure(source.tree, work, settings)
-        builddir.make(f"O={work}", directory=source.tree / "xen", parallel=jobs)
+        builddir.make(f"O={work}", directory=source.tree / "xen", parallel=jobs, env=build_env(source, work))
     version = output(["make", "-s", "-C", source.tree / "xen", f"O={work}", "xenversion"])
     built, default = schedulers(final)
     builddir.publish(work, out, OUTPUTS)
@@ -83,4 +96,6 @@ def _compile(settings: XenSettings, source: Source, jobs: int | None, work: Path
         "debug": final.get("DEBUG") == "y",
         "schedulers": built,
         "default_scheduler": default,
+        "elf_sha256": hashlib.sha256((out / "xen").read_bytes()).hexdigest(),
+        "reproducible": pinned(source),
     }

@@ -7,7 +7,8 @@
 
 The tarball holds ``xen-<version>-install/{install/, install.sh, README}`` and is
 deterministic: sorted entries, owner root, mtimes from
-SOURCE_DATE_EPOCH (else the newest input's mtime), no timestamp in the gzip header.
+$SOURCE_DATE_EPOCH, else manifest.json's pinned SOURCE_DATE_EPOCH (else the newest
+input's mtime), no timestamp in the gzip header.
 Installing is install.sh's job in both cases, so `doit install` and an unpacked tarball
 behave the same; install.sh is also the one check of a tree against its manifest.json
 (``install.sh --verify``), which make_dist runs before packing.
@@ -67,6 +68,16 @@ def dist_version(install_dir: str | os.PathLike) -> str:
         raise ProvisionError(f"{install_dir}/boot holds several Xen versions ({', '.join(found)}) and no manifest.json",
                              hint="run doit clean and doit world")
     return found[0]
+
+
+def _pinned_epoch(install_dir: Path) -> int | None:
+    """The SOURCE_DATE_EPOCH the staged builds were pinned to (manifest.json), if any."""
+    try:
+        section = json.loads((install_dir / "manifest.json").read_text()).get("reproducible") or {}
+    except (OSError, ValueError):
+        return None
+    value = section.get("SOURCE_DATE_EPOCH")
+    return int(value) if isinstance(value, int) else None
 
 
 def _entries(install_dir: Path) -> list[tuple[str, Path]]:
@@ -138,8 +149,11 @@ def make_dist(dist_dir: str | os.PathLike | None = None, sign: str | None = None
     _install_sh(["--verify", "-q", "--from", str(install_dir)])
     top = f"xen-{version}-install"
     entries = _entries(install_dir)
+    pinned = _pinned_epoch(install_dir)
     if "SOURCE_DATE_EPOCH" in os.environ:
         mtime = source_date_epoch()
+    elif pinned is not None:  # what the builds were pinned to (manifest.json)
+        mtime = pinned
     else:  # same inputs, same bytes: the newest input decides
         mtime = int(max([p.lstat().st_mtime for _, p in entries] + [install_sh.stat().st_mtime]))
     readme = _readme(version, install_dir).encode()

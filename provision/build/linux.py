@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from provision import log
-from provision.build import builddir, debconfig, kconfig
+from provision.build import builddir, debconfig, kconfig, reproducible
 from provision.build.config import DEBIAN, KernelRecipe
 from provision.build.distcc import Plan, check_kernel
 from provision.build.sources import Source
@@ -26,8 +26,6 @@ from provision.errors import ProvisionError
 from provision.run import output
 
 ARCH = "ARCH=x86_64"  # tinyconfig would otherwise make a 32-bit kernel
-# Reproducible version strings: no user or host name of the build machine.
-ENV = {"KBUILD_BUILD_USER": "xen-provision", "KBUILD_BUILD_HOST": "xen-provision"}
 # What staging needs ("?" = only some configs make it).
 OUTPUTS = ["arch/x86/boot/bzImage", ".config", "System.map", "vmlinux",
            "?modules.builtin", "?modules.builtin.modinfo", "?modules.order"]
@@ -38,12 +36,24 @@ def tree_name(recipe: KernelRecipe) -> str:
 
 
 def inputs(recipe: KernelRecipe, source: Source) -> dict:
-    return {"source": source.identity, **recipe.inputs()}
+    return {"source": source.identity, **recipe.inputs(), "reproducible": pinned(source)}
+
+
+def pinned(source: Source) -> dict[str, str]:
+    """The build identity kernels are built with (:mod:`.reproducible`)."""
+    return reproducible.linux_env(reproducible.source_date_epoch(source))
+
+
+def build_env(source: Source, work: Path) -> dict[str, str]:
+    """:func:`pinned`, and the source and work trees' paths mapped to fixed names in debug
+    information (kbuild itself makes ``__FILE__`` relative with -fmacro-prefix-map)."""
+    paths = {source.tree: f"/usr/src/linux-{source.version}", work: f"/usr/src/linux-{source.version}-build"}
+    return {**pinned(source), "KCFLAGS": reproducible.prefix_map(paths)}
 
 
 def _make(out: Path, tree: Path, *targets: str, quiet: bool = False, jobs: int | None = None,
-          distcc: Plan | None = None) -> None:
-    builddir.make(f"O={out}", ARCH, *targets, directory=tree, quiet=quiet, env=ENV, parallel=jobs,
+          env: dict[str, str] | None = None, distcc: Plan | None = None) -> None:
+    builddir.make(f"O={out}", ARCH, *targets, directory=tree, quiet=quiet, env=env, parallel=jobs,
                   distcc=distcc)
 
 
@@ -123,15 +133,17 @@ def _compile(recipe: KernelRecipe, source: Source, jobs: int | None, distcc: Pla
         if distcc:
             check_kernel(recipe.name, final)
         modules = final.get("MODULES") == "y"
-        _make(work, source.tree, "bzImage", *(["modules"] if modules else []), jobs=jobs, distcc=distcc)
-    release = output(["make", "-s", "-C", source.tree, f"O={work}", ARCH, "kernelrelease"], env=ENV)
+        env = build_env(source, work)
+        _make(work, source.tree, "bzImage", *(["modules"] if modules else []), jobs=jobs, env=env,
+              distcc=distcc)
+    release = output(["make", "-s", "-C", source.tree, f"O={work}", ARCH, "kernelrelease"], env=env)
     trees = {}
     if modules:
         staging = work / ".modules-install"
         shutil.rmtree(staging, ignore_errors=True)
         # modules_install also writes build/source links back into the work tree: drop them.
         _make(work, source.tree, f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1",
-              "DEPMOD=/bin/true", "modules_install", quiet=True)
+              "DEPMOD=/bin/true", "modules_install", quiet=True, env=env)
         for link in ("build", "source"):
             (staging / "lib/modules" / release / link).unlink(missing_ok=True)
         trees["modules"] = staging / "lib/modules" / release
@@ -147,4 +159,5 @@ def _compile(recipe: KernelRecipe, source: Source, jobs: int | None, distcc: Pla
         "source": source.summary(),
         "config_sha256": hashlib.sha256((out / ".config").read_bytes()).hexdigest(),
         "inputs": recipe.inputs(),
+        "reproducible": pinned(source),
     }

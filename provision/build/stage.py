@@ -8,11 +8,16 @@
     usr/, etc/, var/              the control tools (make dist-tools)
     manifest.json                 versions, source identities, config hashes, every file
                                   (size, sha256, mode, link target) and directory: install.sh
-                                  installs nothing from a tree that does not match it
+                                  installs nothing from a tree that does not match it;
+                                  "reproducible": the pinned build identity (SOURCE_DATE_EPOCH,
+                                  XEN_BUILD_*, KBUILD_BUILD_*), which `doit verify` rebuilds with
 
 The uncompressed multiboot image (``xen/xen``, a 32-bit ELF that QEMU's ``-kernel`` can
 boot) is not installed anywhere, so it goes beside the tree: ``dist/xen-<ver>.elf``,
 named in the manifest as ``xen.elf`` (relative to dist/install).
+
+Every staged file, directory and link gets SOURCE_DATE_EPOCH (the newest source's
+changelog date) as its mtime, so two stagings of the same builds are the same tree.
 
 The new tree is assembled beside the old one and swapped in, so dist/install is always
 either the previous complete tree or the new complete one.
@@ -33,7 +38,7 @@ from provision.run import run
 from provision.undo import UndoStack
 
 MANIFEST = "manifest.json"
-FORMAT = 3  # 2: lib/modules indexed by depmod; 3: without Xen's own xendomains
+FORMAT = 4  # 2: lib/modules indexed by depmod; 3: without Xen's own xendomains; 4: "reproducible"
 
 
 def xen_names(version: str) -> dict[str, str]:
@@ -148,6 +153,28 @@ def dir_list(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
 
 
+def pinned(xen: dict, tools: dict | None, kernels: dict[str, dict]) -> dict | None:
+    """manifest.json's "reproducible" section: the build identity each build was made
+    with, and SOURCE_DATE_EPOCH, the newest of theirs (the staged files' mtime). None
+    for build records from before builds were pinned."""
+    records = {"xen": xen, **({"tools": tools} if tools else {}),
+               **{f"kernel:{name}": rec for name, rec in kernels.items()}}
+    if any("reproducible" not in rec for rec in records.values()):
+        return None
+    return {
+        "SOURCE_DATE_EPOCH": max(int(rec["reproducible"]["SOURCE_DATE_EPOCH"]) for rec in records.values()),
+        "builds": {name: rec["reproducible"] for name, rec in records.items()},
+        "prefix_map": "source and work trees as /usr/src/<tree> in debug information (-fdebug-prefix-map), "
+                      "__FILE__ relative to the source tree (-fmacro-prefix-map)",
+    }
+
+
+def set_mtimes(root: Path, epoch: int) -> None:
+    """Give everything under ``root`` (and ``root``) the mtime ``epoch``, links themselves included."""
+    for path in [*root.rglob("*"), root]:
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
+
+
 def seal(root: Path, manifest: dict) -> dict:
     """Write ``root/manifest.json``: ``manifest`` with every file and directory under
     ``root``, in the line-per-value form install.sh reads (indent 2, sorted keys)."""
@@ -200,9 +227,19 @@ def stage(dest: Path, xen: dict, tools: dict | None, kernels: dict[str, dict]) -
                 }
                 for name, rec in kernels.items()
             },
+            "reproducible": pinned(xen, tools, kernels),
         }
-        manifest = seal(root, manifest)
         elf = (root / xnames["elf"]).resolve()
+        if xen.get("elf_sha256"):
+            manifest["xen"]["elf_sha256"] = xen["elf_sha256"]
+        epoch = manifest["reproducible"] and manifest["reproducible"]["SOURCE_DATE_EPOCH"]
+        if epoch:
+            set_mtimes(root, epoch)
+            os.utime(elf, (epoch, epoch))
+        manifest = seal(root, manifest)
+        if epoch:  # manifest.json (and so the directory) too
+            os.utime(root / MANIFEST, (epoch, epoch))
+            os.utime(root, (epoch, epoch))
         # Swap the new tree and ELF in.
         shutil.rmtree(old, ignore_errors=True)
         if dest.exists():

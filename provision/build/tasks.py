@@ -11,6 +11,11 @@ variables); ``python -m provision world`` runs the same tasks. ``doit world name
                                  [build] distcc in world.toml; distcc= for none)
     lsmod=FILE                   trim the kernels with modules to FILE's (lsmod output)
 
+    doit verify [parts=xen,xenU] [keep=1] [scratch=DIR]
+                                 rebuild into a scratch cache (a temporary one, removed
+                                 unless keep=1) and compare with dist/install, naming the
+                                 first file that differs (provision/build/verify.py)
+
 Each build task's target is a small JSON stamp (in DIST/.stamps) holding the build
 record: doit fingerprints that, and the stamp names the build tree in the cache. Inputs
 doit cannot see as files go through ``config_changed``. The build functions themselves
@@ -31,7 +36,17 @@ from pathlib import Path
 from doit.task import clean_targets
 from doit.tools import config_changed
 
-from provision.build import builddir, config, distcc, hypervisor, linux, preflight, stage, tools
+from provision.build import (
+    builddir,
+    config,
+    distcc,
+    hypervisor,
+    linux,
+    preflight,
+    stage,
+    tools,
+    verify,
+)
 from provision.build.install_tasks import clean_dist
 from provision.build.sources import Source, SourceSpec, fetch
 from provision.errors import ProvisionError
@@ -282,3 +297,33 @@ def _clean_products() -> None:
             print(f"removed {grub / name}")
     with contextlib.suppress(OSError):
         grub.rmdir()
+
+
+def _verify() -> None:
+    from doit import get_var
+
+    w = world()
+    parts = verify.parse_parts(get_var("parts", None), w)
+    names = ["xen", *(["tools"] if w.xen.tools else []), *(f"kernel-{r.name}" for r in w.kernels)]
+    missing = [n for n in ["source-xen", *(["source-linux"] if w.kernels else []), *names] if not _stamp(n).exists()]
+    if missing:
+        raise ProvisionError(f"{dist()} has no finished doit world to verify ({_stamp(missing[0])} is missing)",
+                             hint="run doit world first")
+    sources = {what: _source_of(_stamp(f"source-{what}")) for what in ("xen", "linux") if _stamp(f"source-{what}").exists()}
+    records = {n.removeprefix("kernel-"): _read(_stamp(n)) for n in names}
+    preflight.check(hypervisor="xen" in parts, xen_tools="tools" in parts,
+                    linux=any(p not in ("xen", "tools") for p in parts), staging=True)
+    scratch = get_var("scratch", None)
+    result = verify.verify(w, sources, records, dist(), parts, jobs=variables().jobs,
+                           scratch=Path(scratch).resolve() if scratch else None,
+                           keep=get_var("keep", "") not in ("", "0", "no"))
+    print(f"verify: OK, {result.compared} files compared, identical ({', '.join(result.parts)} rebuilt)")
+
+
+def task_verify():
+    """Rebuild (parts=xen,tools,xenU,...; default all) in a scratch cache; name the first file that differs from dist/install."""
+    return {
+        "actions": [(_guard, [_verify])],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

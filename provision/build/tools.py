@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from provision import log
-from provision.build import builddir
+from provision.build import builddir, hypervisor, reproducible
 from provision.build.config import XenSettings
 from provision.build.sources import Source
 from provision.errors import ProvisionError
@@ -30,7 +30,16 @@ _AUX = (Path("/usr/share/misc"), Path("/usr/share/autoconf/build-aux"))
 
 
 def inputs(settings: XenSettings, source: Source) -> dict:
-    return {"source": source.identity, "configure": list(settings.tools_configure)}
+    return {"source": source.identity, "configure": list(settings.tools_configure),
+            "reproducible": hypervisor.pinned(source)}
+
+
+def build_env(source: Source, src: Path) -> dict[str, str]:
+    """The hypervisor's pinned build identity (SOURCE_DATE_EPOCH also makes Python write
+    hash-checked .pyc files, not ones stamped with the copied sources' mtimes), and the
+    copied tree's path mapped to a fixed name."""
+    flags = f"{reproducible.prefix_map({src: f'/usr/src/xen-{source.version}'})} {reproducible.macro_map(src)}"
+    return {**hypervisor.pinned(source), "EXTRA_CFLAGS_XEN_TOOLS": flags}
 
 
 def _copy_tree(tree: Path, src: Path) -> None:
@@ -77,7 +86,8 @@ def _compile(settings: XenSettings, source: Source, jobs: int | None, work: Path
             stamp.write_text(wanted)
         dist = work / "dist"
         shutil.rmtree(dist, ignore_errors=True)  # a stale file must not be staged
-        builddir.make("dist-tools", f"DISTDIR={dist}", directory=src, parallel=jobs)
+        builddir.make("dist-tools", f"DISTDIR={dist}", directory=src, parallel=jobs,
+                      env=build_env(source, src))
     builddir.publish(work, out, [], {"install": dist / "install"})
     files = [p for p in (out / "install").rglob("*") if p.is_file() or p.is_symlink()]
     return {
@@ -88,4 +98,5 @@ def _compile(settings: XenSettings, source: Source, jobs: int | None, work: Path
         "configure": flags,
         "configure_sha256": hashlib.sha256("\n".join(flags).encode()).hexdigest(),
         "files": len(files),
+        "reproducible": hypervisor.pinned(source),
     }
