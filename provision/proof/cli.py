@@ -12,9 +12,9 @@ For each scenario (:data:`provision.proof.assemble.SCENARIOS`):
 3. the boot, on a LAN that ends inside QEMU (192.0.2.0/24, ``restrict=on``): GRUB, Xen's
    command line and scheduler, dom0 multi-user with no failed units, xendomains starting
    the guests, each answering ping and ssh, and (bridged) one guest pinging the other,
-   ``xl console``, a guest whose root dom0 serves over NFS, LVM in dom0, save/restore
-   through xendomains, mem-set, and a guest with a bad disk reported; (routed) a guest
-   whose own Debian kernel pvgrub2 boots (:mod:`provision.proof.checks`).
+   ``xl console``, a guest whose root dom0 serves over NFS, save/restore through
+   xendomains, mem-set, and a guest with a bad disk reported; (routed) a guest whose own
+   Debian kernel pvgrub2 boots, and LVM in dom0 (:mod:`provision.proof.checks`).
 
 Each wait is bounded and reported with the time since power-on; the serial logs, the
 assembly logs and ``report.txt`` are kept in ``--out``.
@@ -60,7 +60,7 @@ class Settings:
     memory: int = 3 * 1024            # MiB, the QEMU machine's
     smp: int = 2
     timeout: float = 300.0            # for each long wait (boot to multi-user, guest boot)
-    extra_checks: bool = True         # LVM, save/restore, mem-set, the bad-disk guest (bridged)
+    extra_checks: bool = True         # save/restore, mem-set, the bad-disk guest (bridged); LVM (routed)
     lvmcheck: bool = True
     parallel: bool = False            # the scenarios' machines at once (--parallel)
 
@@ -124,7 +124,7 @@ def code_disk(out: Path, settings: Settings, scenario: Scenario) -> Path:
 
 
 # The LVM checks (minutes in dom0 under TCG) run on the host whose other checks end
-# first, so that with both machines booting at once neither waits long for the other.
+# first, so the two hosts' boots are closer in length (and end together with --parallel).
 LVM_SCENARIO = "routed"
 
 
