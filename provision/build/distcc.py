@@ -247,7 +247,9 @@ def _compile(argv: list[str], env: dict[str, str], work: Path) -> tuple[bytes | 
     source.write_text(PROBE)
     obj = work / "probe.o"
     obj.unlink(missing_ok=True)
-    full = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", **env}
+    # TMPDIR: distcc leaves its preprocessed copy (distcc_*.i) behind when a host refuses
+    # the job with fallbacks off; in the probe's own directory it goes with it.
+    full = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", **env, "TMPDIR": str(work)}
     full.pop("CCACHE_PREFIX", None)
     try:
         proc = subprocess.run([*argv, "-c", "probe.c", "-o", "probe.o"], cwd=work, env=full,

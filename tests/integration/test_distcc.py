@@ -115,11 +115,13 @@ def test_kernel_objects_through_distcc_are_identical_and_a_dead_host_is_dropped(
     assert not any("COMPILE_ERROR" in d.log.read_text() for d in daemons)
 
 
-def test_only_dead_hosts_mean_a_local_build_with_a_warning(daemons, capsys):
+def test_only_dead_hosts_mean_a_local_build_with_a_warning(daemons, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where distcc would leave distcc_*.i
     distcc.prepare.cache_clear()
     assert distcc.prepare(distcc.parse(f"127.0.0.1:{_free_port()}/4")) is None
     err = capsys.readouterr().err
     assert "is not usable" in err and "warning: no distcc host is usable: compiling locally" in err
+    assert not list(tmp_path.iterdir()), "the probes left files behind"
     distcc.prepare.cache_clear()
 
 
