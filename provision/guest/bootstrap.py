@@ -11,6 +11,7 @@ import functools
 import os
 import platform
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,14 @@ VARIANTS = {
 ARCHES = ("amd64", "i386", "arm64", "armhf", "armel", "ppc64el", "s390x", "riscv64", "mips64el")
 _PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _JESSIE_HOOK = "/usr/share/mmdebstrap/hooks/maybe-jessie-or-older"
+PREFETCH = Path(__file__).with_name("mmdebstrap-prefetch.sh")
+# What mmdebstrap's variants install with apt after the essential set (its second
+# download, which the prefetch hooks start during the essential install).
+_SECOND_SET = {
+    "minbase": ("apt", "?priority(required)"),
+    "buildd": ("apt", "?priority(required)", "build-essential"),
+    "debootstrap": ("apt", "?priority(required)", "?priority(important)"),
+}
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,8 @@ def command(spec: BaseSpec, target: str | os.PathLike) -> tuple[list[str], dict[
             argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
             argv.append('--aptopt=Apt::Key::gpgvcommand "/usr/libexec/mmdebstrap/gpgvnoexpkeysig"')
             argv.append(f"--hook-dir={_JESSIE_HOOK}")
+        else:
+            argv += _prefetch_hooks(variant, spec.include)
         source = f"deb {'[trusted=yes] ' if not spec.keyring else ''}{spec.mirror} {spec.suite} {' '.join(spec.components)}"
         argv += [spec.suite, target, source]
         return argv, env
@@ -217,6 +228,16 @@ def command(spec: BaseSpec, target: str | os.PathLike) -> tuple[list[str], dict[
     argv.append(f"--keyring={spec.keyring}" if spec.keyring else "--no-check-gpg")
     argv += [spec.suite, target, spec.mirror]
     return argv, env
+
+
+def _prefetch_hooks(variant: str, include: tuple[str, ...]) -> list[str]:
+    """mmdebstrap hooks that download the variant's second package set while dpkg installs
+    the essential one (see mmdebstrap-prefetch.sh): 2-3 s of a 16-20 s minbase bootstrap.
+    Not for archived suites, whose old apt/dpkg the hook was never run against."""
+    wanted = " ".join(shlex.quote(p) for p in (*_SECOND_SET[variant], *include))
+    script = shlex.quote(str(PREFETCH))
+    return [f'--extract-hook=sh {script} start "$1" {wanted}',
+            f'--essential-hook=sh {script} wait "$1"']
 
 
 def bootstrap(spec: BaseSpec, target: str | os.PathLike, *, quiet: bool = False) -> None:

@@ -426,3 +426,27 @@ def test_lvcheck_seeded_from_the_host_cache(workdir, tmp_path):
     finally:
         subprocess.run(["vgremove", "-f", "-q", "xplvcheck"], capture_output=True, env={**os.environ, "PATH": SBIN_PATH})
         subprocess.run(["losetup", "-d", loop])
+
+
+def test_mmdebstrap_downloads_the_second_set_while_dpkg_installs_the_first(tmp_path):
+    """Our mmdebstrap command, run verbosely: the packages apt installs after the essential
+    set were already fetched by the prefetch hook, so that step downloads nothing; the base
+    is complete and the hook leaves nothing behind."""
+    from provision.guest.bootstrap import command, resolve
+    if os.geteuid() != 0:
+        pytest.skip("mmdebstrap --mode=root needs root")
+    spec = resolve(host_suite(), arch=None)
+    if spec.backend != "mmdebstrap":
+        pytest.skip("mmdebstrap is not installed")
+    argv, env = command(spec, tmp_path / "root")
+    assert any(a.startswith("--extract-hook=") for a in argv)
+    proc = subprocess.run([argv[0], "-v", *argv[1:]], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "the package prefetch failed" not in out, out[-3000:]
+    second = out.split("installing remaining packages inside the chroot", 1)[1]
+    assert "Get:" not in second, second[:3000]  # all from the prefetch
+    root = tmp_path / "root"
+    assert (root / "usr/bin/ip").exists() and (root / "usr/bin/apt-get").exists()
+    assert not list((root / "tmp").iterdir()) and not list((root / "var/cache/apt/archives").glob("*.deb"))

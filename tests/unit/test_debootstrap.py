@@ -15,7 +15,7 @@ import pytest
 
 from provision.errors import ProvisionError
 from provision.guest import basecache, ext4edit, mirror, suites
-from provision.guest.bootstrap import command, resolve
+from provision.guest.bootstrap import PREFETCH, command, resolve
 from provision.guest.configure import (
     GuestSettings,
     Network,
@@ -155,6 +155,7 @@ def test_archived_debian_suites_use_the_archive(name):
     if spec.backend == "mmdebstrap":
         assert '--aptopt=Acquire::Check-Valid-Until "false"' in argv
         assert argv[-1] == f"deb http://archive.debian.org/debian {name} main"
+        assert not any("prefetch" in a for a in argv)  # never run against an archived suite's apt
     else:
         assert argv[-3:] == [name, "/t", "http://archive.debian.org/debian"]
 
@@ -181,7 +182,12 @@ def test_bookworm_mmdebstrap_command():
     assert spec.backend == "mmdebstrap"
     assert argv == ["mmdebstrap", "--mode=root", "--format=directory", "--variant=minbase",
                     "--architectures=amd64", "--components=main", "--include=iproute2,less,systemd-sysv,udev,vim-tiny",
-                    f"--keyring={DEBIAN_KEYRING}", "bookworm", "/r", "deb http://deb.debian.org/debian bookworm main"]
+                    f"--keyring={DEBIAN_KEYRING}",
+                    f"--extract-hook=sh {PREFETCH} start \"$1\" apt '?priority(required)' iproute2 less systemd-sysv "
+                    "udev vim-tiny",
+                    f'--essential-hook=sh {PREFETCH} wait "$1"',
+                    "bookworm", "/r", "deb http://deb.debian.org/debian bookworm main"]
+    assert PREFETCH.is_file()  # shipped beside the module (package data)
     # --exclude is debootstrap's: auto picks it
     spec = resolve("bookworm", exclude=["e2fsprogs"], arch="amd64")
     assert spec.backend == "debootstrap"
@@ -667,3 +673,20 @@ def test_lvcheck_seed_wants_an_empty_directory(tmp_path):
     (tmp_path / "old.json").write_text("{}")
     with pytest.raises(ProvisionError, match=f"seed directory {tmp_path} is not empty"):
         lvcheck.seed(tmp_path)
+
+
+def test_prefetch_wait_returns_when_the_prefetch_died_without_a_word(tmp_path):
+    """The essential hook must never hang: a prefetch killed before it wrote its status is
+    a warning (apt downloads the packages itself), and the hook's files are removed."""
+    (tmp_path / "tmp").mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state = tmp_path / "tmp/.xen-provision-prefetch"
+    Path(f"{state}.pid").write_text(f"{dead.pid}\n")
+    Path(f"{state}.log").write_text("E: Failed to fetch http://192.0.2.1/x.deb\n")
+    proc = subprocess.run(["sh", PREFETCH, "wait", tmp_path], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 0
+    assert "the package prefetch failed (killed)" in proc.stderr and "Failed to fetch" in proc.stderr
+    assert not list((tmp_path / "tmp").iterdir())
+    # Without a started prefetch (the start hook never ran) it returns at once, silently.
+    assert subprocess.run(["sh", PREFETCH, "wait", tmp_path], capture_output=True, text=True).stderr == ""
