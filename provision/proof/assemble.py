@@ -235,16 +235,22 @@ def package_digest() -> str:
 
 
 def dist_release(dist: Path) -> dict:
-    """The versions in dist/install's manifest: Xen, and the xen0 and xenU kernels."""
+    """The versions in dist/install's manifest: Xen, the dom0 kernel and the xenU kernel.
+
+    dom0's is the kernel of flavour ``xen0``, or the one xen0 variant the world built
+    (``doit world kernels=mk.linux-6.1-xen0-hw,mk.linux-6.1-xenU``: the hardware dom0)."""
     try:
         m = json.loads((dist / "manifest.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         raise ProvisionError(f"{dist} has no manifest.json", hint="run `doit world` first") from None
-    kernels = m.get("kernels", {})
-    flavour = {k.rsplit("-", 1)[-1]: v for k, v in kernels.items()}
-    if "xen0" not in flavour or "xenU" not in flavour:
-        raise ProvisionError(f"{dist} has no xen0 and xenU kernels", hint="run `doit world` with the default KERNELS")
-    return {"xen": m["xen"]["version"], "xen0": flavour["xen0"]["release"], "xenU": flavour["xenU"]["release"]}
+    kernels = {v.get("flavour") or k.rsplit("-", 1)[-1]: v for k, v in m.get("kernels", {}).items()}
+    dom0s = sorted(f for f in kernels if f == "xen0" or f.startswith("xen0-"))
+    dom0 = "xen0" if "xen0" in dom0s else (dom0s[0] if len(dom0s) == 1 else None)
+    if dom0 is None or "xenU" not in kernels:
+        raise ProvisionError(f"{dist} has no xen0 (or one xen0 variant) and xenU kernel"
+                             f" (it has: {', '.join(sorted(kernels)) or 'none'})",
+                             hint="run `doit world` with the default KERNELS")
+    return {"xen": m["xen"]["version"], "xen0": kernels[dom0]["release"], "xenU": kernels["xenU"]["release"]}
 
 
 # -- the assembly ----------------------------------------------------------------------------

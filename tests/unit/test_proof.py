@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from provision.errors import ProvisionError
 from provision.grub import cmdline, render
 from provision.proof import assemble, checks
 from provision.proof.machine import Lan, Machine
@@ -193,3 +194,26 @@ def test_scenarios_boot_at_once_and_a_failure_is_raised_after_both_end(tmp_path,
     assert finished == ["routed"]
     assert result.checks == ["[bridged] FAIL x", "[routed] PASS y"]
     assert {"boot-bridged", "boot-routed", "boot-all"} <= set(result.stages)
+
+
+def _manifest(tmp_path, *flavours):
+    kernels = {f"mk.linux-6.1-{f}": {"flavour": f, "release": f"6.1.176-{f}"} for f in flavours}
+    (tmp_path / "manifest.json").write_text(json.dumps({"xen": {"version": "4.17.5"}, "kernels": kernels}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("flavours, dom0", [
+    (("xen0", "xenU"), "6.1.176-xen0"),
+    (("xen0-hw", "xenU"), "6.1.176-xen0-hw"),           # doit world kernels=...-xen0-hw,...-xenU
+    (("xen0", "xen0-hw", "xenU"), "6.1.176-xen0"),     # both: the default's
+])
+def test_the_dom0_kernel_is_xen0_or_the_one_xen0_variant(tmp_path, flavours, dom0):
+    release = assemble.dist_release(_manifest(tmp_path, *flavours))
+    assert release == {"xen": "4.17.5", "xen0": dom0, "xenU": "6.1.176-xenU"}
+
+
+@pytest.mark.parametrize("flavours", [("xenU",), ("xen0",), ("xen0-hw", "xen0-big", "xenU")])
+def test_a_dist_without_one_dom0_and_one_guest_kernel_is_one_line(tmp_path, flavours):
+    with pytest.raises(ProvisionError, match=r"has no xen0 .* \(it has: ") as e:
+        assemble.dist_release(_manifest(tmp_path, *flavours))
+    assert "doit world" in e.value.hint
