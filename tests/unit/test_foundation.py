@@ -1,8 +1,10 @@
+import importlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,8 @@ from provision.errors import ProvisionError
 from provision.fsutil import atomic_write, write_if_changed
 from provision.sizes import GiB, MiB, format_size, parse_size
 from provision.undo import UndoStack
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -146,7 +150,7 @@ def test_unforeseen_oserror_is_one_line(tmp_path, monkeypatch, capsys):
     def fail(args):
         raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
 
-    monkeypatch.setattr(cli, "build_parser", lambda: _parser_with(fail))
+    monkeypatch.setattr(cli, "build_parser", lambda *a, **k: _parser_with(fail))
     assert cli.main(["boom"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == f"error: Permission denied: {tmp_path / 'x'}"
@@ -162,3 +166,29 @@ def _parser_with(func):
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("boom").set_defaults(func=func)
     return parser
+
+
+def test_the_command_table_is_what_each_module_registers():
+    """cli.COMMANDS says which module registers which command: a command missing there
+    would still work (it falls back to every module) but pay every module's import."""
+    import argparse
+
+    from provision import cli
+    for module, names in cli.COMMANDS.items():
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert tuple(sub.choices) == names, module
+    assert cli.modules_for(["--debug", "domain", "list"]) == ["provision.domain.cli"]
+    assert cli.modules_for(["xendomains", "status"]) == ["provision.domain.cli"]
+    for argv in ([], ["--help"], ["nosuch"], ["-q"]):
+        assert cli.modules_for(argv) == list(cli.COMMANDS), argv
+
+
+def test_a_command_imports_only_its_own_modules():
+    code = ("import sys\nfrom provision import cli\n"
+            "try:\n    cli.main(['network', 'status', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.endswith('.cli') and m.startswith('provision.')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "['provision.cli', 'provision.network.cli']"
