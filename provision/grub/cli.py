@@ -32,6 +32,12 @@ def newest(root: Path, pattern: str) -> str | None:
     return f"/boot/{max(found, key=_natural).name}" if found else None
 
 
+def dom0_kernel(root: Path) -> str | None:
+    """dom0's kernel under root/boot: the newest tinyconfig xen0, else the newest variant
+    of it (``vmlinuz-*-xen0-hw``, the hardware dom0, installed alone)."""
+    return newest(root, "vmlinuz-*-xen0") or newest(root, "vmlinuz-*-xen0-*")
+
+
 def _existing(root: Path, path: str, option: str) -> str:
     # '..' would name a file outside the target that GRUB, booting the target, cannot see.
     if not path.startswith("/") or ".." in Path(path).parts:
@@ -87,9 +93,10 @@ def build(args) -> Settings:
     xen = _existing(root, args.xen, "--xen") if args.xen else newest(root, "xen-*.gz")
     if not xen:
         raise ProvisionError(f"no hypervisor found: {within(root, '/boot')} has no xen-*.gz", hint="give --xen /boot/xen-<version>.gz")
-    kernel = _existing(root, args.kernel, "--kernel") if args.kernel else newest(root, "vmlinuz-*-xen0")
+    kernel = _existing(root, args.kernel, "--kernel") if args.kernel else dom0_kernel(root)
     if not kernel:
-        raise ProvisionError(f"no dom0 kernel found: {within(root, '/boot')} has no vmlinuz-*-xen0", hint="give --kernel /boot/vmlinuz-<version>")
+        raise ProvisionError(f"no dom0 kernel found: {within(root, '/boot')} has no vmlinuz-*-xen0 (or -xen0-*)",
+                             hint="give --kernel /boot/vmlinuz-<version>")
     initrd = _existing(root, args.initrd, "--initrd") if args.initrd else None
     if args.xen_config:
         config = within(root, _existing(root, args.xen_config, "--xen-config"))
@@ -200,7 +207,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("boot files (paths inside the target root)")
     g.add_argument("--xen", help="hypervisor, e.g. /boot/xen-4.17.gz (default: newest /boot/xen-*.gz)")
     g.add_argument("--xen-config", help="its build config, for the sched= check (default: xen-<ver>.config beside it)")
-    g.add_argument("--kernel", help="dom0 kernel (default: newest /boot/vmlinuz-*-xen0)")
+    g.add_argument("--kernel", help="dom0 kernel (default: newest /boot/vmlinuz-*-xen0, else -xen0-*)")
     g.add_argument("--initrd", help="dom0 initrd, loaded as a second module")
     x = p.add_argument_group("Xen's command line")
     x.add_argument("--xen-args", help='Xen options as you would type them, e.g. "dom0_mem=1G com1=115200,8n1"')

@@ -20,7 +20,7 @@ from doit.tools import config_changed
 from provision.errors import ProvisionError
 from provision.fsutil import write_if_changed
 from provision.grub import cmdline, render
-from provision.grub.cli import newest
+from provision.grub.cli import dom0_kernel, newest
 from provision.tasks import variables
 
 DEFAULT_XEN_ARGS = "dom0_mem=1G,max:1G com1=115200,8n1 console=com1,vga"
@@ -33,8 +33,7 @@ _CODE = [Path(__file__).with_name(n) for n in ("cmdline.py", "render.py", "tasks
 def render_staged(install: Path, out: Path, xen_args: str, dom0_args: str) -> list[Path]:
     """Render every format for the hypervisor and xen0 kernel staged under ``install``."""
     xen = newest(install, "xen-*.gz")
-    # The tinyconfig xen0, else a variant of it (xen0-hw, the hardware dom0) staged alone.
-    kernel = newest(install, "vmlinuz-*-xen0") or newest(install, "vmlinuz-*-xen0-*")
+    kernel = dom0_kernel(install)
     if not xen or not kernel:
         raise ProvisionError(f"{install}/boot has no xen-*.gz or vmlinuz-*-xen0", hint="run doit world first")
     config = cmdline.config_beside(install / xen.lstrip("/"))

@@ -382,3 +382,20 @@ def test_serial_menu_and_timeout_for_a_headless_host(target, run_cli):
                        *[a for a in ARGS if not a.startswith(("--com1", "115200"))], *bad)
         assert proc.returncode == 2 and message in proc.stderr.splitlines()[0], proc.stderr
     assert snapshot(target) == before
+
+
+def test_the_hardware_dom0_installed_alone_is_found_and_xen0_wins_beside_it(target, run_cli):
+    """`doit world kernels=mk.linux-6.1-xen0-hw,...` installs vmlinuz-*-xen0-hw only: grub
+    render/install take it without --kernel (as doit grub does); next to a tinyconfig
+    xen0, xen0 stays dom0's kernel."""
+    (target / "boot/vmlinuz-6.1.0-xen0").rename(target / "boot/vmlinuz-6.1.0-xen0-hw")
+    proc = run_cli("grub", "render", "--root", target, *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "module2 /boot/vmlinuz-6.1.0-xen0-hw " in proc.stdout
+    (target / "boot/vmlinuz-6.1.0-xen0").write_bytes(b"kernel")
+    proc = run_cli("grub", "render", "--root", target, *ARGS)
+    assert proc.returncode == 0 and "module2 /boot/vmlinuz-6.1.0-xen0 " in proc.stdout, proc.stderr
+    for k in ("vmlinuz-6.1.0-xen0", "vmlinuz-6.1.0-xen0-hw"):
+        (target / "boot" / k).unlink()
+    proc = run_cli("grub", "render", "--root", target, *ARGS)
+    assert proc.returncode != 0 and "has no vmlinuz-*-xen0 (or -xen0-*)" in proc.stderr
