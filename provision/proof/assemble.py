@@ -98,7 +98,11 @@ class Scenario:
     host_ip: str
     guests: tuple[Guest, ...]
     bridge: str = "xenbr0"
-    uplink: str = "enp0s16"   # the QEMU NIC at PCI slot 16 (proof.machine.Lan), as udev names it
+    # The QEMU NIC at PCI slot 16 (proof.machine.Lan), as udev names it by its PCI path. A
+    # kernel with ACPI PCI hotplug (Debian's config: the hardware dom0) gives it the slot
+    # name ens16 first and enp0s16 as an altname, which networkd's Name= matches too.
+    uplink: str = "enp0s16"
+    uplink_slot_name: str = "ens16"
     broken_guest: bool = False   # a config whose disk is missing, for xendomains' failure report
 
     lan_gateway: str = "192.0.2.2"   # QEMU's own side of the LAN (proof.machine.Lan.host)

@@ -420,10 +420,12 @@ def _provision(args: str) -> str:
     return f"PYTHONPATH={CODE_MOUNT} PYTHONDONTWRITEBYTECODE=1 python3 -m provision {args}"
 
 
-def network_status(vm: Machine, facts: Facts, bridge: str, host_ip: str, uplink: str) -> None:
+def network_status(vm: Machine, facts: Facts, bridge: str, host_ip: str, uplink: str,
+                   uplink_slot_name: str | None = None) -> None:
     """``network status`` in dom0: the bridge with its address, the uplink and each
     running guest's vif as its ports."""
-    expect = rf"^bridge {bridge}: {re.escape(host_ip)}; up$(?s:.*)^  port {uplink}$"
+    names = "|".join(re.escape(n) for n in (uplink, uplink_slot_name) if n)
+    expect = rf"^bridge {bridge}: {re.escape(host_ip)}; up$(?s:.*)^  port (?:{names})$"
     # Each guest's vif, in whatever order: the bridge lists its ports by domain id, and a
     # guest that was created again (or after another) has a higher one.
     for g in facts.guests:

@@ -169,7 +169,8 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
             checks.guests_answer(vm, facts, quick, t, None if slow else pingable)
             checks.guest_types(vm, facts)
             if scenario.network == "bridge":
-                checks.network_status(vm, facts, scenario.bridge, scenario.host_ip, scenario.uplink)
+                checks.network_status(vm, facts, scenario.bridge, scenario.host_ip, scenario.uplink,
+                                      scenario.uplink_slot_name)
                 checks.nfs_root_served(vm, facts, scenario.host_ip.split("/")[0])
             else:
                 checks.guest_pings_host(vm, facts, scenario.gateway)

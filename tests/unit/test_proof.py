@@ -217,3 +217,20 @@ def test_a_dist_without_one_dom0_and_one_guest_kernel_is_one_line(tmp_path, flav
     with pytest.raises(ProvisionError, match=r"has no xen0 .* \(it has: ") as e:
         assemble.dist_release(_manifest(tmp_path, *flavours))
     assert "doit world" in e.value.hint
+
+
+def test_network_status_check_takes_the_uplink_by_either_udev_name(monkeypatch):
+    """udev names QEMU's NIC enp0s16 (PCI path) on our xen0 and ens16 (hotplug slot) on
+    Debian's config (the hardware dom0): the bridge's port is either; every guest's vif
+    must be there."""
+    seen = {}
+    monkeypatch.setattr(checks, "shell_check", lambda vm, what, cmd, timeout, expect=None: seen.update(e=expect))
+    facts = dataclasses.make_dataclass("F", ["guests"])([{"name": "guest1"}, {"name": "guest4"}])
+    scenario = assemble.SCENARIOS["bridged"]
+    checks.network_status(None, facts, "xenbr0", "192.0.2.1/24", scenario.uplink, scenario.uplink_slot_name)
+    out = ("bridge xenbr0: 192.0.2.1/24; up\n  port {}\n  port vif1.0  (domain guest1, vif 0)\n"
+           "  port vif3.0  (domain guest4, vif 0)\nip_forward: 0\n")
+    for name in ("enp0s16", "ens16"):
+        assert re.search(seen["e"], out.format(name), re.M), name
+    assert not re.search(seen["e"], out.format("ens17"), re.M)
+    assert not re.search(seen["e"], out.format("ens16").replace("guest4", "guest9"), re.M)
