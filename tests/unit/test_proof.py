@@ -224,7 +224,8 @@ def test_network_status_check_takes_the_uplink_by_either_udev_name(monkeypatch):
     Debian's config (the hardware dom0): the bridge's port is either; every guest's vif
     must be there."""
     seen = {}
-    monkeypatch.setattr(checks, "shell_check", lambda vm, what, cmd, timeout, expect=None: seen.update(e=expect))
+    monkeypatch.setattr(checks, "shell_check",
+                        lambda vm, what, cmd, timeout, expect=None: seen.update(e=expect, cmd=cmd))
     facts = dataclasses.make_dataclass("F", ["guests"])([{"name": "guest1"}, {"name": "guest4"}])
     scenario = assemble.SCENARIOS["bridged"]
     checks.network_status(None, facts, "xenbr0", "192.0.2.1/24", scenario.uplink, scenario.uplink_slot_name)
@@ -234,3 +235,25 @@ def test_network_status_check_takes_the_uplink_by_either_udev_name(monkeypatch):
         assert re.search(seen["e"], out.format(name), re.M), name
     assert not re.search(seen["e"], out.format("ens17"), re.M)
     assert not re.search(seen["e"], out.format("ens16").replace("guest4", "guest9"), re.M)
+
+
+def test_network_status_check_waits_for_a_guest_being_created_again(monkeypatch, tmp_path):
+    """The check's shell loop (run here by sh, `network status` played by a file that a
+    background writer completes): it returns once every guest has a vif, and gives up at
+    its deadline printing what it saw."""
+    seen = {}
+    monkeypatch.setattr(checks, "shell_check",
+                        lambda vm, what, cmd, timeout, expect=None: seen.update(cmd=cmd))
+    monkeypatch.setattr(checks, "_provision", lambda args: f"cat {tmp_path / 'status'}")
+    monkeypatch.setattr(checks, "until", lambda s: "e=$(($(date +%s) + 4)); while [ $(date +%s) -lt $e ]; do")
+    facts = dataclasses.make_dataclass("F", ["guests"])([{"name": "guest1"}, {"name": "guest2"}])
+    checks.network_status(None, facts, "xenbr0", "192.0.2.1/24", "enp0s16", "ens16")
+    status = tmp_path / "status"
+    status.write_text("  port vif1.0  (domain guest1, vif 0)\n")
+    late = subprocess.Popen(["sh", "-c", f"sleep 1; echo '  port vif4.0  (domain guest2, vif 0)' >> {status}"])
+    proc = subprocess.run(["sh", "-c", seen["cmd"]], capture_output=True, text=True, timeout=30)
+    late.wait()
+    assert proc.returncode == 0 and "(domain guest2, vif 0)" in proc.stdout
+    status.write_text("  port vif1.0  (domain guest1, vif 0)\n")  # guest2 never comes back
+    proc = subprocess.run(["sh", "-c", seen["cmd"]], capture_output=True, text=True, timeout=30)
+    assert "guest2" not in proc.stdout and "(domain guest1, vif 0)" in proc.stdout
