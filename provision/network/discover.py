@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision import log
 from provision.errors import ProvisionError
 from provision.fsutil import within
 from provision.network import ifupdown, networkd
@@ -31,6 +32,7 @@ class Link:
     kind: str | None                      # "bridge", "veth", ... (None: a plain NIC)
     up: bool
     addresses: tuple[tuple[str, bool], ...]   # (ADDRESS/PREFIX, dynamic)
+    altnames: tuple[str, ...] = ()        # `ip link property add ... altname`, udev's other names
 
 
 def _ip_json(*args: str):
@@ -48,7 +50,8 @@ def live_links() -> dict[str, Link]:
                       for a in entry.get("addr_info", [])
                       if a.get("family") in ("inet", "inet6") and a.get("scope") == "global")
         links[entry["ifname"]] = Link(entry["ifname"], entry.get("address"), entry.get("master"), kind,
-                                      "UP" in entry.get("flags", []), addrs)
+                                      "UP" in entry.get("flags", []), addrs,
+                                      tuple(entry.get("altnames") or ()))
     return links
 
 
@@ -141,6 +144,13 @@ def choose_uplink(config: Config, given: str | None, live: dict[str, Link] | Non
     (live) the default route's device, else the one interface the root's files configure."""
     if given:
         if live is not None and given not in live:
+            # udev gives a NIC several names (enp0s16 by path, ens16 by slot, ...) and the
+            # kernel keeps the others as altnames: the live changes and the files use the
+            # name the kernel uses.
+            for link in live.values():
+                if given in link.altnames:
+                    log.info(f"{given} is an altname of {link.name}: the uplink is {link.name}")
+                    return link.name
             names = ", ".join(n for n in live if n != "lo") or "none"
             raise ProvisionError(f"there is no interface '{given}' on this host",
                                  hint=f"interfaces here: {names}")

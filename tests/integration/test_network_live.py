@@ -362,3 +362,16 @@ def test_routed_apply_sets_forwarding_and_proxy_arp_then_rolls_back(host):
     assert (sysctl("net.ipv4.ip_forward"), sysctl(f"net.ipv4.conf.{host.uplink}.proxy_arp")) == before
     assert not (host.etc / "sysctl.d" / "60-xen-provision-routed.conf").exists()
     host.assert_as_before()
+
+
+def test_the_uplink_may_be_named_by_an_altname(host):
+    """udev names a NIC several ways (enp0s16 by path, ens16 by slot); the kernel keeps the
+    others as altnames (`ip link show` lists them). Given one, the plan uses the name the
+    kernel uses now, and says so."""
+    _sh("ip", "-n", host.ns, "link", "property", "add", "dev", host.uplink, "altname", "xp-altname0")
+    proc = host.provision("network", "bridge", "--name", host.bridge, "--uplink", "xp-altname0", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"xp-altname0 is an altname of {host.uplink}: the uplink is {host.uplink}" in proc.stderr
+    assert f"bridge_ports {host.uplink}" in proc.stdout
+    bad = host.provision("network", "bridge", "--name", host.bridge, "--uplink", "xp-nosuch0", "--dry-run")
+    assert bad.returncode != 0 and "there is no interface 'xp-nosuch0' on this host" in bad.stderr
