@@ -147,8 +147,13 @@ def choose_uplink(config: Config, given: str | None, live: dict[str, Link] | Non
             # udev gives a NIC several names (enp0s16 by path, ens16 by slot, ...) and the
             # kernel keeps the others as altnames: the live changes and the files use the
             # name the kernel uses.
+            # A name the root's files already configure stays: networkd's Name= and ip take
+            # altnames, and the files about it are the ones to replace.
             for link in live.values():
                 if given in link.altnames:
+                    if given in config.interfaces() or networkd.first_match(config.networks, given):
+                        log.info(f"{given} is an altname of {link.name}; the files name {given}")
+                        return given
                     log.info(f"{given} is an altname of {link.name}: the uplink is {link.name}")
                     return link.name
             names = ", ".join(n for n in live if n != "lo") or "none"

@@ -279,3 +279,22 @@ def test_enter_confirms_only_for_the_terminals_foreground_job():
         out += chunk
     os.waitpid(pid, 0)
     assert out.decode().split() == ["fg", "True", "bg", "False"], out
+
+
+def test_an_uplink_given_by_its_altname(tmp_path):
+    """The hardware dom0 names QEMU's NIC ens16 and keeps enp0s16 as an altname. Given
+    enp0s16: kept where the root's files already name it (networkd's Name= takes altnames,
+    and those are the files to replace), else the kernel's name; an unknown name is an error."""
+    from provision.errors import ProvisionError
+    from provision.network.discover import Config, Link, choose_uplink
+    live = {"lo": Link("lo", None, None, None, True, ()),
+            "ens16": Link("ens16", "52:54:00:12:34:56", None, None, True, (), ("enp0s16",))}
+    root = tmp_path / "root"
+    (root / "etc/systemd/network").mkdir(parents=True)
+    assert choose_uplink(Config.read(root), "enp0s16", live) == "ens16"
+    assert choose_uplink(Config.read(root), "ens16", live) == "ens16"
+    (root / "etc/systemd/network/05-xen-provision-enp0s16.network").write_text(
+        "[Match]\nName=enp0s16\n\n[Network]\nAddress=192.0.2.1/24\nGateway=192.0.2.2\n")
+    assert choose_uplink(Config.read(root), "enp0s16", live) == "enp0s16"
+    with pytest.raises(ProvisionError, match="there is no interface 'enp0s17' on this host"):
+        choose_uplink(Config.read(root), "enp0s17", live)
