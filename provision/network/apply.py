@@ -28,7 +28,7 @@ from provision import log
 from provision.changes import Change, apply, current, restore
 from provision.errors import ProvisionError
 from provision.fsutil import Lock, atomic_write
-from provision.network.discover import live_default_route, live_links, netns_id
+from provision.network.discover import find_link, live_default_route, live_links, netns_id
 from provision.network.plan import BACKUP_DIR, Plan
 from provision.run import run, which
 from provision.undo import UndoStack
@@ -124,13 +124,12 @@ class Transaction:
             content, link, mode = current(Path(ch.path))
             txn.files[ch.path] = {"content": base64.b64encode(content).decode() if content is not None else None,
                                   "link": link, "mode": mode}
-        links = live_links()
-        link = links.get(plan.uplink)
+        link = find_link(live_links(), plan.uplink)   # an altname too (the files may use one)
         if link is not None:
             txn.uplink_addresses = [a for a, _ in link.addresses]
             txn.uplink_up = link.up
         dev, gw = live_default_route()
-        txn.default_gateway = gw if dev == plan.uplink else None
+        txn.default_gateway = gw if dev in (plan.uplink, link.name if link else None) else None
         if plan.kind == "bridge" and plan.backend == "ifupdown" and which("ifquery"):
             state = run(["ifquery", "--state", plan.uplink], check=False, capture=True, quiet=True)
             txn.ifupdown_had_uplink = state.returncode == 0 and bool(state.stdout.strip())
@@ -229,14 +228,14 @@ class Transaction:
 
     def _ensure_uplink(self, _links) -> None:
         """Whatever the stack did, the uplink ends up with its addresses and route."""
-        link = live_links().get(self.uplink)
+        link = find_link(live_links(), self.uplink)
         if link is None:
             raise ProvisionError(f"{self.uplink} is gone")
         if link.master:
             run(["ip", "link", "set", self.uplink, "nomaster"], quiet=True)
         if self.uplink_up:
             run(["ip", "link", "set", self.uplink, "up"], quiet=True)
-        have = {a for a, _ in live_links()[self.uplink].addresses}
+        have = {a for a, _ in (find_link(live_links(), self.uplink) or link).addresses}
         for addr in self.uplink_addresses:
             if addr not in have:
                 run(["ip", "addr", "add", addr, "dev", self.uplink], quiet=True)
@@ -349,7 +348,7 @@ def is_live_already(plan: Plan) -> bool:
     if plan.kind == "routed":
         return all(_sysctl_read(k) == v for k, v in plan.sysctl.items())
     links = live_links()
-    uplink = links.get(plan.uplink)
+    uplink = find_link(links, plan.uplink)
     return plan.bridge in links and uplink is not None and uplink.master == plan.bridge
 
 

@@ -55,6 +55,13 @@ def live_links() -> dict[str, Link]:
     return links
 
 
+def find_link(links: dict[str, Link], name: str) -> Link | None:
+    """The live link called ``name``, by its kernel name or one of its altnames."""
+    if name in links:
+        return links[name]
+    return next((link for link in links.values() if name in link.altnames), None)
+
+
 def live_default_route() -> tuple[str | None, str | None]:
     """(device, gateway) of the IPv4 default route, or (None, None)."""
     for r in _ip_json("-4", "route", "show", "default"):

@@ -441,7 +441,8 @@ def network_status(vm: Machine, facts: Facts, bridge: str, host_ip: str, uplink:
 CONFIRM = 15   # seconds `network bridge --apply` waits for `network confirm` in the check
 
 
-def live_bridge_rolled_back(vm: Machine, uplink: str, host_ip: str, guest_ip: str) -> None:
+def live_bridge_rolled_back(vm: Machine, uplink: str, host_ip: str, guest_ip: str,
+                            uplink_slot_name: str | None = None) -> None:
     """``network bridge --apply`` for real with systemd-networkd on the routed host: the
     bridge takes the uplink's address live; unconfirmed, it is rolled back by itself and
     the guest answers again through its routed vif."""
@@ -458,4 +459,4 @@ def live_bridge_rolled_back(vm: Machine, uplink: str, host_ip: str, guest_ip: st
                 f"ip -4 -o addr show dev {uplink}; ! ip link show xenbr9 2>/dev/null && "
                 f"ls /etc/systemd/network && ping -c1 -W5 {guest_ip}", 240,
                 expect=rf"not confirmed within {CONFIRM} s: the previous network configuration is back(?s:.*)"
-                       rf"{uplink}\s+inet {re.escape(host_ip)}(?s:.*) 0% packet loss")
+                       rf"(?:{uplink}|{uplink_slot_name or uplink})\s+inet {re.escape(host_ip)}(?s:.*) 0% packet loss")

@@ -192,7 +192,7 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
                     checks.nfs_guests_shut_down_cleanly(vm, facts)
             else:
                 checks.live_bridge_rolled_back(vm, scenario.uplink, scenario.host_ip,
-                                               facts.guests[0]["ip"].split("/")[0])
+                                               facts.guests[0]["ip"].split("/")[0], scenario.uplink_slot_name)
             if _lvm(settings, scenario):
                 # The guests go before the storage checks: under TCG every running domain
                 # slows dom0's block I/O several times over.
