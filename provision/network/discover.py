@@ -152,17 +152,16 @@ def choose_uplink(config: Config, given: str | None, live: dict[str, Link] | Non
     if given:
         if live is not None and given not in live:
             # udev gives a NIC several names (enp0s16 by path, ens16 by slot, ...) and the
-            # kernel keeps the others as altnames: the live changes and the files use the
-            # name the kernel uses.
-            # A name the root's files already configure stays: networkd's Name= and ip take
-            # altnames, and the files about it are the ones to replace.
-            for link in live.values():
-                if given in link.altnames:
-                    if given in config.interfaces() or networkd.first_match(config.networks, given):
-                        log.info(f"{given} is an altname of {link.name}; the files name {given}")
-                        return given
-                    log.info(f"{given} is an altname of {link.name}: the uplink is {link.name}")
-                    return link.name
+            # kernel keeps the others as altnames. A name the root's files already configure
+            # stays (networkd's Name= and ip take altnames, and those files are the ones to
+            # replace); otherwise the live changes and the files use the kernel's name.
+            link = find_link(live, given)
+            if link is not None:
+                if given in config.interfaces() or networkd.first_match(config.networks, given):
+                    log.info(f"{given} is an altname of {link.name}; the files name {given}")
+                    return given
+                log.info(f"{given} is an altname of {link.name}: the uplink is {link.name}")
+                return link.name
             names = ", ".join(n for n in live if n != "lo") or "none"
             raise ProvisionError(f"there is no interface '{given}' on this host",
                                  hint=f"interfaces here: {names}")

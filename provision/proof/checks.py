@@ -420,12 +420,16 @@ def _provision(args: str) -> str:
     return f"PYTHONPATH={CODE_MOUNT} PYTHONDONTWRITEBYTECODE=1 python3 -m provision {args}"
 
 
+def _uplink_pattern(uplink: str, uplink_slot_name: str | None) -> str:
+    """The uplink by either of the names udev gives it (see Scenario.uplink)."""
+    return "(?:" + "|".join(re.escape(n) for n in (uplink, uplink_slot_name) if n) + ")"
+
+
 def network_status(vm: Machine, facts: Facts, bridge: str, host_ip: str, uplink: str,
                    uplink_slot_name: str | None = None) -> None:
     """``network status`` in dom0: the bridge with its address, the uplink and each
     running guest's vif as its ports."""
-    names = "|".join(re.escape(n) for n in (uplink, uplink_slot_name) if n)
-    expect = rf"^bridge {bridge}: {re.escape(host_ip)}; up$(?s:.*)^  port (?:{names})$"
+    expect = rf"^bridge {bridge}: {re.escape(host_ip)}; up$(?s:.*)^  port {_uplink_pattern(uplink, uplink_slot_name)}$"
     # Each guest's vif, in whatever order: the bridge lists its ports by domain id, and a
     # guest that was created again (or after another) has a higher one.
     for g in facts.guests:
@@ -459,4 +463,4 @@ def live_bridge_rolled_back(vm: Machine, uplink: str, host_ip: str, guest_ip: st
                 f"ip -4 -o addr show dev {uplink}; ! ip link show xenbr9 2>/dev/null && "
                 f"ls /etc/systemd/network && ping -c1 -W5 {guest_ip}", 240,
                 expect=rf"not confirmed within {CONFIRM} s: the previous network configuration is back(?s:.*)"
-                       rf"(?:{uplink}|{uplink_slot_name or uplink})\s+inet {re.escape(host_ip)}(?s:.*) 0% packet loss")
+                       rf"{_uplink_pattern(uplink, uplink_slot_name)}\s+inet {re.escape(host_ip)}(?s:.*) 0% packet loss")
