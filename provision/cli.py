@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 
 from provision import __version__, log, undo
@@ -126,14 +127,42 @@ def interrupts():
         return
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     old = {sig: signal.signal(sig, _raise_interrupt) for sig in _SIGNALS}
+    old_hook, sys.unraisablehook = sys.unraisablehook, _redeliver(sys.unraisablehook)
     try:
         yield
     finally:
+        sys.unraisablehook = old_hook
         for sig, handler in old.items():
             signal.signal(sig, signal.SIG_IGN)  # drops one that came after the run had settled
             if not _process["ends_with_run"]:  # else ignored until the process ends (finish)
                 signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _redeliver(hook):
+    """An unraisablehook that does not lose an interrupt: a signal whose exception was
+    raised where Python can only print it ("Exception ignored in", e.g. in the module-lock
+    callback of an import, or in a __del__) is sent again once the hook has returned, so
+    that it ends the run at the next line of ordinary code, through run_command like any
+    other. (Sent from inside the hook, it would be raised inside the hook, and ignored.)"""
+    def redeliver(unraisable):
+        e = unraisable.exc_value
+        if not isinstance(e, (KeyboardInterrupt, Interrupted)):
+            hook(unraisable)
+            return
+        main, here = threading.main_thread().ident, sys._getframe()
+
+        def later():
+            for _ in range(1000):  # 1 s at most: the hook returns in microseconds
+                frame = sys._current_frames().get(main)
+                while frame is not None and frame is not here:
+                    frame = frame.f_back
+                if frame is None:
+                    break
+                time.sleep(0.001)
+            os.kill(os.getpid(), _signum(e))
+        threading.Thread(target=later, daemon=True).start()
+    return redeliver
 
 
 # Whether the process ends when the command does (program, storage.cli as __main__): then

@@ -123,6 +123,39 @@ def test_interrupt_in_the_first_few_hundred_ms(tmp_path, sig):
     assert "error: interrupted before anything was done" in outcomes, outcomes
 
 
+SWALLOWED = """
+import sys, time
+from provision import cli
+
+class Dying:  # raises the interrupt where Python can only print it, as an import's lock callback did
+    def __del__(self):
+        raise {exc}
+
+def work(args):
+    Dying()
+    for _ in range(200):
+        time.sleep(0.01)
+    print("finished")
+    return 0
+
+cli._process["ends_with_run"] = True
+cli.finish(cli.run_command(work, None))
+"""
+
+
+@pytest.mark.parametrize("exc, code", [("KeyboardInterrupt", 130), ("cli.Interrupted(15)", 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_python_could_only_print_still_ends_the_run(exc, code):
+    """A signal whose exception lands in a weakref callback or __del__ was printed as
+    "Exception ignored in ... KeyboardInterrupt" with a traceback, and the run went on."""
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED.format(exc=exc)], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr
+    assert "finished" not in proc.stdout
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "error: interrupted; everything this run made has been undone"
+
+
 # -- item 5: the message is true --------------------------------------------------------------
 
 def _paused(argv, step: str, sig=signal.SIGINT, env=None, seconds="120", marker: Path | None = None):
