@@ -17,7 +17,7 @@ from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
 from provision.sizes import format_size, parse_size
-from provision.storage.fs import grow_btrfs
+from provision.storage.fs import grow_btrfs, signature
 from provision.undo import UndoStack, critical, pause_point
 
 _LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
@@ -133,8 +133,9 @@ def pvcreate(devices: list[str], *, force: bool = False, undo: UndoStack | None 
         if not os.path.exists(dev):
             raise ProvisionError(f"device {dev} does not exist")
         inuse.refuse(dev, writing=True)
-        if not force and run(["blkid", "-p", dev], check=False, quiet=True).returncode == 0:
-            raise ProvisionError(f"{dev} already holds a filesystem, partition table or PV",
+        found = None if force else signature(dev)
+        if found:
+            raise ProvisionError(f"{dev} already holds a filesystem, partition table or PV ({found})",
                                  hint="pass --force to overwrite it")
     for dev in devices:
         with critical():
@@ -165,8 +166,9 @@ def vgcreate(vg: str, devices: list[str], *, force: bool = False, undo: UndoStac
     # vgcreate makes PVs of plain devices itself; those labels are ours to take away too.
     fresh = [dev for dev in devices if not _report("pvs", "pv_name", dev)]
     for dev in fresh:
-        if not force and run(["blkid", "-p", dev], check=False, quiet=True).returncode == 0:
-            raise ProvisionError(f"{dev} already holds a filesystem or partition table",
+        found = None if force else signature(dev)
+        if found:
+            raise ProvisionError(f"{dev} already holds a filesystem or partition table ({found})",
                                  hint="pass --force to overwrite it")
     with critical():
         _lvm(["vgcreate", "-y", vg, *devices])  # -y: wipes what --force allowed

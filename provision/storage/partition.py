@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from provision import inuse, log
 from provision.errors import ProvisionError
-from provision.run import run
 from provision.sizes import MiB, format_size, parse_size
+from provision.storage.fs import signature
 from provision.storage.images import shown
 from provision.undo import UndoStack, critical, pause_point
 
@@ -116,7 +116,7 @@ def _check_part_label(i: int, spec: PartSpec, table: str) -> None:
 
 def _has_signature(path: str) -> bool:
     """True when blkid finds a partition table or filesystem on ``path``."""
-    return run(["blkid", "-p", path], check=False, quiet=True).returncode == 0
+    return signature(path) is not None
 
 
 def _save_ends(path: str, size: int) -> tuple[bytes, bytes]:

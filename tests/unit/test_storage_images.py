@@ -481,3 +481,21 @@ def test_cli_lvm_names_checked_first(run_cli):
     _one_error(run_cli("storage", "fill", "vg0", "../x"), "logical volume name '../x'")
     _one_error(run_cli("storage", "lvm", "pool", "vg0", "snapshot1", "--size", "1G"), "reserved by LVM")
     _one_error(run_cli("storage", "lvm", "extend", "vg 0", "lv", "--size", "+1G"), "volume group name")
+
+
+def test_signature_names_what_writing_would_destroy(tmp_path):
+    """What pvcreate, vgcreate and partition refuse to write over: a filesystem, swap or a
+    partition table, and nothing else (an empty partition's own table entry, which
+    ``blkid -p`` prints with exit code 0, is not content; the boot test's lvmcheck
+    runs pvcreate on an empty partition of a real disk in dom0)."""
+    from provision.storage.fs import signature
+    img = tmp_path / "a.img"
+    create_image(img, "16M")
+    assert signature(img) is None
+    partition_image(img, "msdos", [PartSpec("4M", type="lvm"), PartSpec(None, type="linux")])
+    assert signature(img) == "dos partition table"
+    fs = tmp_path / "fs.img"
+    create_image(fs, "16M")
+    make_fs(fs, "ext4")
+    assert signature(fs) == "ext4"
+    assert signature(tmp_path / "missing.img") is None
