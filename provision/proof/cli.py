@@ -97,30 +97,59 @@ def _stage(result: Result, name: str, title: str):
 
 def code_disk(out: Path, settings: Settings, scenario: Scenario) -> Path:
     """This checkout's package, the test guests' SSH key and (for the LVM checks) the host
-    suite's cached base, as a small ext4 disk dom0 mounts read-only. Made for every boot
-    (about a second), so an edit to the checks is tested without rebuilding the host."""
+    suite's cached base, in an ext4 filesystem that dom0 mounts read-only from the disk's
+    first partition (:data:`CODE_PART`); for the LVM checks, the same disk's second and
+    third partitions are their empty scratch space (:data:`SCRATCH_PARTS`). Made for every
+    boot (about a second), so an edit to the checks is tested without rebuilding the host.
+
+    One disk, not three: each virtio disk the QEMU machine has slows the whole PV dom0
+    under TCG (measured on the routed host: its first guest reached userspace at 46-60 s
+    with two disks, 68 s with one more, 76-105 s with two more, empty 4 MiB ones too)."""
     from provision.proof.indom0 import lvcheck
-    from provision.storage import building_image, make_fs
+    from provision.storage import PartSpec, building_image, make_fs, partition_image
     out.mkdir(parents=True, exist_ok=True)
     disk = out / f"code-{scenario.name}.img"
     disk.unlink(missing_ok=True)
     _hash, key, _pub = assemble.credentials()
-    with tempfile.TemporaryDirectory(prefix="code.", dir=out) as stage:
-        shutil.copytree(assemble.PACKAGE, Path(stage) / "provision",
+    with tempfile.TemporaryDirectory(prefix="code.", dir=out) as work:
+        stage, fs = Path(work) / "stage", Path(work) / "code.ext4"
+        shutil.copytree(assemble.PACKAGE, stage / "provision",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         # Compiled here: dom0 mounts the disk read-only, so its python3 would otherwise
         # compile every module it imports on every run, several seconds each under TCG.
         # Hash-checked .pyc files, valid for dom0's python3 of the same minor version.
-        compileall.compile_dir(Path(stage) / "provision", quiet=1,
+        compileall.compile_dir(stage / "provision", quiet=1,
                                invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
-        shutil.copyfile(key, Path(stage) / "id_ed25519")
+        shutil.copyfile(key, stage / "id_ed25519")
         size = CODE_SIZE
+        parts = []
         if _lvm(settings, scenario):
-            seed = lvcheck.seed(Path(stage) / lvcheck.SEED_DIR, settings.inputs.suite, settings.inputs.mirror)
+            seed = lvcheck.seed(stage / lvcheck.SEED_DIR, settings.inputs.suite, settings.inputs.mirror)
             size += sum(f.stat().st_size for f in seed) * 11 // 10
-        with building_image(disk, size) as tmp:
+            parts = [PartSpec(LVM_SIZE, type="lvm"), PartSpec(LVIMAGE_SIZE, type="lvm")]
+        size = -(-size // MiB) * MiB
+        with building_image(fs, size) as tmp:
             make_fs(tmp, "ext4", label="xpcode", populate=stage)
+        # msdos: the first partition at 1 MiB, each a whole number of MiB; 1 MiB to spare.
+        with building_image(disk, 2 * MiB + size + sum(p.size for p in parts)) as tmp:
+            infos = partition_image(tmp, "msdos", [PartSpec(size, type="linux"), *parts])
+            _write_at(fs, tmp, infos[0].start)
     return disk
+
+
+CODE_PART = "/dev/vdb1"                         # in dom0, the code disk's partitions
+SCRATCH_PARTS = ("/dev/vdb2", "/dev/vdb3")      # lvmcheck's, lvcheck's
+
+
+def _write_at(src: Path, dest: Path, offset: int) -> None:
+    """Copy ``src`` into ``dest`` at byte ``offset``, leaving its runs of zeros as holes."""
+    with open(src, "rb") as fin, open(dest, "r+b") as fout:
+        pos = 0
+        while chunk := fin.read(MiB):
+            if chunk != bytes(len(chunk)):
+                fout.seek(offset + pos)
+                fout.write(chunk)
+            pos += len(chunk)
 
 
 # The LVM checks (minutes in dom0 under TCG) run on the host whose other checks end
@@ -137,17 +166,8 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
     """Boot the scenario's host and run its checks (its machine is added to ``machines``,
     for whoever must stop it from another thread)."""
     out = settings.out
-    code = code_disk(out, settings, scenario)
-    disks = [Disk(image, snapshot=True), Disk(code, snapshot=True)]   # vda, vdb
-    scratch = []
-    if _lvm(settings, scenario):
-        from provision.storage import create_image
-        for name, size in (("lvm", LVM_SIZE), ("lvimage", LVIMAGE_SIZE)):     # vdc, vdd
-            path = out / f"{name}.img"
-            path.unlink(missing_ok=True)
-            create_image(path, size)
-            scratch.append(path)
-            disks.append(Disk(path))
+    code = code_disk(out, settings, scenario)   # made for this boot: written in place
+    disks = [Disk(image, snapshot=True), Disk(code)]   # vda, vdb
     log_path = out / f"serial-{scenario.name}.log"
     log_path.unlink(missing_ok=True)
     vm = Machine(log_path=log_path, disks=disks, memory=settings.memory, smp=settings.smp,
@@ -162,7 +182,7 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
             checks.boot_to_dom0(vm, facts, settings.inputs.sched, t)
             checks.guests_started(vm, facts, t, first)
             checks.dom0_settled(vm, t)
-            checks.mount_code(vm, "/dev/vdb")
+            checks.mount_code(vm, CODE_PART)
             # The quick guests' checks run while the slow ones still boot.
             slow = [g for g in facts.guests if checks.slow_to_answer(g)]
             quick = [g for g in facts.guests if g not in slow]
@@ -198,15 +218,15 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
                 # slows dom0's block I/O several times over.
                 if scenario.network != "bridge":
                     checks.guests_stopped(vm, [g["name"] for g in facts.guests])
-                checks.lvm_checks(vm, "/dev/vdc", "/dev/vdd")
+                checks.lvm_checks(vm, *SCRATCH_PARTS)
     finally:
         result.checks += [f"[{scenario.name}] {c.line()}" for c in vm.checks]
         if first:
             result.timings.append(f"[{scenario.name}] power-on to first guest userspace: {first[0]:.1f}s")
         if pingable:
             result.timings.append(f"[{scenario.name}] power-on to all guests pingable: {pingable[0]:.1f}s")
-        for path in scratch:
-            path.unlink(missing_ok=True)
+        if _lvm(settings, scenario):
+            code.unlink(missing_ok=True)   # gigabytes of the LVM checks' data
     if not all(c.ok for c in vm.checks):
         raise ProvisionError(f"{scenario.name}: a check failed; serial log {log_path}", exit_code=1)
 

@@ -104,14 +104,18 @@ def test_code_disk_holds_the_package_and_the_guests_key(tmp_path, monkeypatch):
     settings = cli.Settings(inputs=inputs, out=tmp_path / "out", lvmcheck=False)
     disk = cli.code_disk(settings.out, settings, assemble.SCENARIOS["routed"])
     debugfs = shutil.which("debugfs") or "/sbin/debugfs"
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    assert len(table["partitions"]) == 1     # no LVM checks: no scratch partitions
+    fs = f"{disk}?offset={table['partitions'][0]['start'] * 512}"   # e2fsprogs' io option
 
     def cat(path: str) -> bytes:
-        return subprocess.run([debugfs, "-R", f"cat {path}", str(disk)], capture_output=True, check=True).stdout
+        return subprocess.run([debugfs, "-R", f"cat {path}", fs], capture_output=True, check=True).stdout
 
     assert cat("/provision/proof/indom0/lvmcheck.py") == \
         (assemble.PACKAGE / "proof/indom0/lvmcheck.py").read_bytes()
     assert cat("/id_ed25519") == assemble.credentials()[1].read_bytes()
-    listing = subprocess.run([debugfs, "-R", "ls -p /provision", str(disk)], capture_output=True, text=True,
+    listing = subprocess.run([debugfs, "-R", "ls -p /provision", fs], capture_output=True, text=True,
                              check=True).stdout
     assert "/__init__.py/" in listing and "/__pycache__/" in listing
     # Compiled for dom0's python3, checked against the source's hash (not its mtime).

@@ -1,11 +1,11 @@
-"""The LVM path end to end on a spare, empty disk, for machines with device-mapper
+"""The LVM path end to end on a spare, empty disk or partition, for machines with device-mapper
 (the boot test's dom0; our CI kernels lack it, so the pytest LVM tests skip there).
 
-    python3 -m provision.proof.indom0.lvmcheck /dev/vdb      # prints one line per check, then LVM-CHECK-OK
+    python3 -m provision.proof.indom0.lvmcheck /dev/vdb2     # prints one line per check, then LVM-CHECK-OK
 
 Needs only the standard library and lvm2 (+ thin-provisioning-tools for the thin pool,
 e2fsprogs for ext4). Everything it makes is removed again at the end, pass or fail.
-The disk is overwritten: give it an empty scratch disk only.
+The disk is overwritten: give it an empty scratch disk or partition only.
 """
 
 from __future__ import annotations
