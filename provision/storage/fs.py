@@ -185,16 +185,23 @@ def make_swap(target: str | os.PathLike, *, label: str | None = None, uuid: str 
     log.info(f"made swap on {shown(target)}")
 
 
+def blkid_tags(target: str | os.PathLike) -> dict[str, str]:
+    """What ``blkid -p`` (a low-level probe, no cache) finds on ``target``: TYPE, PTTYPE,
+    LABEL, UUID, ... and on a partition its own table entry (PART_ENTRY_*); empty when it
+    finds nothing or ``target`` cannot be read."""
+    proc = run(["blkid", "-p", "-o", "export", os.fspath(target)], check=False, capture=True)
+    if proc.returncode != 0:
+        return {}
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+
+
 def signature(target: str | os.PathLike) -> str | None:
     """What blkid finds on ``target`` that writing over it would destroy: a filesystem,
     swap or PV signature ("ext4", "LVM2_member") or a partition table ("dos partition
     table"); None when there is nothing. A partition's own entry in its disk's table
     (the PART_ENTRY_* that ``blkid -p`` prints for every partition, empty or not) is not
     content: an empty partition is free."""
-    proc = run(["blkid", "-p", "-o", "export", os.fspath(target)], check=False, capture=True)
-    if proc.returncode != 0:
-        return None
-    tags = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    tags = blkid_tags(target)
     if tags.get("TYPE"):
         return tags["TYPE"]
     if tags.get("PTTYPE"):
@@ -204,8 +211,7 @@ def signature(target: str | os.PathLike) -> str | None:
 
 def filesystem_type(target: str | os.PathLike) -> str | None:
     """The filesystem signature on ``target`` as blkid sees it (None when there is none)."""
-    proc = run(["blkid", "-p", "-o", "value", "-s", "TYPE", os.fspath(target)], check=False, capture=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    return blkid_tags(target).get("TYPE") or None
 
 
 _DEVID_RE = re.compile(r"^\s*devid\s+(\d+)\s.*\spath\s+(\S+)\s*$")

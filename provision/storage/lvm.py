@@ -17,7 +17,7 @@ from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
 from provision.sizes import format_size, parse_size
-from provision.storage.fs import grow_btrfs, signature
+from provision.storage.fs import blkid_tags, grow_btrfs, signature
 from provision.undo import UndoStack, critical, pause_point
 
 _LVM_NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
@@ -285,8 +285,7 @@ _FSADM_FS = ("ext2", "ext3", "ext4", "xfs")
 
 
 def _fs_type(vg: str, name: str) -> str:
-    proc = run(["blkid", "-p", "-o", "value", "-s", "TYPE", lv_path(vg, name)], check=False, capture=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
+    return blkid_tags(lv_path(vg, name)).get("TYPE", "")
 
 
 class SnapshotAtLargest(ProvisionError):

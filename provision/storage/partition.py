@@ -114,11 +114,6 @@ def _check_part_label(i: int, spec: PartSpec, table: str) -> None:
         check_label(spec.label, 36, "a gpt partition name")
 
 
-def _has_signature(path: str) -> bool:
-    """True when blkid finds a partition table or filesystem on ``path``."""
-    return signature(path) is not None
-
-
 def _save_ends(path: str, size: int) -> tuple[bytes, bytes]:
     with open(path, "rb") as f:
         head = f.read(_ALIGN)
@@ -176,7 +171,7 @@ def partition_image(path: str | os.PathLike, table: str = "msdos", parts: list[P
     inuse.refuse(path, writing=True)
     size = _disk_size(path)
     checked = _check_specs(label_type, list(parts), size)
-    if _has_signature(path) and not force:
+    if not force and signature(path):
         raise ProvisionError(f"{path} already holds a partition table or filesystem",
                              hint="pass --force to replace it")
 

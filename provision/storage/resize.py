@@ -31,6 +31,7 @@ from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, output, require, run
 from provision.sizes import MAX_BYTES, format_size, parse_size, shorten
+from provision.storage.fs import blkid_tags
 from provision.storage.images import allocated_bytes
 from provision.storage.loop import attach_loop, loop_device, partition_device
 from provision.storage.mount import umount
@@ -108,8 +109,7 @@ def wanted(text: str, current: int) -> Wanted:
 
 
 def _blkid(path: str, tag: str) -> str:
-    proc = run(["blkid", "-p", "-o", "value", "-s", tag, path], check=False, capture=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
+    return blkid_tags(path).get(tag, "")
 
 
 def fs_geometry(device: str, fstype: str) -> tuple[int, int, int | None]:
