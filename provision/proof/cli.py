@@ -106,7 +106,7 @@ def code_disk(out: Path, settings: Settings, scenario: Scenario) -> Path:
     under TCG (measured on the routed host: its first guest reached userspace at 46-60 s
     with two disks, 68 s with one more, 76-105 s with two more, empty 4 MiB ones too)."""
     from provision.proof.indom0 import lvcheck
-    from provision.storage import PartSpec, building_image, make_fs, partition_image
+    from provision.storage import PartSpec, building_image, copy_into, make_fs, partition_image
     out.mkdir(parents=True, exist_ok=True)
     disk = out / f"code-{scenario.name}.img"
     disk.unlink(missing_ok=True)
@@ -133,23 +133,12 @@ def code_disk(out: Path, settings: Settings, scenario: Scenario) -> Path:
         # msdos: the first partition at 1 MiB, each a whole number of MiB; 1 MiB to spare.
         with building_image(disk, 2 * MiB + size + sum(p.size for p in parts)) as tmp:
             infos = partition_image(tmp, "msdos", [PartSpec(size, type="linux"), *parts])
-            _write_at(fs, tmp, infos[0].start)
+            copy_into(fs, tmp, infos[0].start)
     return disk
 
 
 CODE_PART = "/dev/vdb1"                         # in dom0, the code disk's partitions
 SCRATCH_PARTS = ("/dev/vdb2", "/dev/vdb3")      # lvmcheck's, lvcheck's
-
-
-def _write_at(src: Path, dest: Path, offset: int) -> None:
-    """Copy ``src`` into ``dest`` at byte ``offset``, leaving its runs of zeros as holes."""
-    with open(src, "rb") as fin, open(dest, "r+b") as fout:
-        pos = 0
-        while chunk := fin.read(MiB):
-            if chunk != bytes(len(chunk)):
-                fout.seek(offset + pos)
-                fout.write(chunk)
-            pos += len(chunk)
 
 
 # The LVM checks (minutes in dom0 under TCG) run on the host whose other checks end

@@ -23,7 +23,7 @@ Only the standard library and the command-line tools are needed, except for
 minimal guest without pyparted).
 """
 
-from provision.storage.clone import clone_file
+from provision.storage.clone import clone_file, copy_into
 from provision.storage.fs import FILESYSTEMS, grow_btrfs, make_fs, make_swap
 from provision.storage.images import allocated_bytes, building_image, create_image
 from provision.storage.loop import attach_loop, detach_loop, loop_device, partition_device
@@ -56,6 +56,7 @@ __all__ = [
     "building_image",
     "check_target_free",
     "clone_file",
+    "copy_into",
     "create_image",
     "create_lv",
     "create_thin_pool",

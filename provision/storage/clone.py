@@ -46,20 +46,37 @@ def _data_extents(fd: int, size: int):
 
 def _sparse_copy(src_fd: int, dst_fd: int, size: int) -> None:
     os.ftruncate(dst_fd, size)  # full length (all hole) first: the copy never extends the file
+    _copy_extents(src_fd, dst_fd, size)
+
+
+def _copy_extents(src_fd: int, dst_fd: int, size: int, at: int = 0) -> None:
+    """Copy the data extents of the first ``size`` bytes of ``src_fd`` to ``dst_fd``,
+    each at its own offset plus ``at``; the holes are not written."""
     for start, end in _data_extents(src_fd, size):
         offset = start
         while offset < end:
             n = min(_CHUNK, end - offset)
             try:
                 # In-kernel copy: no trip through user space.
-                done = os.copy_file_range(src_fd, dst_fd, n, offset, offset)
+                done = os.copy_file_range(src_fd, dst_fd, n, offset, offset + at)
             except OSError as e:
                 if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-                done = os.pwrite(dst_fd, os.pread(src_fd, n, offset), offset)
+                done = os.pwrite(dst_fd, os.pread(src_fd, n, offset), offset + at)
             if done <= 0:
                 raise ProvisionError(f"short copy at offset {offset}: the source changed while copying")
             offset += done
+
+
+def copy_into(src: str | os.PathLike, dst: str | os.PathLike, at: int) -> None:
+    """Write the file ``src`` into the existing image ``dst`` at byte ``at`` (a filesystem
+    image into a partition, say), its data extents only: where ``dst`` is sparse, ``src``'s
+    holes stay holes."""
+    with open(src, "rb") as s, open(dst, "r+b") as d:
+        size = os.fstat(s.fileno()).st_size
+        if at < 0 or at + size > os.fstat(d.fileno()).st_size:
+            raise ProvisionError(f"{src} ({size} bytes) does not fit in {dst} at byte {at}")
+        _copy_extents(s.fileno(), d.fileno(), size, at)
 
 
 def clone_file(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,

@@ -19,6 +19,7 @@ from provision.storage import (
     PartSpec,
     allocated_bytes,
     clone_file,
+    copy_into,
     create_image,
     make_fs,
     partition_image,
@@ -109,6 +110,20 @@ def test_clone_keeps_holes_and_data(tmp_path):
     assert allocated_bytes(dst) < 8 * MiB
     assert _listing(tmp_path) == ["dst.img", "src.img"]
 
+
+
+def test_copy_into_writes_the_data_at_an_offset_and_keeps_holes(tmp_path):
+    """A filesystem image into a partition of a disk image (the boot test's code disk)."""
+    src, disk = tmp_path / "fs.img", tmp_path / "disk.img"
+    create_image(src, "64M")
+    _write_pattern(src, [0, 40 * MiB])
+    create_image(disk, "80M")
+    copy_into(src, disk, MiB)
+    data = disk.read_bytes()
+    assert data[:MiB] == bytes(MiB) and data[MiB:65 * MiB] == src.read_bytes() and data[65 * MiB:] == bytes(15 * MiB)
+    assert allocated_bytes(disk) < 8 * MiB
+    with pytest.raises(ProvisionError, match="does not fit"):
+        copy_into(src, disk, 17 * MiB)
 
 def test_clone_matches_cp_sparse_always(tmp_path):
     src = tmp_path / "src.img"
