@@ -58,6 +58,11 @@ def parse_size(text: str | int, what: str = "size", minimum: int = 1, maximum: i
     return value
 
 
+def round_up(n: int, unit: int) -> int:
+    """``n`` rounded up to a whole number of ``unit``: round_up(1, MiB) -> MiB."""
+    return -(-n // unit) * unit
+
+
 def shorten(text, limit: int = 40) -> str:
     """``text`` for a message: a 400-digit number is named by its start."""
     text = str(text)

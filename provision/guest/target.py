@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from provision.errors import ProvisionError
 from provision.guest import basecache
-from provision.sizes import MiB, format_size, parse_size
+from provision.sizes import MiB, format_size, parse_size, round_up
 
 FSTYPES = ("ext4", "ext3", "ext2")
 
@@ -106,7 +106,7 @@ def needed_bytes(meta: dict) -> int:
 
 def smallest_size(meta: dict) -> int:
     """The smallest root size for the base ``meta`` describes, in whole 64 MiB."""
-    return -(-needed_bytes(meta) // (64 * MiB)) * 64 * MiB
+    return round_up(needed_bytes(meta), 64 * MiB)
 
 
 def check_room(target: Target, meta: dict) -> None:

@@ -39,7 +39,7 @@ from provision.fsutil import atomic_write
 from provision.proof import assemble, checks
 from provision.proof.assemble import SCENARIOS, Facts, Inputs, Scenario
 from provision.proof.machine import Disk, Lan, Machine
-from provision.sizes import GiB, MiB, parse_size
+from provision.sizes import GiB, MiB, parse_size, round_up
 from provision.undo import UndoStack
 
 # AMD-V with nested paging, emulated by TCG: Xen then has HVM (hap), which PVH guests
@@ -127,7 +127,7 @@ def code_disk(out: Path, settings: Settings, scenario: Scenario) -> Path:
             seed = lvcheck.seed(stage / lvcheck.SEED_DIR, settings.inputs.suite, settings.inputs.mirror)
             size += sum(f.stat().st_size for f in seed) * 11 // 10
             parts = [PartSpec(LVM_SIZE, type="lvm"), PartSpec(LVIMAGE_SIZE, type="lvm")]
-        size = -(-size // MiB) * MiB
+        size = round_up(size, MiB)
         with building_image(fs, size) as tmp:
             make_fs(tmp, "ext4", label="xpcode", populate=stage)
         # msdos: the first partition at 1 MiB, each a whole number of MiB; 1 MiB to spare.

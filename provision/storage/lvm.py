@@ -16,7 +16,7 @@ from collections.abc import Callable
 from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, run
-from provision.sizes import format_size, parse_size
+from provision.sizes import format_size, parse_size, round_up
 from provision.storage.fs import blkid_tags, grow_btrfs, signature
 from provision.undo import UndoStack, critical, pause_point
 
@@ -181,7 +181,7 @@ def vgcreate(vg: str, devices: list[str], *, force: bool = False, undo: UndoStac
 
 
 def _size_arg(size: int) -> str:
-    return f"{-(-size // _EXTENT_ROUND) * _EXTENT_ROUND}b"
+    return f"{round_up(size, _EXTENT_ROUND)}b"
 
 
 def remove_lv(vg: str, name: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from provision import inuse, log
 from provision.errors import ProvisionError
-from provision.sizes import MiB, format_size, parse_size
+from provision.sizes import MiB, format_size, parse_size, round_up
 from provision.storage.fs import signature
 from provision.storage.images import shown
 from provision.undo import UndoStack, critical, pause_point
@@ -87,7 +87,7 @@ def _check_specs(table: str, parts: list[PartSpec], disk_size: int) -> list[tupl
         if spec.bootable and table == "gpt":
             log.debug("gpt: 'bootable' is set as legacy_boot")
         checked.append((spec, size, kind))
-    need = _ALIGN + sum(-(-s // _ALIGN) * _ALIGN for _, s, _ in checked if s) + (_ALIGN if table == "gpt" else 0)
+    need = _ALIGN + sum(round_up(s, _ALIGN) for _, s, _ in checked if s) + (_ALIGN if table == "gpt" else 0)
     if checked[-1][1] is None:
         need += _ALIGN
     if need > disk_size:
@@ -186,7 +186,7 @@ def partition_image(path: str | os.PathLike, table: str = "msdos", parts: list[P
         if nbytes is None:
             end = ((last_usable + 1) // align) * align - 1
         else:
-            end = start + -(-nbytes // _ALIGN) * align - 1
+            end = start + round_up(nbytes, _ALIGN) // sector - 1
         geometry = parted.Geometry(device=device, start=start, end=end)
         fs = parted.FileSystem(type=_PARTED_FS[spec.fs], geometry=geometry) if spec.fs else None
         partition = parted.Partition(disk=disk, type=parted.PARTITION_NORMAL, fs=fs, geometry=geometry)

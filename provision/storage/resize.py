@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from provision import inuse, log
 from provision.errors import ProvisionError
 from provision.run import CommandError, output, require, run
-from provision.sizes import MAX_BYTES, format_size, parse_size, shorten
+from provision.sizes import MAX_BYTES, MiB, format_size, parse_size, round_up, shorten
 from provision.storage.fs import blkid_tags
 from provision.storage.images import allocated_bytes
 from provision.storage.loop import attach_loop, loop_device, partition_device
@@ -296,7 +296,7 @@ def plan(facts: Facts, want: Wanted, *, online: bool = False) -> list[Step]:
         if facts.fs_min is not None and fs_new < facts.fs_min:
             raise ProvisionError(
                 f"{name} cannot shrink to {format_size(fs_new)}: its {facts.fstype} holds data needing at least "
-                f"{format_size(-(-facts.fs_min // (1024 * 1024)) * 1024 * 1024)}",
+                f"{format_size(round_up(facts.fs_min, MiB))}",
                 hint="give a larger size (resize2fs -P says the smallest), or remove files first")
     if size < facts.size and facts.part and facts.part.table == "gpt":
         # Its backup table lies in the last sectors: cutting them off breaks the table.

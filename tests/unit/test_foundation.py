@@ -12,7 +12,7 @@ from provision import run as runmod
 from provision import validate
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write, write_if_changed
-from provision.sizes import GiB, MiB, format_size, parse_size
+from provision.sizes import GiB, MiB, format_size, parse_size, round_up
 from provision.undo import UndoStack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,11 @@ def test_parse_size_rejects(text):
 def test_format_size():
     assert format_size(2 * GiB) == "2GiB"
     assert format_size(1536 * MiB) == "1536MiB"
+
+
+def test_round_up():
+    assert [round_up(n, MiB) for n in (0, 1, MiB - 1, MiB, MiB + 1)] == [0, MiB, MiB, MiB, 2 * MiB]
+    assert round_up(3 * GiB + 5, 64 * MiB) == 3 * GiB + 64 * MiB
 
 
 def test_validators():
