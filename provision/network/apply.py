@@ -30,7 +30,7 @@ from provision.errors import ProvisionError
 from provision.fsutil import Lock, atomic_write
 from provision.network.discover import find_link, live_default_route, live_links, netns_id
 from provision.network.plan import BACKUP_DIR, Plan
-from provision.run import run, which
+from provision.run import CommandError, run, which
 from provision.undo import UndoStack
 
 RUN_DIR = Path("/run/xen-provision")
@@ -235,15 +235,25 @@ class Transaction:
             run(["ip", "link", "set", self.uplink, "nomaster"], quiet=True)
         if self.uplink_up:
             run(["ip", "link", "set", self.uplink, "up"], quiet=True)
-        have = {a for a, _ in (find_link(live_links(), self.uplink) or link).addresses}
         for addr in self.uplink_addresses:
-            if addr not in have:
-                run(["ip", "addr", "add", addr, "dev", self.uplink], quiet=True)
+            if addr not in _addresses(self.uplink):
+                try:
+                    run(["ip", "addr", "add", addr, "dev", self.uplink], quiet=True)
+                except CommandError:
+                    # systemd-networkd, just reloaded, may put it back between our look
+                    # and our add ("RTNETLINK answers: File exists"): there is the goal.
+                    if addr not in _addresses(self.uplink):
+                        raise
         if self.default_gateway:
             dev, gw = live_default_route()
             if dev != self.uplink or gw != self.default_gateway:
                 run(["ip", "route", "replace", "default", "via", self.default_gateway, "dev", self.uplink],
                     quiet=True)
+
+
+def _addresses(iface: str) -> set[str]:
+    link = find_link(live_links(), iface)
+    return {a for a, _ in link.addresses} if link is not None else set()
 
 
 def _sysctl_path(key: str) -> Path:
