@@ -235,8 +235,9 @@ class Transaction:
             run(["ip", "link", "set", self.uplink, "nomaster"], quiet=True)
         if self.uplink_up:
             run(["ip", "link", "set", self.uplink, "up"], quiet=True)
+        have = _addresses(self.uplink)
         for addr in self.uplink_addresses:
-            if addr not in _addresses(self.uplink):
+            if addr not in have:
                 try:
                     run(["ip", "addr", "add", addr, "dev", self.uplink], quiet=True)
                 except CommandError:
