@@ -173,7 +173,7 @@ def _make_target(root: Path, target: Target, undo: UndoStack, settings: GuestSet
         return
     if target.kind == "file":
         with storage.building_image(target.path, target.size, preallocate=target.preallocate, undo=undo) as tmp:
-            storage.make_fs(tmp, target.fstype, populate=root, uuid=uuid)
+            storage.make_fs(tmp, target.fstype, populate=root, uuid=uuid, growable=True)
         _make_swap_beside(target, undo, swap_uuid)
         return
     if target.kind == "disk":
@@ -184,13 +184,14 @@ def _make_target(root: Path, target: Target, undo: UndoStack, settings: GuestSet
         with storage.building_image(target.path, total, preallocate=target.preallocate, undo=undo) as tmp:
             storage.partition_image(tmp, "msdos", parts)
             with storage.loop_device(tmp, partscan=True) as loop:
-                storage.make_fs(storage.partition_device(loop, 1), target.fstype, populate=root, uuid=uuid)
+                storage.make_fs(storage.partition_device(loop, 1), target.fstype, populate=root, uuid=uuid,
+                                growable=True)
                 if target.swap:
                     storage.make_swap(storage.partition_device(loop, 2), uuid=swap_uuid)
         return
     vg, lv = target.path.split("/", 1)
     dev = storage.create_lv(vg, lv, target.size, undo=undo)
-    storage.make_fs(dev, target.fstype, populate=root, uuid=uuid)
+    storage.make_fs(dev, target.fstype, populate=root, uuid=uuid, growable=True)
     if target.swap:
         storage.make_swap(storage.create_lv(vg, f"{lv}-swap", target.swap, undo=undo), uuid=swap_uuid)
 
@@ -518,7 +519,7 @@ class Build:
         part = functools.partial(steps.part, work.seconds)
         with storage.building_image(t.path, t.size, undo=work.undo) as tmp:
             with part("filesystem: mkfs"):
-                storage.make_fs(tmp, t.fstype, populate=work.root)
+                storage.make_fs(tmp, t.fstype, populate=work.root, growable=True)
             if work.storing is not None:
                 with part("filesystem: waiting for the base's cache tarball"):
                     work.storing.wait()  # the tarball first: it removes older cached filesystems

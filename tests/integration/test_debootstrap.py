@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,6 +140,17 @@ def test_warm_run_comes_from_the_cache(first_image, workdir, env):
     print(f"warm run: {took:.2f}s")
     assert took < 60  # the bench holds the real target (< 5 s); this only catches a re-bootstrap
     assert debugfs_cat(img, "/etc/hostname") == "vm2\n"
+    fsck_clean(img)
+
+
+def test_a_small_root_is_laid_out_to_grow(first_image, workdir, env):
+    """A root under 512 MiB gets 4 KiB blocks, not mke2fs's 1 KiB "small" profile, which
+    it would keep when ``image resize`` grows it."""
+    img = workdir / "small.img"
+    p, _ = cli(*common(workdir), "--file", img, "--size", "384M", "--hostname", "small", env=env)
+    assert p.returncode == 0, p.stderr
+    out = subprocess.run(["dumpe2fs", "-h", str(img)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^Block size:\s+4096$", out, re.M), out
     fsck_clean(img)
 
 
