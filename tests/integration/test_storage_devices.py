@@ -91,21 +91,18 @@ def test_mounted_is_always_undone(tmp_path):
     assert out.stdout == "world\n"
 
 
-def _block_size(image: Path) -> int:
-    out = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"^Block size:\s+(\d+)$", out, re.M).group(1))
-
-
 def test_a_growable_ext4_gets_4k_blocks_however_small(tmp_path):
     """mke2fs's "small" profile (under 512 MiB) means 1 KiB blocks for good; a guest root
     that will be grown gets the default profile's 4 KiB blocks."""
+    from provision.storage.resize import fs_geometry
+
     small, root = tmp_path / "small.img", tmp_path / "root.img"
     for image in (small, root):
         image.touch()
         os.truncate(image, 384 * MiB)
     make_fs(small, "ext4")
     make_fs(root, "ext4", growable=True)
-    assert (_block_size(small), _block_size(root)) == (1024, 4096)
+    assert (fs_geometry(str(small), "ext4")[1], fs_geometry(str(root), "ext4")[1]) == (1024, 4096)
 
 
 def test_clone_of_a_source_dom0_writes_is_refused(tmp_path, run_cli):
