@@ -104,13 +104,25 @@ def vg_free(vg: str) -> int:
 _NOISE = ("File descriptor", "Run `", "WARNING: ")
 
 
+def device_mapper_in_kernel() -> bool:
+    """Whether the running kernel has device-mapper (built in, or its module loaded):
+    it registers the misc device that /dev/mapper/control is."""
+    try:
+        with open("/proc/misc") as f:
+            return any(line.split()[1:2] == ["device-mapper"] for line in f)
+    except OSError:
+        return os.path.exists("/sys/class/misc/device-mapper")
+
+
 def _lvm(argv: list[str]) -> None:
     """Run an lvm2 command; a failure is one line with lvm2's own reason."""
     try:
         run(argv, quiet=True, env={"LVM_SUPPRESS_FD_WARNINGS": "1"})
     except CommandError as e:
         lines = [ln.strip() for ln in e.output.splitlines() if ln.strip() and not ln.strip().startswith(_NOISE)]
-        if any("device-mapper" in ln for ln in lines):
+        # Only a kernel without it: lvm2 names device-mapper in other failures too (a
+        # reload ioctl refused for an invalidated snapshot, say), whose own line says more.
+        if any("device-mapper" in ln for ln in lines) and not device_mapper_in_kernel():
             raise ProvisionError(
                 f"{argv[0]} failed: device-mapper is not available in this kernel",
                 hint="load it (modprobe dm-mod) or use a kernel with device-mapper; PVs and VGs work without it, volumes do not",
