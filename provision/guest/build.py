@@ -45,6 +45,11 @@ from provision.undo import UndoStack, critical
 SIDECAR_FORMAT = "xen-provision-image/1"
 
 
+def spill_dir() -> Path:
+    """Where a tree is unpacked when /dev/shm has no room for it (see _work_parent)."""
+    return basecache.cache_root().parent / "tmp"
+
+
 def _work_parent(target: Target, expected: int) -> str | None:
     """Where to unpack the tree: beside a directory target (so it is renamed into place),
     otherwise on tmpfs when it has room (unpacking and removing 10k files is fast there)."""
@@ -55,7 +60,7 @@ def _work_parent(target: Target, expected: int) -> str | None:
         st = os.statvfs(shm)
         if st.f_bavail * st.f_frsize > 2 * expected + 256 * MiB:
             return shm
-    return str(basecache.cache_root().parent / "tmp")
+    return str(spill_dir())
 
 
 def _mounts_below(path: str) -> list[str]:

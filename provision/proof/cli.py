@@ -179,23 +179,24 @@ def boot(settings: Settings, scenario: Scenario, image: Path, facts: Facts, resu
             slow = [g for g in facts.guests if checks.slow_to_answer(g)]
             quick = [g for g in facts.guests if g not in slow]
             late = [g for g in quick if checks.slow_to_settle(g)]
-            # (guests_created saw the first guest reach userspace)
-            checks.guests_in_userspace(vm, [g for g in quick if g is not facts.guests[0]], t)
+            settled = [g for g in quick if g not in late]
+            later = facts.guests[1:]   # guests_created saw the first one reach userspace
+            checks.guests_in_userspace(vm, [g for g in quick if g in later], t)
             checks.guests_ping(vm, quick, t)
             if not slow:
                 pingable.append(vm.elapsed())
-            checks.guests_ssh(vm, facts, [g for g in quick if g not in late])
+            checks.guests_ssh(vm, facts, settled)
             checks.guest_types(vm, facts)
+            checks.first_boot_access(vm, settled)
             if scenario.network == "bridge":
                 checks.network_status(vm, facts, scenario.bridge, scenario.host_ip, scenario.uplink,
                                       scenario.uplink_slot_name)
             else:
                 checks.guest_pings_host(vm, facts, scenario.gateway)
-                checks.first_boot_access(vm, [g for g in quick if g not in late])
                 checks.live_bridge_rolled_back(vm, scenario.uplink, scenario.host_ip,
                                                facts.guests[0]["ip"].split("/")[0], scenario.uplink_slot_name)
             if slow:
-                checks.guests_in_userspace(vm, [g for g in slow if g is not facts.guests[0]], t)
+                checks.guests_in_userspace(vm, [g for g in slow if g in later], t)
                 checks.guests_ping(vm, slow, t)
                 pingable.append(vm.elapsed())
                 checks.guests_ssh(vm, facts, slow)

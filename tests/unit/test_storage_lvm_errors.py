@@ -42,7 +42,5 @@ def test_lvm2_failures_say_lvm2s_reason(monkeypatch, in_kernel, output, message)
 
 
 def test_device_mapper_in_kernel_reads_the_running_kernel():
-    with open("/proc/misc") as f:
-        registered = any(line.split()[1:2] == ["device-mapper"] for line in f)
-    assert lvm.device_mapper_in_kernel() is registered
-    assert registered == os.path.exists("/sys/class/misc/device-mapper")
+    # /proc/misc against the kernel's other account of its misc devices.
+    assert lvm.device_mapper_in_kernel() is os.path.exists("/sys/class/misc/device-mapper")

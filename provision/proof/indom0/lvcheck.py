@@ -32,7 +32,7 @@ from pathlib import Path
 
 from provision.errors import ProvisionError
 from provision.guest import basecache, ext4edit, templates
-from provision.guest.build import build, remove_tree
+from provision.guest.build import build, remove_tree, spill_dir
 from provision.guest.configure import (
     GuestSettings,
     Mkdir,
@@ -163,10 +163,10 @@ def check(disk: str, seed_dir: str | os.PathLike, work_parent: str = WORK_PARENT
         meta = basecache.entry_for(spec).info()
         _ok(f"seeded base: {spec.release} {spec.arch} {spec.variant} from {spec.mirror}, made with "
             f"{spec.made_with} ({meta['size'] >> 20} MiB)")
-        # image unpacks the base on /dev/shm when it has room, else below the cache's
-        # parent: here that is a tmpfs of the check's own (dom0's 1 GiB leaves /dev/shm
+        # image unpacks the base on /dev/shm when it has room, else in its spill
+        # directory: here that is a tmpfs of the check's own (dom0's 1 GiB leaves /dev/shm
         # too small; on its disk, unpacking took twice as long, measured).
-        scratch = basecache.cache_root().parent / "tmp"
+        scratch = spill_dir()
         scratch.mkdir(parents=True, exist_ok=True)
         room = (2 * meta["unpacked_bytes"] >> 20) + 128
         run(["mount", "-t", "tmpfs", "-o", f"size={room}M,mode=0700", "tmpfs", str(scratch)], quiet=True)
