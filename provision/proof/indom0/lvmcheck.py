@@ -22,6 +22,7 @@ from provision.sizes import MiB
 from provision.storage.fs import make_fs
 from provision.storage.lvm import (
     SnapshotAtLargest,
+    _dm_snapshot_usage,
     create_lv,
     create_thin_pool,
     extend_lv,
@@ -84,6 +85,11 @@ def check(disk: str) -> None:
         usage = snapshot_usage(VG, "clone1")
         assert usage > 40, f"snapshot usage {usage} after writing 10 MiB into 16 MiB"
         _ok(f"snapshot clone holds the template's files; {usage:.1f}% full after 10 MiB")
+        # The fill level comes from dmsetup status; lvs must say the same (two decimals).
+        by_dm = _dm_snapshot_usage(VG, "clone1")
+        by_lvs = float(run(["lvs", "--noheadings", "-o", "snap_percent", f"{VG}/clone1"], capture=True).stdout)
+        assert by_dm is not None and abs(by_dm - by_lvs) < 0.02, f"dmsetup status: {by_dm}%, lvs: {by_lvs}%"
+        _ok(f"fill level from dmsetup status {by_dm:.2f}%, lvs {by_lvs:.2f}%")
         watch_snapshot(VG, "clone1", threshold=40, extend_by="32M", once=True)
         after = snapshot_usage(VG, "clone1")
         assert after < usage and _lv_size("clone1") >= 48 * MiB, f"not extended: {after}%"
