@@ -374,7 +374,8 @@ def test_dry_run_with_a_warm_cache_changes_nothing(first_image, workdir, env):
 
 def test_python_api_with_after_configure(first_image, workdir, monkeypatch):
     """The boot test builds its host image through the library, adding its own files."""
-    from provision.guest import GuestSettings, Network, Target, apt_sources, build, resolve
+    from provision.guest import GuestSettings, Network, Target, apt_sources, resolve
+    from provision.guest.build import build
 
     monkeypatch.setenv("PATH", SBIN_PATH)
     spec = resolve(host_suite(), include=["openssh-server"])
