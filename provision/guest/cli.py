@@ -181,7 +181,7 @@ def parse(args) -> ImageSettings:
         target = _target(args, fstype, args.size)
         base = info.get("base", {})
         guest = _guest(args, target, release, base.get("mirror") or "", base.get("components") or ["main"],
-                       _firstboot(args, release))
+                       _firstboot(args, release), ssh_server="ssh_host_keys" in info.get("guest", {}))
         room = parse_size(args.snapshot_size, "snapshot size", minimum=4 * MiB) if args.snapshot_size else None
         return ImageSettings(target, guest, template=args.from_template, snapshot_size=room,
                              seed=_seed(args, target, guest), **common)
@@ -205,7 +205,8 @@ def parse(args) -> ImageSettings:
                    check_gpg=not args.no_check_gpg, proxy=args.proxy, boot_packages=not args.no_boot_packages)
     fstype = args.fstype or ("ext3" if spec.release.old_glibc else "ext4")
     target = _target(args, fstype, args.size if args.size is not None else "2G")
-    guest = _guest(args, target, spec.release, spec.mirror, spec.components, firstboot)
+    guest = _guest(args, target, spec.release, spec.mirror, spec.components, firstboot,
+                   ssh_server="openssh-server" in spec.include)
     if kernel:
         guest = replace(guest, guest_kernel=kernel)
     return ImageSettings(target, guest, spec=spec, save_template=args.save_template,
@@ -283,7 +284,12 @@ def _firstboot(args, release):
     return firstboot.from_args(args, old_glibc=release.old_glibc)
 
 
-def _guest(args, target, release, mirror, components, firstboot=(None, None)) -> GuestSettings:
+def _guest(args, target, release, mirror, components, firstboot=(None, None), *,
+           ssh_server: bool = False) -> GuestSettings:
+    """The guest's settings; ``ssh_server``: the image will have one (the base includes
+    openssh-server, or the template was made with its own host keys), so the guest gets
+    its own host keys now (guest.hostkeys), where its sshd reads them (systemd releases)."""
+    from provision.guest import hostkeys
     from provision.guest.configure import (
         GuestSettings,
         Network,
@@ -311,6 +317,8 @@ def _guest(args, target, release, mirror, components, firstboot=(None, None)) ->
         ssh_keys=read_ssh_keys(args.ssh_key) if args.ssh_key else (),
         apt_sources=apt_sources(release, mirror, components),
         firstboot=firstboot[0],
+        host_keys=hostkeys.generate(_hostname(args, target))
+        if ssh_server and release.init == "systemd" and hostkeys.available() else (),
     ).on(target)
 
 

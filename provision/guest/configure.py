@@ -30,6 +30,7 @@ from provision.guest.suites import GuestKernel, Release
 
 if TYPE_CHECKING:
     from provision.guest.firstboot import FirstBoot
+    from provision.guest.hostkeys import HostKey
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(os.path.dirname(__file__)),
@@ -114,6 +115,9 @@ class GuestSettings:
     nfs_root: bool = False             # a tree served over NFS: the kernel mounts / and sets the NIC up
     guest_kernel: GuestKernel | None = None    # the distribution's kernel, booted by pvgrub2
     firstboot: FirstBoot | None = None  # access and customisation: user, timezone, roles... (guest.firstboot)
+    # The guest's own SSH host keys (guest.hostkeys), written where it has an SSH server;
+    # none: it makes them on its first boot.
+    host_keys: tuple[HostKey, ...] = field(default=(), repr=False)
 
     def on(self, target) -> GuestSettings:
         """These settings for a guest made at ``target`` (a guest.target.Target): the
@@ -155,6 +159,7 @@ class GuestSettings:
                 "root_password": self.root_hash is not None,
                 "root_uuid": self.root_uuid, "swap_uuid": self.swap_uuid if self.swap else None,
                 "ssh_keys": len(self.ssh_keys),
+                **({"ssh_host_keys": [k.public for k in self.host_keys]} if self.host_keys else {}),
                 **({"firstboot": self.firstboot.public()} if self.firstboot else {})}
 
 
@@ -392,13 +397,19 @@ def guest_files(release: Release, settings: GuestSettings, tree: TreeReader) -> 
     if release.archived:
         write("/etc/apt/apt.conf.d/99archived-release", 'Acquire::Check-Valid-Until "false";\n')
 
-    # Per-guest identity: an empty machine-id (made at first boot), and no shared SSH host keys.
+    # Per-guest identity: an empty machine-id (made at first boot), and no shared SSH host
+    # keys: the guest's own (made with the image), else made on its first boot.
     write("/etc/machine-id", "", 0o444)
     ops.append(Remove("/var/lib/dbus/machine-id"))
+    own = {k.path for k in s.host_keys} | {k.path + ".pub" for k in s.host_keys}
     for name in tree.listdir("/etc/ssh"):
-        if name.startswith("ssh_host_"):
+        if name.startswith("ssh_host_") and f"/etc/ssh/{name}" not in own:
             ops.append(Remove(f"/etc/ssh/{name}"))
     if tree.read("/etc/ssh/sshd_config") is not None:
+        for key in s.host_keys:
+            ops.append(Write(key.path, key.private, 0o600))
+            write(key.path + ".pub", key.public + "\n")
+        # Kept beside the keys: it makes them again for a guest whose keys were removed.
         if release.init == "systemd":
             write("/etc/systemd/system/regenerate-ssh-host-keys.service",
                   render("regenerate-ssh-host-keys.service.j2"))

@@ -91,11 +91,14 @@ def dom0_settled(vm: Machine, timeout: float) -> None:
 
 # -- the guests ---------------------------------------------------------------------------------
 
-def _ssh(address: str, command: str, user: str = "root") -> str:
+def _ssh(address: str, command: str, user: str = "root", known_hosts: str | None = None) -> str:
     # One connection per guest and user, shared by every later ssh (ControlMaster): under
     # TCG each new connection's key exchange and login cost 5-10 s. ServerAlive ends a
     # master whose guest went away (saved, shut down), and the next ssh makes a new one.
-    return (f"ssh -i {KEY} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+    # With ``known_hosts``, the guest must show one of the host keys listed there.
+    hosts = (f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={known_hosts}" if known_hosts else
+             "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null")
+    return (f"ssh -i {KEY} -o BatchMode=yes {hosts} "
             f"-o ConnectTimeout=10 -o LogLevel=ERROR -o ControlMaster=auto -o ControlPath=/run/ssh-%r@%h "
             f"-o ControlPersist=600 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 "
             f"{user}@{address} {shlex.quote(command)}")
@@ -166,10 +169,18 @@ def guests_ssh(vm: Machine, facts: Facts, guests: list[dict]) -> None:
     units."""
     for g in guests:
         address, name = g["ip"].split("/")[0], g["name"]
+        # The host keys `image` made for the guest, from its JSON: the first connection
+        # checks them strictly, as an administrator's known_hosts made from it would.
+        known = f"/root/known_hosts-{name}"
+        out, status = vm.shell(_known_hosts((g.get("image") or g["tree"]).rstrip("/") + ".json", address, known), 60,
+                               what=f"{name}'s host keys from its image's JSON")
+        vm.record(f"{name}'s image recorded its own SSH host keys", status == 0, out.strip()[-300:])
+        if status != 0:
+            raise ProvisionError(f"{name}'s image JSON has no SSH host keys: {out.strip()[-300:]}", exit_code=1)
         # Its failed units in the same connection, after the marker line FAILED-UNITS.
         ssh = _ssh(address, "echo GUEST-FACTS; hostname; uname -r; ip -4 -o addr show; "
                             "systemctl is-system-running --wait; echo FAILED-UNITS; "
-                            "systemctl --failed --plain --no-legend")
+                            "systemctl --failed --plain --no-legend", known_hosts=known)
         try:
             out = shell_check(vm, f"ssh root@{name}: hostname, address, kernel, multi-user",
                               f"{until(180)} {ssh} && break; sleep 2; done", 300, expect=r"^GUEST-FACTS$")
@@ -196,6 +207,15 @@ def guests_ssh(vm: Machine, facts: Facts, guests: list[dict]) -> None:
         if failed:
             raise ProvisionError(f"{name} has failed units: {failed.splitlines()[0]}; serial log: {vm.log_path}",
                                  exit_code=1)
+
+
+def _known_hosts(sidecar: str, address: str, path: str) -> str:
+    """dom0's command writing a known_hosts file for ``address`` from the public host keys
+    in an image's JSON (``guest.ssh_host_keys``); fails when there are none."""
+    script = ("import json, sys; keys = json.load(open(sys.argv[1]))['guest'].get('ssh_host_keys') or []; "
+              "print(''.join(sys.argv[2] + ' ' + ' '.join(k.split()[:2]) + chr(10) for k in keys), end=''); "
+              "sys.exit(0 if keys else 1)")
+    return f"python3 -c {shlex.quote(script)} {sidecar} {address} > {path} && cut -d' ' -f1,2 {path}"
 
 
 def console_tail(vm: Machine, name: str, lines: int = 80) -> None:

@@ -30,6 +30,7 @@ BRIDGED = ("GRUB started our entry", "Xen version is our build",
            "dom0 pings guest1 (192.0.2.11)", "dom0 pings guest2 (192.0.2.12)",
            "guest1: hostname guest1, 192.0.2.11/24 on enX0, kernel", "guest2: hostname guest2, 192.0.2.12/24 on enX0",
            "guest1 has no failed units", "guest1 pings guest2 through the bridge",
+           "guest1's image recorded its own SSH host keys", "guest4's image recorded its own SSH host keys",
            "xl console guest1 shows its login prompt on hvc0", "xendomains stop saves guest1", "xendomains start restores guest1",
            "xl mem-set guest1", "xendomains reports a guest with a bad disk path",
            "guest2 shut down and out of /etc/xen/auto after its checks",
@@ -51,6 +52,7 @@ ROUTED = ("dom0 reached multi-user", "dom0 has no failed units", "xendomains sta
           "xendomains started guest5", "dom0 pings guest5 (192.0.2.25)",
           "guest5: hostname guest5, 192.0.2.25/24 on enX0, kernel its own (Debian's)",
           "xl list -l: guest5 runs as pv", "guest5: pvgrub2 booted the Debian kernel in its own image",
+          "guest3's image recorded its own SSH host keys", "guest5's image recorded its own SSH host keys",
           # LVM in dom0 on the host whose other checks end first (the two boot at once).
           "xendomains stop shuts guest3, guest5 down", "LVM path of the storage library",
           "image --debootstrap into LVM in dom0")

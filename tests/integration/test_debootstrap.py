@@ -113,8 +113,16 @@ def test_image_holds_every_configured_file(first_image, workdir):
     mirror = host_mirror("debian") or "http://deb.debian.org/debian"
     assert debugfs_cat(img, "/etc/apt/sources.list").startswith(f"deb {mirror} {host_suite()} main\n")
     assert debugfs_cat(img, "/etc/machine-id") == ""
-    assert "ssh_host_" not in debugfs(img, "ls /etc/ssh")
     assert "sshd_config" in debugfs(img, "ls /etc/ssh")
+    # Its own SSH host keys, made with it (not the base's); its JSON lists the public halves.
+    listed = json.loads(Path(str(img) + ".json").read_text())["guest"]["ssh_host_keys"]
+    assert [k.split()[0] for k in listed] == ["ssh-rsa", "ecdsa-sha2-nistp256", "ssh-ed25519"]
+    for kind, line in zip(("rsa", "ecdsa", "ed25519"), listed, strict=True):
+        assert debugfs_cat(img, f"/etc/ssh/ssh_host_{kind}_key.pub") == line + "\n"
+        assert "Mode:  0600" in debugfs(img, f"stat /etc/ssh/ssh_host_{kind}_key")
+        assert "PRIVATE KEY" in debugfs_cat(img, f"/etc/ssh/ssh_host_{kind}_key")
+    assert not [n for n in debugfs(img, "ls /etc/ssh").split() if n.startswith("ssh_host_dsa")]
+    # The first-boot unit stays, for a guest whose keys are removed later.
     assert "regenerate-ssh-host-keys.service" in debugfs(img, "ls /etc/systemd/system/multi-user.target.wants")
     assert debugfs_cat(img, "/etc/apt/apt.conf.d/99mmdebstrap") is None
     assert "systemd" in debugfs(img, "ls /lib/systemd") or debugfs_cat(img, "/usr/lib/systemd/systemd") is not None
@@ -127,7 +135,7 @@ def test_image_holds_every_configured_file(first_image, workdir):
     assert [(d["role"], d["vdev"], d["path"]) for d in info["disks"]] == [
         ("root", "xvda1", str(img)), ("swap", "xvda2", str(swap))]
     assert info["kernel_args"] == [] and info["console"] == "hvc0"
-    assert "secret" not in json.dumps(info) and HASH not in json.dumps(info)
+    assert "secret" not in json.dumps(info) and HASH not in json.dumps(info) and "PRIVATE" not in json.dumps(info)
 
 
 def test_warm_run_comes_from_the_cache(first_image, workdir, env):
@@ -139,6 +147,10 @@ def test_warm_run_comes_from_the_cache(first_image, workdir, env):
     print(f"warm run: {took:.2f}s")
     assert took < 60  # the bench holds the real target (< 5 s); this only catches a re-bootstrap
     assert debugfs_cat(img, "/etc/hostname") == "vm2\n"
+    # Host keys of its own, not the first image's.
+    mine, first = (json.loads(Path(f"{i}.json").read_text())["guest"]["ssh_host_keys"] for i in (img, first_image))
+    assert len(mine) == 3 and not set(mine) & set(first)
+    assert debugfs_cat(img, "/etc/ssh/ssh_host_ed25519_key.pub") == mine[2] + "\n"
     fsck_clean(img)
 
 

@@ -262,3 +262,20 @@ def test_network_status_check_waits_for_a_guest_being_created_again(monkeypatch,
     status.write_text("  port vif1.0  (domain guest1, vif 0)\n")  # guest2 never comes back
     proc = subprocess.run(["sh", "-c", seen["cmd"]], capture_output=True, text=True, timeout=30)
     assert "guest2" not in proc.stdout and "(domain guest1, vif 0)" in proc.stdout
+
+
+def test_known_hosts_for_a_guest_come_from_its_images_json(tmp_path):
+    """The boot test's dom0 command that makes a guest's known_hosts from image's JSON
+    (run here with sh and python3 as dom0 runs it); no keys listed: it fails."""
+    from provision.proof.checks import _known_hosts
+
+    keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ root@guest1", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB root@guest1"]
+    sidecar, known = tmp_path / "guest1.img.json", tmp_path / "known"
+    sidecar.write_text(json.dumps({"guest": {"hostname": "guest1", "ssh_host_keys": keys}}))
+    proc = subprocess.run(["sh", "-c", _known_hosts(str(sidecar), "192.0.2.11", str(known))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert known.read_text() == ("192.0.2.11 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ\n"
+                                 "192.0.2.11 ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\n")
+    sidecar.write_text(json.dumps({"guest": {"hostname": "guest1"}}))
+    assert subprocess.run(["sh", "-c", _known_hosts(str(sidecar), "192.0.2.11", str(known))]).returncode != 0
