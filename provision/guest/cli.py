@@ -175,13 +175,13 @@ def parse(args) -> ImageSettings:
         if args.offline or args.refresh:
             raise ProvisionError(f"--{'offline' if args.offline else 'refresh'} is about the bootstrapped base; "
                                  "a template needs none")
-        _, info, release = templates.load(args.from_template)
+        template_image, info, release = templates.load(args.from_template)
         # No --size: a clone keeps the template's size.
         fstype = args.fstype or info.get("fstype") or ("ext3" if release.old_glibc else "ext4")
         target = _target(args, fstype, args.size)
         base = info.get("base", {})
         guest = _guest(args, target, release, base.get("mirror") or "", base.get("components") or ["main"],
-                       _firstboot(args, release), ssh_server="ssh_host_keys" in info.get("guest", {}))
+                       _firstboot(args, release), ssh_server=templates.has_ssh_server(template_image))
         room = parse_size(args.snapshot_size, "snapshot size", minimum=4 * MiB) if args.snapshot_size else None
         return ImageSettings(target, guest, template=args.from_template, snapshot_size=room,
                              seed=_seed(args, target, guest), **common)
@@ -289,7 +289,6 @@ def _guest(args, target, release, mirror, components, firstboot=(None, None), *,
     """The guest's settings; ``ssh_server``: the image will have one (the base includes
     openssh-server, or the template was made with its own host keys), so the guest gets
     its own host keys now (guest.hostkeys), where its sshd reads them (systemd releases)."""
-    from provision.guest import hostkeys
     from provision.guest.configure import (
         GuestSettings,
         Network,
@@ -317,9 +316,21 @@ def _guest(args, target, release, mirror, components, firstboot=(None, None), *,
         ssh_keys=read_ssh_keys(args.ssh_key) if args.ssh_key else (),
         apt_sources=apt_sources(release, mirror, components),
         firstboot=firstboot[0],
-        host_keys=hostkeys.generate(_hostname(args, target))
-        if ssh_server and release.init == "systemd" and hostkeys.available() else (),
+        host_keys=_host_keys(_hostname(args, target), release) if ssh_server else (),
     ).on(target)
+
+
+def _host_keys(hostname: str, release):
+    """The guest's own SSH host keys (guest.hostkeys), for a release whose sshd reads them."""
+    from provision.guest import hostkeys
+
+    if release.init != "systemd":
+        return ()
+    if not hostkeys.available():
+        log.warn("ssh-keygen is not installed here, so the guest makes its SSH host keys on its first boot "
+                 "and the image's JSON cannot list them (apt-get install openssh-client)")
+        return ()
+    return hostkeys.generate(hostname)
 
 
 def _template_vg(args, target) -> str | None:

@@ -401,14 +401,22 @@ def guest_files(release: Release, settings: GuestSettings, tree: TreeReader) -> 
     # keys: the guest's own (made with the image), else made on its first boot.
     write("/etc/machine-id", "", 0o444)
     ops.append(Remove("/var/lib/dbus/machine-id"))
-    own = {k.path for k in s.host_keys} | {k.path + ".pub" for k in s.host_keys}
+    sshd = tree.read("/etc/ssh/sshd_config") is not None
+    own = {k.path for k in s.host_keys} | {k.path + ".pub" for k in s.host_keys} if sshd else set()
     for name in tree.listdir("/etc/ssh"):
         if name.startswith("ssh_host_") and f"/etc/ssh/{name}" not in own:
             ops.append(Remove(f"/etc/ssh/{name}"))
-    if tree.read("/etc/ssh/sshd_config") is not None:
+    if sshd:
         for key in s.host_keys:
             ops.append(Write(key.path, key.private, 0o600))
             write(key.path + ".pub", key.public + "\n")
+        if s.host_keys and tree.read("/etc/cloud/cloud.cfg") is not None:
+            # cloud-init deletes and remakes host keys on a new instance by default,
+            # which would leave the keys the image's JSON lists behind.
+            ops.append(Mkdir("/etc/cloud/cloud.cfg.d"))
+            write("/etc/cloud/cloud.cfg.d/90-xen-provision-ssh-host-keys.cfg",
+                  "# Written by xen-provision: this guest's SSH host keys were made with its image,\n"
+                  "# whose JSON lists them; cloud-init keeps them.\nssh_deletekeys: false\nssh_genkeytypes: []\n")
         # Kept beside the keys: it makes them again for a guest whose keys were removed.
         if release.init == "systemd":
             write("/etc/systemd/system/regenerate-ssh-host-keys.service",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision.errors import ProvisionError
@@ -29,7 +29,7 @@ TYPES = ("rsa", "ecdsa", "ed25519")
 @dataclass(frozen=True)
 class HostKey:
     type: str
-    private: bytes           # /etc/ssh/ssh_host_<type>_key, mode 0600
+    private: bytes = field(repr=False)   # /etc/ssh/ssh_host_<type>_key, mode 0600
     public: str              # /etc/ssh/ssh_host_<type>_key.pub: "ssh-ed25519 AAAA... root@vm1"
 
     @property

@@ -162,7 +162,8 @@ def save(name: str, info: dict, *, vg: str | None = None, force: bool = False) -
     image, meta = paths(name, create=True)
     with UndoStack() as undo:
         clone_file(_root(info), image, force=force, undo=undo)
-        atomic_write(meta, json.dumps({**info, "template": name}, indent=2, sort_keys=True) + "\n")
+        _drop_host_keys(str(image))
+        atomic_write(meta, json.dumps(_record(info, template=name), indent=2, sort_keys=True) + "\n")
     log.info(f"saved template '{name}' as {image}")
     return image
 
@@ -182,11 +183,37 @@ def _save_lv(name: str, info: dict, vg: str) -> Path:
     with UndoStack() as undo:
         dev = create_lv(vg, lv, size, undo=undo)
         run(["e2image", "-ra", root, dev], quiet=True)
-        record = {**info, "template": name, "store": "lv", "lv": f"{vg}/{lv}", "size": size}
+        _drop_host_keys(dev)
+        record = _record(info, template=name, store="lv", lv=f"{vg}/{lv}", size=size)
         atomic_write(meta, json.dumps(record, indent=2, sort_keys=True) + "\n")
         undo.rollback(f"remove {meta}", meta.unlink, True, made=f"template '{name}' ({meta})")
     log.info(f"saved template '{name}' as LV {vg}/{lv} ({format_size(size)})")
     return Path(dev)
+
+
+def _drop_host_keys(image: str) -> None:
+    """A template keeps no guest's SSH host keys (private ones least of all): each guest
+    made from it gets its own (guest.hostkeys), or makes them on its first boot."""
+    from provision.guest.configure import Remove
+
+    keys = [n for n in ext4edit.reader(image).listdir("/etc/ssh") if n.startswith("ssh_host_")]
+    if keys:
+        ext4edit.apply(image, [Remove(f"/etc/ssh/{n}") for n in keys])
+
+
+def _record(info: dict, **extra) -> dict:
+    """The template's JSON: its guest's, without the host keys it no longer holds."""
+    guest = {k: v for k, v in info.get("guest", {}).items() if k != "ssh_host_keys"}
+    return {**info, "guest": guest, **extra}
+
+
+def has_ssh_server(image: str | os.PathLike) -> bool:
+    """Whether a template's image has an SSH server (so its guests get host keys made with
+    them); False when it cannot be read here."""
+    try:
+        return ext4edit.reader(str(image)).read("/etc/ssh/sshd_config") is not None
+    except (ProvisionError, OSError):
+        return False
 
 
 # -- a new guest from a template -----------------------------------------------------------

@@ -12,8 +12,9 @@ of a disk image, an LV or a directory tree. Its root is mounted (nothing for a t
 root through :mod:`provision.guest.chroot` (a private mount namespace with /proc, /sys,
 /dev and the host's resolv.conf). Afterwards policy-rc.d goes, apt's lists and
 downloaded packages go if the image had none before, the guest's identity stays as it
-was (an empty machine-id and no SSH host keys in a never-booted image or a template:
-an upgraded openssh-server would otherwise make keys every clone shares), everything is
+was (an empty machine-id in a never-booted image or a template, and no SSH host keys
+but the ones it had: an upgraded openssh-server would otherwise make keys every clone
+shares), everything is
 unmounted and the filesystem is checked.
 
 Refused, with nothing changed: a disk a running domain uses (``xl list``, where xl

@@ -238,8 +238,17 @@ def test_new_image_from_template(first_image, workdir, env):
     fsck_clean(img)
     info = json.loads(Path(str(img) + ".json").read_text())
     assert info["base"]["template"] == "itest" and info["disks"][1]["vdev"] == "xvda2"
-    # The template itself is untouched.
-    assert debugfs_cat(Path(env["XEN_PROVISION_TEMPLATES"]) / "itest.img", "/etc/hostname") == "vm1\n"
+    # The template itself is untouched, and holds no guest's SSH host keys (vm1's went when
+    # it was saved); vm3 has keys of its own, listed in its JSON.
+    tpl = Path(env["XEN_PROVISION_TEMPLATES"])
+    assert debugfs_cat(tpl / "itest.img", "/etc/hostname") == "vm1\n"
+    assert "ssh_host_" not in debugfs(tpl / "itest.img", "ls /etc/ssh")
+    assert "ssh_host_keys" not in json.loads((tpl / "itest.json").read_text())["guest"]
+    mine = info["guest"]["ssh_host_keys"]
+    first = json.loads(Path(f"{first_image}.json").read_text())["guest"]["ssh_host_keys"]
+    assert len(mine) == 3 and not set(mine) & set(first)
+    assert debugfs_cat(img, "/etc/ssh/ssh_host_rsa_key.pub") == mine[0] + "\n"
+    assert "Mode:  0600" in debugfs(img, "stat /etc/ssh/ssh_host_rsa_key")
 
 
 def test_broken_template_fails_in_one_line_and_leaves_nothing(first_image, workdir, env):

@@ -77,10 +77,28 @@ def test_a_guest_with_an_ssh_server_gets_its_own_keys(keys, tmp_path):
         assert not (root / "etc/ssh/ssh_host_dsa_key").exists()
 
 
-def test_without_an_ssh_server_no_keys_are_written(keys, tmp_path):
+def test_without_an_ssh_server_no_keys_are_written_and_the_bases_go(keys, tmp_path):
     rel, settings = _settings(keys)
     ops = guest_files(rel, settings, dir_reader(_tree(tmp_path, sshd=False)))
     assert not [op for op in ops if isinstance(op, Write) and op.path.startswith("/etc/ssh/ssh_host_")]
+    assert Remove("/etc/ssh/ssh_host_ed25519_key") in ops and Remove("/etc/ssh/ssh_host_ed25519_key.pub") in ops
+
+
+def test_cloud_init_keeps_the_keys_the_image_made(keys, tmp_path):
+    rel, settings = _settings(keys)
+    root = _tree(tmp_path)
+    (root / "etc/cloud").mkdir(parents=True)
+    (root / "etc/cloud/cloud.cfg").write_text("ssh_deletekeys: true\n")
+    writes = {op.path: op for op in guest_files(rel, settings, dir_reader(root)) if isinstance(op, Write)}
+    cfg = writes["/etc/cloud/cloud.cfg.d/90-xen-provision-ssh-host-keys.cfg"].data.decode()
+    assert "ssh_deletekeys: false\n" in cfg and "ssh_genkeytypes: []\n" in cfg
+    # Without keys of the image's own, cloud-init is left to make them.
+    writes = {op.path for op in guest_files(rel, _settings()[1], dir_reader(root)) if isinstance(op, Write)}
+    assert "/etc/cloud/cloud.cfg.d/90-xen-provision-ssh-host-keys.cfg" not in writes
+
+
+def test_a_host_keys_repr_hides_the_private_key(keys):
+    assert "PRIVATE" not in repr(keys) and keys[0].public.split()[1] in repr(keys[0])
 
 
 def test_the_images_json_has_the_public_keys_only(keys):
