@@ -252,8 +252,8 @@ def run_boottest(settings: Settings) -> Result:
     """Assemble (or reuse) each scenario's host, boot it, check it; print times and checks."""
     from provision.build.install import make_dist
     result = Result(out=settings.out)
-    start = time.monotonic()
     speed = [host_speed()]
+    start = time.monotonic()
     settings.out.mkdir(parents=True, exist_ok=True)
     try:
         with _stage(result, "dist", "The dist tarball (doit dist)"):
@@ -276,10 +276,10 @@ def run_boottest(settings: Settings) -> Result:
                     boot(settings, SCENARIOS[name], image, facts, result)
         result.ok = True
     finally:
+        result.stages["total"] = round(time.monotonic() - start, 1)
         speed.append(host_speed())
         result.timings.append("host speed (sum of 3e7 integers in python3; 0.5-0.75s in fast hours): "
                               f"{speed[0]:.2f}s before, {speed[1]:.2f}s after")
-        result.stages["total"] = round(time.monotonic() - start, 1)
         atomic_write(settings.out / "report.txt", result.summary() + "\n")
         log.info(result.summary())
     return result
