@@ -86,6 +86,8 @@ def test_the_readmes_hosts_boot_and_their_guests_answer(run_cli, dist, tmp_path,
     for scenario in ("bridged", "routed"):
         assert re.search(rf"\[{scenario}\] power-on to first guest userspace: \d+\.\d+s", report)
         assert re.search(rf"\[{scenario}\] power-on to all guests pingable: \d+\.\d+s", report)
+        assert re.search(rf"\[{scenario}\] CPU time the hypervisor gave others during the boot \(steal\): "
+                         r"\d+\.\ds", report)
     assert re.search(r"^  host speed \(.*\): \d+\.\d+s before, \d+\.\d+s after$", report, re.M)
     assert b"Xen version" in (out / "serial-bridged.log").read_bytes()
     assert b"LVM-CHECK-OK" in (out / "serial-routed.log").read_bytes()   # the LVM checks run there

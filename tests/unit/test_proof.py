@@ -279,3 +279,15 @@ def test_known_hosts_for_a_guest_come_from_its_images_json(tmp_path):
                                  "192.0.2.11 ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\n")
     sidecar.write_text(json.dumps({"guest": {"hostname": "guest1"}}))
     assert subprocess.run(["sh", "-c", _known_hosts(str(sidecar), "192.0.2.11", str(known))]).returncode != 0
+
+
+def test_steal_is_read_from_the_cpu_line_of_proc_stat(tmp_path):
+    from provision.proof.cli import steal_seconds
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  3120807 982304 911464 2756775 59226 0 8193 68167 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert steal_seconds(str(stat)) == pytest.approx(68167 / os.sysconf("SC_CLK_TCK"))
+    stat.write_text("intr 1 2 3\n")
+    assert steal_seconds(str(stat)) is None
+    assert steal_seconds(str(tmp_path / "missing")) is None
+    assert steal_seconds() is not None   # this machine's own
