@@ -74,6 +74,7 @@ PACKAGES: dict[str, str] = {
     "qemu-system-x86_64": "qemu-system-x86",
     "resize2fs": "e2fsprogs",
     "sfdisk": "fdisk",
+    "ssh-keygen": "openssh-client",
     "systemctl": "systemd",
     "systemd-analyze": "systemd",
     "tar": "tar",

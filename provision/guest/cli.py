@@ -287,8 +287,8 @@ def _firstboot(args, release):
 def _guest(args, target, release, mirror, components, firstboot=(None, None), *,
            ssh_server: bool = False) -> GuestSettings:
     """The guest's settings; ``ssh_server``: the image will have one (the base includes
-    openssh-server, or the template was made with its own host keys), so the guest gets
-    its own host keys now (guest.hostkeys), where its sshd reads them (systemd releases)."""
+    openssh-server, or the template's image has an sshd_config), so the guest gets its
+    own host keys now (guest.hostkeys), where its sshd reads them (systemd releases)."""
     from provision.guest.configure import (
         GuestSettings,
         Network,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision.errors import ProvisionError
-from provision.run import which
+from provision.run import require, which
 
 # What `ssh-keygen -A` makes on Debian and Ubuntu, and sshd's default HostKey files.
 TYPES = ("rsa", "ecdsa", "ed25519")
@@ -45,10 +45,8 @@ def generate(hostname: str, types: tuple[str, ...] = TYPES) -> tuple[HostKey, ..
     """New host keys for guest ``hostname``, one per type, made side by side (RSA's
     primes take longest). The comment is root@HOST, as the guest's own ssh-keygen -A
     would write."""
+    require("ssh-keygen")
     exe = which("ssh-keygen")
-    if exe is None:
-        raise ProvisionError("ssh-keygen is not installed: it makes the guest's SSH host keys",
-                             hint="apt-get install openssh-client")
     comment = f"root@{hostname.split('.', 1)[0]}"
     with tempfile.TemporaryDirectory(prefix="xen-provision-hostkeys.") as work:
         files = {t: Path(work) / f"ssh_host_{t}_key" for t in types}

@@ -39,6 +39,7 @@ from provision import cache, log, paths
 from provision.cache import cache_dir, manifest_key, sha256_file
 from provision.errors import ProvisionError
 from provision.fsutil import atomic_write
+from provision.guest.target import Target
 from provision.undo import UndoStack
 
 PACKAGE = paths.PACKAGE       # provision/
@@ -335,7 +336,7 @@ def assemble(scenario: Scenario, inputs: Inputs, final: Path, work: Path, tarbal
                                  "--nfs-root", tree, "--ip", g.ip, "--gateway", scenario.gateway,
                                  "--hostname", g.name, "--exports", *bridge, *kind, "--autostart",
                                  "on_crash=preserve")
-            guests.append({**asdict(g), "tree": tree})
+            guests.append({**asdict(g), "tree": tree, "sidecar": Target.dir(tree).sidecar})
             continue
         img = root / IMAGES_DIR.lstrip("/") / f"{g.name}.img"
         img.parent.mkdir(parents=True, exist_ok=True)
@@ -354,7 +355,8 @@ def assemble(scenario: Scenario, inputs: Inputs, final: Path, work: Path, tarbal
         transcript.provision("domain", "create", "--root", str(root), "--from-image", str(img),
                              *kernel, "--memory", str(g.memory), *bridge, *kind, "--autostart",
                              "on_crash=preserve")
-        guests.append({**asdict(g), "image": f"{IMAGES_DIR}/{g.name}.img"})
+        seen = f"{IMAGES_DIR}/{g.name}.img"   # as dom0 sees it; its JSON holds the host keys
+        guests.append({**asdict(g), "image": seen, "sidecar": Target.file(seen, GUEST_SIZE).sidecar})
     if scenario.broken_guest:
         transcript.provision(
             "domain", "create", "--root", str(root), "--name", BROKEN, "--memory", "64",

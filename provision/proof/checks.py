@@ -172,7 +172,7 @@ def guests_ssh(vm: Machine, facts: Facts, guests: list[dict]) -> None:
         # The host keys `image` made for the guest, from its JSON: the first connection
         # checks them strictly, as an administrator's known_hosts made from it would.
         known = f"/root/known_hosts-{name}"
-        out, status = vm.shell(_known_hosts((g.get("image") or g["tree"]).rstrip("/") + ".json", address, known), 60,
+        out, status = vm.shell(_known_hosts(g["sidecar"], address, known), 60,
                                what=f"{name}'s host keys from its image's JSON")
         vm.record(f"{name}'s image recorded its own SSH host keys", status == 0, out.strip()[-300:])
         if status != 0:

@@ -396,7 +396,7 @@ def parse_snapshot_status(status: str) -> float | None:
     return 100.0 * used / total
 
 
-def _dm_snapshot_usage(vg: str, name: str) -> float | None:
+def dm_snapshot_usage(vg: str, name: str) -> float | None:
     """An active snapshot's fill level from the kernel (``dmsetup status``), else None.
     What lvs reads too, without scanning every PV's metadata first: measured in the boot
     test's dom0 under TCG, lvs took 0.6 s a call, which a watcher polling every few
@@ -411,7 +411,7 @@ def snapshot_usage(vg: str, name: str) -> float:
     """How full a snapshot (or thin pool) is, in percent of its room for changes."""
     validate_vg_name(vg)
     validate_lv_name(name)
-    usage = _dm_snapshot_usage(vg, name)
+    usage = dm_snapshot_usage(vg, name)
     if usage is not None:
         return usage
     rows = _report("lvs", "data_percent,snap_percent", f"{vg}/{name}")

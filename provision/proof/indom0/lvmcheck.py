@@ -22,9 +22,9 @@ from provision.sizes import MiB
 from provision.storage.fs import make_fs
 from provision.storage.lvm import (
     SnapshotAtLargest,
-    _dm_snapshot_usage,
     create_lv,
     create_thin_pool,
+    dm_snapshot_usage,
     extend_lv,
     lv_exists,
     lv_path,
@@ -86,7 +86,7 @@ def check(disk: str) -> None:
         assert usage > 40, f"snapshot usage {usage} after writing 10 MiB into 16 MiB"
         _ok(f"snapshot clone holds the template's files; {usage:.1f}% full after 10 MiB")
         # The fill level comes from dmsetup status; lvs must say the same (two decimals).
-        by_dm = _dm_snapshot_usage(VG, "clone1")
+        by_dm = dm_snapshot_usage(VG, "clone1")
         by_lvs = float(run(["lvs", "--noheadings", "-o", "snap_percent", f"{VG}/clone1"], capture=True).stdout)
         assert by_dm is not None and abs(by_dm - by_lvs) < 0.02, f"dmsetup status: {by_dm}%, lvs: {by_lvs}%"
         _ok(f"fill level from dmsetup status {by_dm:.2f}%, lvs {by_lvs:.2f}%")
