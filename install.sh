@@ -89,23 +89,17 @@ for tool in sha256sum stat readlink find sort awk xargs; do
     command -v "$tool" >/dev/null 2>&1 || die "required tool '$tool' was not found (install coreutils/findutils)"
 done
 
-# A scratch directory for our lists, removed at exit.
-WORK=${TMPDIR:-/tmp}/xen-install.$$
-mkdir -m 700 "$WORK" || die "cannot create a scratch directory $WORK"
-: > "$WORK/staged"      # temp<TAB>final, renamed into place at the end
-: > "$WORK/created"     # directories this run created (removed again on failure)
-: > "$WORK/record"      # the new installed.list
-: > "$WORK/notes"
-: > "$WORK/removed"
-: > "$WORK/dirs"
-: > "$WORK/record.plan"
-: > "$WORK/conflict"
-: > "$WORK/touched"
+WORK=
+OWNWORK=
 CREATED_DESTDIR=
 DONE=
+PROBE=
 
 rollback() {
-    # Undo a failed run: staged temporaries, then the directories we made, deepest first.
+    # Undo a failed run: the writability probe, staged temporaries, then the directories we
+    # made, deepest first.
+    if [ -n "$PROBE" ]; then rmdir "$PROBE" 2>/dev/null || true; fi
+    [ -f "$WORK/staged" ] || return 0  # stopped before the scratch lists existed: nothing made
     while IFS="$TAB" read -r tmp final; do
         rm -rf "$tmp"  # our temporary name: a file, a link or a new directory copied whole
     done < "$WORK/staged"
@@ -118,19 +112,45 @@ rollback() {
 finish() {
     status=$?
     if [ -z "$DONE" ]; then rollback; fi
-    rm -rf "$WORK"
+    if [ -n "$OWNWORK" ]; then rm -rf "$WORK"; fi
     exit "$status"
 }
 trap finish EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# A scratch directory for our lists, removed at exit (the traps are set first, so a signal
+# from here on removes it; one that is not ours is never removed).
+# Named by our PID; one left by a killed run whose PID we now have is skipped, not reused.
+n=0
+while :; do
+    WORK=${TMPDIR:-/tmp}/xen-install.$$.$n
+    OWNWORK=1
+    if mkdir -m 700 "$WORK" 2>/dev/null; then break; fi
+    OWNWORK=
+    if [ ! -e "$WORK" ] || [ "$n" -ge 50 ]; then
+        die "cannot create a scratch directory in ${TMPDIR:-/tmp} (set TMPDIR to a writable directory)"
+    fi
+    n=$((n + 1))
+done
+: > "$WORK/staged"      # temp<TAB>final, renamed into place at the end
+: > "$WORK/created"     # directories this run created (removed again on failure)
+: > "$WORK/record"      # the new installed.list
+: > "$WORK/notes"
+: > "$WORK/removed"
+: > "$WORK/dirs"
+: > "$WORK/record.plan"
+: > "$WORK/conflict"
+: > "$WORK/touched"
+
 check_writable() {
-    probe="$D/.xen-provision-probe.$$"
-    if ! mkdir "$probe" 2>/dev/null; then
+    PROBE="$D/.xen-provision-probe.$$"  # set before mkdir: a signal between the two still removes it
+    if ! mkdir "$PROBE" 2>/dev/null; then
+        PROBE=
         die "DESTDIR $DESTDIR is not writable (run as root, or choose a DESTDIR you can write)"
     fi
-    rmdir "$probe"
+    rmdir "$PROBE"
+    PROBE=
 }
 
 # batch CMD LIST OUT: run CMD (sha256sum, or stat -c ...) in DIR over the relative paths of
@@ -191,8 +211,10 @@ ensure_dir() {
     if [ -e "$D/$1" ] || [ -L "$D/$1" ]; then
         die "cannot install: $D/$1 exists and is not a directory"
     fi
-    mkdir -m 755 "$D/$1" 2>/dev/null || die "cannot create directory $D/$1 (not writable?)"
+    # Remembered before mkdir, so a signal between the two still removes it (rollback's rmdir
+    # of one that never came is harmless).
     echo "$D/$1" >> "$WORK/created"
+    mkdir -m 755 "$D/$1" 2>/dev/null || die "cannot create directory $D/$1 (not writable?)"
     printf 'd\t-\t%s\n' "$1" >> "$WORK/record"
 }
 
@@ -346,8 +368,11 @@ fi
 if [ ! -d "$D/" ]; then
     parent=$(dirname "$D")
     [ -d "$parent" ] || die "DESTDIR $DESTDIR does not exist, nor does its parent $parent"
-    mkdir "$D" 2>/dev/null || die "DESTDIR $DESTDIR is not writable (cannot create it in $parent)"
-    CREATED_DESTDIR=1
+    CREATED_DESTDIR=1  # before mkdir, for the same reason as in ensure_dir
+    if ! mkdir "$D" 2>/dev/null; then
+        CREATED_DESTDIR=
+        die "DESTDIR $DESTDIR is not writable (cannot create it in $parent)"
+    fi
 fi
 check_writable
 ensure_dir "$(dirname "$RECORD")"

@@ -307,3 +307,41 @@ def test_install(tmp_path):
         clean(dest)
         outcomes.append(v)
     assert "undone" in outcomes, outcomes  # the moments did reach into the work
+
+
+def test_install_sh_every_moment(tmp_path):
+    """install.sh alone (no interpreter start to blur the moment), SIGINT at 150 moments
+    spread evenly over a whole run: whatever the moment, DESTDIR ends as it was (or
+    installed), with no probe or temporary left. The Python test above once caught the
+    writability probe left behind by a signal between its mkdir and rmdir."""
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_install import make_tree
+
+    from provision.build import stage
+
+    tree = make_tree(tmp_path / "dist" / "install")
+    stage.seal(tree, {"format": 2, "xen": {"version": "4.17.5"}})
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    start = time.monotonic()
+    subprocess.run(["sh", ROOT / "install.sh", "--from", tree, "-q", tmp_path / "timing"], env=env,
+                   check=True, capture_output=True)
+    whole = time.monotonic() - start
+    undone = 0
+    for i in range(150):
+        dest = tmp_path / f"dest{i}"
+        (dest / "etc").mkdir(parents=True)
+        proc = subprocess.Popen(["sh", ROOT / "install.sh", "--from", tree, "-q", dest], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(whole * 1.1 * i / 150)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        names = sorted(p.name for p in dest.rglob("*"))
+        if proc.returncode == 0:
+            assert (dest / "var/lib/xen-provision/installed.list").is_file()
+        else:
+            # 130 from its trap; -SIGINT when the signal came before the shell set its traps
+            assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+            assert names == ["etc"], (i, names, err)
+            undone += 1
+        assert temporaries(dest) == [] and list(tmp_path.glob("xen-install.*")) == [], i
+    assert undone > 50  # the moments did reach into the work

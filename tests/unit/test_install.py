@@ -500,6 +500,21 @@ def test_names_json_escapes(tree, tmp_path):
     _one_line(run_sh("--verify", "--from", tree), 'caf\u00e9 "q" \U0001F600.txt: 2 bytes, manifest.json says 1')
 
 
+def test_stale_scratch_directory_is_skipped_and_kept(tree, tmp_path):
+    """A scratch directory left by a killed run whose PID this run now has: install.sh
+    makes the next name, and leaves the stale one (not its own) alone."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    script = (f'mkdir "$TMPDIR/xen-install.$$" "$TMPDIR/xen-install.$$.0"; '
+              f'exec sh {INSTALL_SH} --from {tree} -q {tmp_path / "dest"}')
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                          env=dict(os.environ, TMPDIR=str(scratch)))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "dest" / inst.RECORD).is_file()
+    stale = sorted(p.name for p in scratch.iterdir())  # ours (.1) is gone, the stale ones stay
+    assert len(stale) == 2 and stale[1] == stale[0] + ".0", stale
+
+
 def test_verify_alone(tree, tmp_path):
     proc = run_sh("--verify", "--from", tree)
     assert proc.returncode == 0 and proc.stdout.strip() == f"{tree}: 25 files, links and directories match manifest.json"
