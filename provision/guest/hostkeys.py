@@ -46,11 +46,10 @@ def generate(hostname: str, types: tuple[str, ...] = TYPES) -> tuple[HostKey, ..
     primes take longest). The comment is root@HOST, as the guest's own ssh-keygen -A
     would write."""
     require("ssh-keygen")
-    exe = which("ssh-keygen")
     comment = f"root@{hostname.split('.', 1)[0]}"
     with tempfile.TemporaryDirectory(prefix="xen-provision-hostkeys.") as work:
         files = {t: Path(work) / f"ssh_host_{t}_key" for t in types}
-        procs = {t: subprocess.Popen([exe, "-q", "-t", t, "-N", "", "-C", comment, "-f", str(f)],
+        procs = {t: subprocess.Popen(["ssh-keygen", "-q", "-t", t, "-N", "", "-C", comment, "-f", str(f)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                  for t, f in files.items()}
         failed = []
