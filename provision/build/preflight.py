@@ -18,7 +18,7 @@ HYPERVISOR_TOOLS = {
 }
 LINUX_TOOLS = {
     "gcc": "gcc", "make": "make", "ld": "binutils", "flex": "flex", "bison": "bison", "bc": "bc",
-    "perl": "perl-base", "xz": "xz-utils", "cpio": "cpio",
+    "perl": "perl-base", "xz": "xz-utils", "cpio": "cpio", "lz4": "lz4",
 }
 LINUX_HEADERS = {"gelf.h": "libelf-dev", "openssl/ssl.h": "libssl-dev"}
 XEN_TOOLS_TOOLS = {

@@ -51,7 +51,13 @@ def test_staged_layout_and_manifest(world):
         assert release == f"{k['version']}-{k['flavour']}" and k["version"].startswith("6.1.")
         for key in ("vmlinuz", "config", "system_map", "syms"):
             assert (world / k[key]).is_file(), f"{name}: {k[key]} missing"
-        assert (boot / f"vmlinuz-{release}").read_bytes()[0x202:0x206] == b"HdrS"  # a bzImage
+        image = (boot / f"vmlinuz-{release}").read_bytes()
+        assert image[0x202:0x206] == b"HdrS"  # a bzImage
+        # Its payload is LZ4 (legacy frame), which Xen and xl's domain builder decompress
+        # much faster than tinyconfig's XZ: boot protocol fields payload_offset/length.
+        setup = ((image[0x1F1] or 4) + 1) * 512
+        payload = setup + int.from_bytes(image[0x248:0x24C], "little")
+        assert image[payload:payload + 4] == b"\x02\x21\x4c\x18", f"{name}: payload {image[payload:payload + 4].hex()}"
         assert (boot / f"vmlinux-syms-{release}").read_bytes()[:4] == b"\x7fELF"
         assert (world / "lib/modules" / release / "modules.builtin").is_file()
         cfg = (boot / f"config-{release}").read_text()
