@@ -130,6 +130,8 @@ def test_start_creates_auto_domains_bounded_and_reports_failures(env):
     creates = [c for c in (env.state / "calls").read_text().splitlines() if c.startswith("create")]
     assert len(creates) == 5
     assert max_parallel(env.state / "events") == 2  # several at once, never more than the bound
+    # One xl list for all seven configs (each xl call costs a second under the boot test's TCG).
+    assert [c for c in (env.state / "calls").read_text().splitlines() if c.startswith("list")] == ["list"]
 
 
 def test_start_all_good_exits_zero_and_is_idempotent(env):
@@ -205,6 +207,7 @@ def test_status(env):
     (env.state / "running").write_text("a\n")
     proc = env.run("status")
     assert proc.returncode == 3 and "a: running" in proc.stdout and "b: not running" in proc.stdout
+    assert [c for c in (env.state / "calls").read_text().splitlines() if c.startswith("list")] == ["list"]
 
 
 def test_no_xen(env):
