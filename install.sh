@@ -99,7 +99,8 @@ rollback() {
     # Undo a failed run: the writability probe, staged temporaries, then the directories we
     # made, deepest first.
     if [ -n "$PROBE" ]; then rmdir "$PROBE" 2>/dev/null || true; fi
-    [ -f "$WORK/staged" ] || return 0  # stopped before the scratch lists existed: nothing made
+    # Stopped before the scratch lists existed (WORK unset, or not made yet): nothing made.
+    if [ -z "$WORK" ] || [ ! -f "$WORK/staged" ]; then return 0; fi
     while IFS="$TAB" read -r tmp final; do
         rm -rf "$tmp"  # our temporary name: a file, a link or a new directory copied whole
     done < "$WORK/staged"

@@ -273,18 +273,25 @@ def test_domain_remove(tmp_path):
     assert "undone" in outcomes, outcomes  # the moments did reach into the work
 
 
-def test_install(tmp_path):
+def install_tree(tmp_path: Path, modules: int = 0) -> Path:
+    """The unit tests' staged tree under ``tmp_path``, with ``modules`` .ko files more
+    (a kernel's worth makes the install take a while), sealed with its manifest."""
     sys.path.insert(0, str(ROOT / "tests" / "unit"))
     from test_install import make_tree
 
     from provision.build import stage
 
     tree = make_tree(tmp_path / "dist" / "install")
-    for i in range(3000):  # a tree the size of a kernel's modules: the install takes a while
+    for i in range(modules):
         d = tree / "lib/modules/6.1.176-xen0/kernel" / f"d{i % 40}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"m{i}.ko").write_bytes(os.urandom(512))
     stage.seal(tree, {"format": 2, "xen": {"version": "4.17.5"}})
+    return tree
+
+
+def test_install(tmp_path):
+    tree = install_tree(tmp_path, modules=3000)
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "provision", "install", "--from", tree, tmp_path / "timing"],
                    env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, capture_output=True)
@@ -314,13 +321,7 @@ def test_install_sh_every_moment(tmp_path):
     spread evenly over a whole run: whatever the moment, DESTDIR ends as it was (or
     installed), with no probe or temporary left. The Python test above once caught the
     writability probe left behind by a signal between its mkdir and rmdir."""
-    sys.path.insert(0, str(ROOT / "tests" / "unit"))
-    from test_install import make_tree
-
-    from provision.build import stage
-
-    tree = make_tree(tmp_path / "dist" / "install")
-    stage.seal(tree, {"format": 2, "xen": {"version": "4.17.5"}})
+    tree = install_tree(tmp_path)
     env = dict(os.environ, TMPDIR=str(tmp_path))
     start = time.monotonic()
     subprocess.run(["sh", ROOT / "install.sh", "--from", tree, "-q", tmp_path / "timing"], env=env,
