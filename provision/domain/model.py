@@ -52,6 +52,9 @@ XM_ONLY_KEYS = frozenset(
 TYPES = ("pv", "pvh", "hvm")
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy",
            "coredump-restart", "soft-reset")
+# Settings we do not model whose values are one of a few words (xl.cfg(5)): a typo
+# there fails only at xl create, on the host, so it is refused here.
+XL_CHOICES = {"tsc_mode": ("default", "always_emulate", "native", "native_paravirt")}
 _VDEV = re.compile(r"^(xvd[a-z]+|hd[a-z]|sd[a-z]+)([0-9]*)$|^d[0-9]+(p[0-9]+)?$")
 _DISK_FORMATS = ("raw", "qcow", "qcow2", "vhd", "qed")
 # Legacy (xm/xend) target prefixes: backend type or image format before the path.
@@ -367,6 +370,15 @@ class Domain:
                                  hint="set kernel = \"/boot/vmlinuz-...\", or boot the guest's own kernel: "
                                       "domain create --bootloader pvgrub")
         dom.other = {k: v for k, v in values.items() if k not in MODELLED}
+        for key, choices in XL_CHOICES.items():
+            value = dom.other.get(key)
+            # xl still takes the old numbers 0-3 for these (deprecated), so they pass.
+            if value is None or (isinstance(value, int) and 0 <= value < len(choices)) or value in choices:
+                continue
+            guess = closest(str(value), choices)
+            raise ProvisionError(f"{source}: {key} '{value}' is not one of xl's values"
+                                 + (f" (did you mean '{guess}'?)" if guess else ""),
+                                 hint=f"one of {', '.join(choices)}")
         return dom
 
     def macs(self) -> list[str]:

@@ -132,6 +132,8 @@ BAD = [
     (("--disk", "format=raw, vdev=floppy, target=/x"), "not a virtual device name", None),
     (("nics=1",), "'nics' is an xm setting", "domain convert"),
     (("on_crash=reboot",), "on_crash 'reboot' is not an action", None),
+    (("tsc_mode=nativ",), "tsc_mode 'nativ' is not one of xl's values", "did you mean 'native'"),
+    (("tsc_mode=7",), "tsc_mode '7' is not one of xl's values", "native_paravirt"),
     (("--name", "../evil"), "domain name '../evil' is not valid", None),
     (("--vcpus", "two"), "vcpus 'two' is not a number", None),
     (("--vif", "bridge=xenbr0", "--mac-prefix", "00:11:22"), "MAC prefix '00:11:22' is a vendor's OUI", "02:00:00"),
@@ -149,6 +151,15 @@ def test_bad_input_is_one_line_and_writes_nothing(domain, root, extra, message, 
     if more:
         assert more in proc.stderr
     assert not (root / "etc/xen").exists()  # nothing at all was written
+
+
+def test_tsc_mode_words_and_xls_old_numbers_pass(domain, root, checker):
+    domain(*basic("web1", "tsc_mode=native"))
+    domain(*basic("web2", "tsc_mode=2"))
+    assert 'tsc_mode = "native"' in (root / "etc/xen/web1.cfg").read_text()
+    assert "tsc_mode = 2" in (root / "etc/xen/web2.cfg").read_text()
+    for name in ("web1", "web2"):
+        xlcheck.accept(checker, root / f"etc/xen/{name}.cfg")
 
 
 def test_locally_administered_mac_prefix(domain, root, checker):
