@@ -236,11 +236,15 @@ def guest_types(vm: Machine, facts: Facts) -> None:
     # configuration"): ask again (a bounded while) until it answers.
     for g in facts.guests:
         kind = g.get("type") or "pvh"
-        shell_check(vm, f"xl list -l: {g['name']} runs as {kind}",
+        # The settings given as domain create's KEY=VALUE words, as Xen was given them.
+        settings = [s.split("=", 1) for s in g.get("xl") or ()]
+        shell_check(vm, f"xl list -l: {g['name']} runs as {kind}" + "".join(f", {k} {v}" for k, v in settings),
                     f"{until(90)} c=$(xl list -l {g['name']} 2>&1); printf '%s\\n' \"$c\" | "
                     f"grep -q '\"type\": ' && break; sleep 2; done; "
-                    f"printf '%s\\n' \"$c\" | grep -m1 '\"type\": ' || printf '%s\\n' \"$c\"", 150,
-                    expect=rf'^\s*"type": "{kind}",?$')
+                    f"printf '%s\\n' \"$c\" | grep -m1 '\"type\": ' || printf '%s\\n' \"$c\"; "
+                    + "".join(f"printf '%s\\n' \"$c\" | grep -m1 '\"{k}\": '; " for k, _ in settings), 150,
+                    expect=rf'^\s*"type": "{kind}",?$'
+                    + "".join(rf'(?s:.*)^\s*"{k}": "{v}",?$' for k, v in settings))
 
 
 def own_kernels_booted(vm: Machine, facts: Facts) -> None:
@@ -350,9 +354,9 @@ def xl_console_login(vm: Machine, name: str) -> None:
 
 def retire(vm: Machine, names: list[str]) -> None:
     """Shut these guests down and take them out of /etc/xen/auto, once their checks are
-    done. For the PVH guests: under TCG's emulated AMD-V a PVH guest now and then
-    triple-faults (in pvclock_clocksource_read; Xen reboots it), also in its suspend
-    handler, which fails its save; the longer checks that follow use PV guests."""
+    done. For the PVH guests: the longer checks that follow use PV guests (under TCG's
+    emulated AMD-V a PVH guest with Xen's default tsc_mode now and then triple-faulted,
+    also in its suspend handler, which failed its save; see SCENARIOS)."""
     for name in names:
         shell_check(vm, f"{name} shut down and out of /etc/xen/auto after its checks",
                     # xl shutdown -w returns at the shutdown; xl's own monitor destroys it after.

@@ -291,3 +291,29 @@ def test_steal_is_read_from_the_cpu_line_of_proc_stat(tmp_path):
     assert steal_seconds(str(stat)) is None
     assert steal_seconds(str(tmp_path / "missing")) is None
     assert steal_seconds() is not None   # this machine's own
+
+
+def test_guest_types_check_reads_the_xl_settings_back(monkeypatch, tmp_path):
+    """A guest made with KEY=VALUE words (guest2's tsc_mode=native) is checked for them in
+    what xl list -l reports, beside its type; the shell part runs for real (sh, with an
+    xl that prints a running guest's JSON)."""
+    seen = []
+    monkeypatch.setattr(checks, "shell_check",
+                        lambda vm, what, cmd, timeout, expect=None: seen.append((what, cmd, expect)))
+    facts = dataclasses.make_dataclass("F", ["guests"])(
+        [{"name": "guest1", "type": "pv"}, {"name": "guest2", "xl": ["tsc_mode=native"]}])
+    checks.guest_types(None, facts)
+    (what1, cmd1, expect1), (what2, cmd2, expect2) = seen
+    assert what1 == "xl list -l: guest1 runs as pv" and "tsc_mode" not in cmd1
+    assert what2 == "xl list -l: guest2 runs as pvh, tsc_mode native"
+    xl = tmp_path / "xl"
+    for mode in ("native", "default"):
+        xl.write_text("#!/bin/sh\ncat <<'J'\n[\n    {\n        \"domid\": 2,\n        \"config\": {\n"
+                      "            \"c_info\": {\n                \"type\": \"pvh\",\n"
+                      "                \"name\": \"guest2\"\n            },\n            \"b_info\": {\n"
+                      f"                \"tsc_mode\": \"{mode}\",\n                \"max_memkb\": 262144\n"
+                      "            }\n        }\n    }\n]\nJ\n")
+        xl.chmod(0o755)
+        out = subprocess.run(["sh", "-c", cmd2], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}).stdout
+        assert bool(re.search(expect2, out, re.M)) == (mode == "native"), out
