@@ -68,6 +68,15 @@ def closest(word: str, choices) -> str | None:
     return match[0] if match else None
 
 
+def require_choice(value, choices, what: str, source: str, key: str) -> None:
+    """Refuse ``value`` of ``key`` unless it is one of ``choices``, naming the closest."""
+    if value in choices:
+        return
+    guess = closest(str(value), choices)
+    raise ProvisionError(f"{source}: {key} '{value}' is {what}" + (f" (did you mean '{guess}'?)" if guess else ""),
+                         hint=f"one of {', '.join(choices)}")
+
+
 def unknown_key_error(key: str, source: str, where: str = "") -> ProvisionError:
     if key in XM_ONLY_KEYS:
         return ProvisionError(
@@ -353,11 +362,7 @@ class Domain:
         for key in ("on_poweroff", "on_reboot", "on_crash"):
             if key in values:
                 action = _string(values[key], key, source)
-                if action not in ACTIONS:
-                    guess = closest(action, ACTIONS)
-                    raise ProvisionError(f"{source}: {key} '{action}' is not an action"
-                                         + (f" (did you mean '{guess}'?)" if guess else ""),
-                                         hint=f"one of {', '.join(ACTIONS)}")
+                require_choice(action, ACTIONS, "not an action", source, key)
                 setattr(dom, key, action)
         dom.disks = [parse_disk(s) for s in _list(values.get("disk", []), "disk", source)]
         dom.vifs = [parse_vif(s) for s in _list(values.get("vif", []), "vif", source)]
@@ -373,12 +378,9 @@ class Domain:
         for key, choices in XL_CHOICES.items():
             value = dom.other.get(key)
             # xl still takes the old numbers 0-3 for these (deprecated), so they pass.
-            if value is None or (isinstance(value, int) and 0 <= value < len(choices)) or value in choices:
+            if value is None or (isinstance(value, int) and 0 <= value < len(choices)):
                 continue
-            guess = closest(str(value), choices)
-            raise ProvisionError(f"{source}: {key} '{value}' is not one of xl's values"
-                                 + (f" (did you mean '{guess}'?)" if guess else ""),
-                                 hint=f"one of {', '.join(choices)}")
+            require_choice(value, choices, "not one of xl's values", source, key)
         return dom
 
     def macs(self) -> list[str]:

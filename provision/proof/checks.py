@@ -236,15 +236,15 @@ def guest_types(vm: Machine, facts: Facts) -> None:
     # configuration"): ask again (a bounded while) until it answers.
     for g in facts.guests:
         kind = g.get("type") or "pvh"
-        # The settings given as domain create's KEY=VALUE words, as Xen was given them.
-        settings = [s.split("=", 1) for s in g.get("xl") or ()]
-        shell_check(vm, f"xl list -l: {g['name']} runs as {kind}" + "".join(f", {k} {v}" for k, v in settings),
+        # Its type, then the settings given as domain create's KEY=VALUE words, each as
+        # xl list -l shows it ("KEY": "VALUE"), in that order.
+        settings = [("type", kind), *(s.split("=", 1) for s in g.get("xl") or ())]
+        shown = [f"printf '%s\\n' \"$c\" | grep -m1 '\"{k}\": '" for k, _ in settings]
+        shown[0] += " || printf '%s\\n' \"$c\""   # no type: what xl said instead
+        shell_check(vm, f"xl list -l: {g['name']} runs as {kind}" + "".join(f", {k} {v}" for k, v in settings[1:]),
                     f"{until(90)} c=$(xl list -l {g['name']} 2>&1); printf '%s\\n' \"$c\" | "
-                    f"grep -q '\"type\": ' && break; sleep 2; done; "
-                    f"printf '%s\\n' \"$c\" | grep -m1 '\"type\": ' || printf '%s\\n' \"$c\"; "
-                    + "".join(f"printf '%s\\n' \"$c\" | grep -m1 '\"{k}\": '; " for k, _ in settings), 150,
-                    expect=rf'^\s*"type": "{kind}",?$'
-                    + "".join(rf'(?s:.*)^\s*"{k}": "{v}",?$' for k, v in settings))
+                    f"grep -q '\"type\": ' && break; sleep 2; done; " + "; ".join(shown), 150,
+                    expect="(?s:.*)".join(rf'^\s*"{k}": "{v}",?$' for k, v in settings))
 
 
 def own_kernels_booted(vm: Machine, facts: Facts) -> None:
